@@ -1,0 +1,42 @@
+"""Terminal output shared by every command: one console, errors that exit cleanly, progress."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` as an error (no traceback) and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def steps(total: int, description: str = "working") -> Iterator[Progress]:
+    """A progress bar over ``total`` named steps; call ``advance(task, description=...)``."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        progress.add_task(description, total=total)
+        yield progress
+
+
+def advance(progress: Progress, description: str) -> None:
+    """Mark one step done and name the next."""
+    task = progress.task_ids[0]
+    progress.update(task, advance=1, description=description)

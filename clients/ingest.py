@@ -379,6 +379,8 @@ def read_events(
 
     for name in ("item_id", "channel", "event_id"):
         out[name] = _strings(raw[name]) if name in raw.columns else None
+    if "unit_id" in raw.columns:  # not part of a unit's contract; simulations split by it
+        out["unit_id"] = _strings(raw["unit_id"])
 
     _reject_duplicates(raw, lines, out, rej)
     return _finish(path, raw, lines, malformed, out, rej, on_error,

@@ -102,3 +102,29 @@ def to_flower_config(obj: BaseModel) -> dict[str, Any]:
         out[key.replace("_", "-")] = value
     return out
 
+
+
+class RoundConfig(BaseModel):
+    """What the coordinator tells units each round (the ConfigRecord of train/evaluate/query).
+
+    The scaler is the global standardisation of the transformed features (see
+    :mod:`clients.dataset`); it is absent only in the first query that computes it.
+    """
+
+    model: ModelName = "mlp"
+    dataset: str = Field("", description="Named bundled dataset for units without a data path "
+                         "(simulation only): 'cdnow' or empty.")
+    cutoff: dt.date
+    horizon_days: int = Field(ge=1, description="Churn label window after the cutoff, days.")
+    local_epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=1)
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0 is FedAvg.")
+    seed: int = 0
+    server_round: int = Field(0, ge=0)
+    scaler_mean: list[float] | None = None
+    scaler_std: list[float] | None = None
+
+    @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig(cutoff=self.cutoff, horizon_days=self.horizon_days)

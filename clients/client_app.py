@@ -1,0 +1,149 @@
+"""The Flower ClientApp a business unit runs on its own premises.
+
+Handlers (Flower Message API):
+
+- ``query``: the unit's share of the global feature standardisation (count, sums, sums of
+  squares of the transformed features of its training users);
+- ``train``: load the global model, train locally for the configured epochs, send back the
+  weights and the number of training users;
+- ``evaluate``: score the unit's test users with the global model; send back only sums and
+  score histograms (:mod:`fedseg.metrics`).
+
+Where the unit's data comes from, in this order:
+
+1. node config ``data-path`` (and optionally ``users-path``, ``on-error``): the unit's own
+   events file, read through the data contract (deployment: ``flower-supernode --node-config``);
+2. files handed to :func:`make_client_app` (``fedseg simulate`` writes one file per unit and
+   picks the file by the node's ``partition-id``);
+3. the bundled dataset named in the round config (``dataset = "cdnow"``), split over
+   ``num-partitions`` units by a hash of the user id (``flwr run .`` with no data at all).
+
+Every reply passes :func:`clients.guard.outgoing_guard_mod`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.dataset import UnitData, feature_moments, prepare_unit
+from clients.guard import outgoing_guard_mod
+from clients.training import TrainParams, evaluate_local, train_local
+from fedseg.config import RoundConfig, from_flower_config
+from fedseg.models import build_model, uses_sequences
+
+_CACHE: dict[tuple, UnitData] = {}
+
+
+class UnitDataError(RuntimeError):
+    """The unit's data cannot be found or read."""
+
+
+def _round_config(msg: Message) -> RoundConfig:
+    return from_flower_config(RoundConfig, dict(msg.content.config_records["config"]))
+
+
+def _hash_partition(events: pd.DataFrame, partition_id: int, num_partitions: int) -> pd.DataFrame:
+    hashed = pd.util.hash_pandas_object(events["user_id"].astype(str), index=False).to_numpy()
+    return events.loc[(hashed % num_partitions) == partition_id].reset_index(drop=True)
+
+
+def load_unit_events(
+    context: Context, cfg: RoundConfig, unit_files: Sequence[Path] | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """The unit's events (and users, if any) and a description of where they came from."""
+    from clients.ingest import read_events, read_users
+
+    node = context.node_config
+    if "data-path" in node:
+        path = Path(str(node["data-path"]))
+        on_error = str(node.get("on-error", "fail"))
+        events = read_events(path, on_error=on_error).frame
+        users = read_users(Path(str(node["users-path"])), on_error=on_error).frame if "users-path" in node else None
+        return events, users, str(path)
+    if unit_files is not None:
+        pid = int(node["partition-id"])
+        if pid >= len(unit_files):
+            raise UnitDataError(f"partition-id {pid} but only {len(unit_files)} unit files were given")
+        path = Path(unit_files[pid])
+        events = pd.read_parquet(path)
+        users_path = path.with_name(path.name.replace("events", "users"))
+        users = pd.read_parquet(users_path) if users_path != path and users_path.exists() else None
+        return events, users, str(path)
+    if cfg.dataset == "cdnow" and "partition-id" in node:
+        from simulations.cdnow import load_cdnow
+
+        pid, parts = int(node["partition-id"]), int(node["num-partitions"])
+        return _hash_partition(load_cdnow(), pid, parts), None, f"cdnow partition {pid}/{parts}"
+    raise UnitDataError(
+        "this unit has no data: start the SuperNode with --node-config \"data-path='/path/events.parquet'\""
+    )
+
+
+def unit_data(context: Context, cfg: RoundConfig, unit_files: Sequence[Path] | None) -> UnitData:
+    """The unit's prepared data, cached for the life of the process."""
+    key = (context.run_id, context.node_id, cfg.cutoff, cfg.horizon_days, uses_sequences(cfg.model),
+           tuple(map(str, unit_files or ())))
+    if key not in _CACHE:
+        events, users, _ = load_unit_events(context, cfg, unit_files)
+        _CACHE[key] = prepare_unit(events, cfg.features, users=users, with_sequences=uses_sequences(cfg.model))
+    return _CACHE[key]
+
+
+def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.scaler_mean is None or cfg.scaler_std is None:
+        raise ValueError("the round config carries no scaler; the coordinator must send scaler-mean/std")
+    return np.asarray(cfg.scaler_mean), np.asarray(cfg.scaler_std)
+
+
+def make_client_app(unit_files: Sequence[Path] | None = None) -> ClientApp:
+    """A ClientApp; ``unit_files`` (one events file per partition) serves simulations."""
+    app = ClientApp()
+
+    @app.query(mods=[outgoing_guard_mod])
+    def query(msg: Message, context: Context) -> Message:
+        cfg = _round_config(msg)
+        data = unit_data(context, cfg, unit_files)
+        n, total, total_sq = feature_moments(data.static[~data.test_mask])
+        metrics = MetricRecord({"n": n, "sum": total.tolist(), "sumsq": total_sq.tolist()})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    @app.train(mods=[outgoing_guard_mod])
+    def train(msg: Message, context: Context) -> Message:
+        cfg = _round_config(msg)
+        data = unit_data(context, cfg, unit_files)
+        mean, std = _scaler(cfg)
+        model = build_model(cfg.model)
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        params = TrainParams(epochs=cfg.local_epochs, learning_rate=cfg.learning_rate,
+                             batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu,
+                             seed=cfg.seed * 100_003 + cfg.server_round * 101 + context.node_id % 97)
+        loss = train_local(model, data, mean, std, params)
+        metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss})
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
+                       reply_to=msg)
+
+    @app.evaluate(mods=[outgoing_guard_mod])
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg = _round_config(msg)
+        data = unit_data(context, cfg, unit_files)
+        mean, std = _scaler(cfg)
+        model = build_model(cfg.model)
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        stats = evaluate_local(model, data, mean, std)
+        metrics = MetricRecord({
+            "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
+            "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),
+        })
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+#: The app ``flwr run .`` and ``flower-supernode`` load (see pyproject ``[tool.flwr.app.components]``).
+app = make_client_app()

@@ -1,0 +1,85 @@
+"""The outgoing guard: nothing per-user leaves a unit.
+
+A ClientApp mod that inspects every reply before it is sent. A reply may hold only
+
+- at most one ArrayRecord, under ``arrays``, whose names and shapes equal the model's
+  (:func:`fedseg.models.expected_shapes` of the model named in the incoming config);
+- MetricRecords whose keys are in the allow-list of the message type (aggregate figures:
+  counts, sums, histograms), with list values no longer than :data:`MAX_LIST_LEN`;
+- nothing else (no ConfigRecord).
+
+Anything else is refused: the reply is replaced by an error naming the offending key, and the
+content never leaves the unit.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Error
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedseg.models import expected_shapes
+from fedseg.metrics import HIST_BINS
+
+#: Metric names a unit may send, by message type.
+ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
+    "train": frozenset({"num-examples", "train-loss"}),
+    "evaluate": frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg"}),
+    "query": frozenset({"n", "sum", "sumsq"}),
+}
+#: Longest list a metric may hold (the score histograms).
+MAX_LIST_LEN: Final = HIST_BINS
+GUARD_ERROR_CODE: Final = 9001
+
+
+class OutgoingRefused(ValueError):
+    """A reply holds something that must not leave the unit."""
+
+
+def check_reply(reply: Message, message_type: str, model_name: str | None) -> None:
+    """Raise :class:`OutgoingRefused` unless ``reply`` holds only allowed aggregate content."""
+    kind = message_type.split(".")[0]
+    allowed = ALLOWED_METRICS.get(kind)
+    if allowed is None:
+        raise OutgoingRefused(f"no allow-list for message type {message_type!r}")
+    for key, record in reply.content.items():
+        if isinstance(record, ArrayRecord):
+            if key != "arrays" or kind != "train" or model_name is None:
+                raise OutgoingRefused(f"array record {key!r} is not allowed in a {kind} reply")
+            shapes = {name: tuple(array.shape) for name, array in record.items()}
+            expected = expected_shapes(model_name)  # type: ignore[arg-type]
+            if shapes != expected:
+                extra = sorted(set(shapes) - set(expected))
+                wrong = sorted(k for k in shapes if k in expected and shapes[k] != expected[k])
+                raise OutgoingRefused(
+                    f"arrays do not match model {model_name!r}: unexpected {extra}, wrong shape {wrong}, "
+                    f"missing {sorted(set(expected) - set(shapes))}"
+                )
+        elif isinstance(record, MetricRecord):
+            for name, value in record.items():
+                if name not in allowed:
+                    raise OutgoingRefused(f"metric {name!r} is not in the {kind} allow-list {sorted(allowed)}")
+                if isinstance(value, list) and len(value) > MAX_LIST_LEN:
+                    raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {MAX_LIST_LEN})")
+        elif isinstance(record, ConfigRecord):
+            raise OutgoingRefused(f"config record {key!r} may not leave the unit")
+        else:  # pragma: no cover - RecordDict holds only these three kinds
+            raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
+
+
+def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: check the reply of the wrapped handler; refuse it if it holds anything else."""
+    reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    model_name = None
+    if "config" in msg.content.config_records:
+        model_name = msg.content.config_records["config"].get("model")
+    try:
+        check_reply(reply, msg.metadata.message_type, model_name)
+    except OutgoingRefused as exc:
+        return Message(Error(code=GUARD_ERROR_CODE, reason=f"outgoing guard refused the reply: {exc}"),
+                       reply_to=msg)
+    return reply

@@ -1,0 +1,124 @@
+"""Local training and evaluation of a churn model on one unit's data.
+
+Training minimises the binary cross-entropy of the churn label with Adam for ``epochs``
+passes over the unit's training users. With FedProx (``proximal_mu > 0``) the loss adds
+``mu / 2 * ||w - w_global||^2`` (Li et al. 2020), which keeps skewed units near the global
+model. Threads: one (units share the machine in simulation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clients.dataset import UnitData
+from fedseg.metrics import loss_sums, score_histograms
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Local training settings (sent by the coordinator every round)."""
+
+    epochs: int = 2
+    learning_rate: float = 0.01
+    batch_size: int = 64
+    proximal_mu: float = 0.0
+    seed: int = 0
+
+
+def tensors(data: UnitData, mean: np.ndarray, std: np.ndarray, mask: np.ndarray) -> TensorDataset:
+    """Standardised inputs and labels of the users selected by ``mask``."""
+    static = torch.as_tensor((data.static[mask] - mean) / std, dtype=torch.float32)
+    labels = torch.as_tensor(data.labels[mask], dtype=torch.float32)
+    if data.seq_types is None:
+        return TensorDataset(static, labels)
+    return TensorDataset(static, torch.as_tensor(data.seq_types[mask]),
+                         torch.as_tensor(data.seq_values[mask]), labels)
+
+
+def forward(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a batch from :func:`tensors`."""
+    if len(batch) == 2:
+        static, labels = batch
+        return model(static), labels
+    static, seq_types, seq_values, labels = batch
+    return model(static, seq_types, seq_values), labels
+
+
+def train_local(
+    model: nn.Module,
+    data: UnitData,
+    mean: np.ndarray,
+    std: np.ndarray,
+    params: TrainParams,
+    optimizer: torch.optim.Optimizer | None = None,
+    loader: DataLoader | None = None,
+) -> float:
+    """Train ``model`` in place on the unit's training users; returns the mean batch loss.
+
+    ``optimizer`` and ``loader`` may be given already wrapped (for example by DP-SGD);
+    otherwise Adam and a shuffling loader are made here.
+    """
+    torch.set_num_threads(1)
+    if data.n_train == 0:
+        raise ValueError("this unit has no training users at the cutoff; it cannot train")
+    generator = torch.Generator().manual_seed(params.seed)
+    if loader is None:
+        loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=params.batch_size,
+                            shuffle=True, generator=generator)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    anchor = [p.detach().clone() for p in model.parameters()] if params.proximal_mu > 0 else None
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    losses = []
+    for _ in range(params.epochs):
+        for batch in loader:
+            if len(batch[-1]) == 0:
+                continue  # an empty Poisson batch (DP-SGD) carries no gradient
+            optimizer.zero_grad()
+            logits, labels = forward(model, batch)
+            loss = loss_fn(logits, labels)
+            if anchor is not None:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + params.proximal_mu / 2 * prox
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def predict_proba(model: nn.Module, dataset: TensorDataset, batch_size: int = 4096) -> np.ndarray:
+    """Churn probabilities for every row of ``dataset``."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            logits, _ = forward(model, batch)
+            out.append(torch.sigmoid(logits).numpy())
+    return np.concatenate(out) if out else np.empty(0)
+
+
+@dataclass
+class EvalStats:
+    """Aggregate evaluation statistics of one unit's test users (see :mod:`fedseg.metrics`)."""
+
+    n: int
+    loss_sum: float
+    brier_sum: float
+    hist_pos: np.ndarray
+    hist_neg: np.ndarray
+
+
+def evaluate_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.ndarray) -> EvalStats:
+    """Score the unit's test users; only sums and histograms come out."""
+    dataset = tensors(data, mean, std, data.test_mask)
+    probs = predict_proba(model, dataset)
+    labels = data.labels[data.test_mask]
+    loss_sum, brier_sum = loss_sums(probs, labels)
+    pos, neg = score_histograms(probs, labels)
+    return EvalStats(n=len(labels), loss_sum=loss_sum, brier_sum=brier_sum, hist_pos=pos, hist_neg=neg)

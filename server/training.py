@@ -1,0 +1,299 @@
+"""The coordinator's federated training loop on Flower's Message API.
+
+One run, for a :class:`TrainingPlan`:
+
+1. wait until ``min_available_units`` units are connected;
+2. **federated standardisation** (round 0): every unit answers a ``query`` with the count,
+   sums and sums of squares of its transformed features; the coordinator derives the global
+   mean and standard deviation (:func:`clients.dataset.global_scaler`) and sends them with
+   every later message. No row leaves a unit;
+3. rounds ``1..num_rounds`` of Flower's own strategy (:class:`flwr.serverapp.strategy.FedAvg`
+   or :class:`~flwr.serverapp.strategy.FedProx`): ``configure_train`` samples units, the
+   Grid delivers the messages, ``aggregate_train`` averages the weights by number of training
+   users; then federated evaluation merges the units' sums and score histograms into AUC,
+   log loss and Brier score (:mod:`fedseg.metrics`);
+4. after each round the checkpoint (weights, scaler, history) is replaced atomically, so a
+   run restarted with the same plan continues after its last completed round.
+
+The loop is fedseg's own rather than ``Strategy.start`` because it checkpoints and resumes,
+records privacy spend between rounds, and tolerates units that fail mid-round as long as at
+least ``min_fit_units`` replied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
+from pydantic import BaseModel, Field
+
+from clients.dataset import global_scaler
+from fedseg.config import ModelName, RoundConfig, StrategyName, to_flower_config
+from fedseg.metrics import auc_from_histograms
+from fedseg.models import build_model, model_version
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+MODEL_FILE = "model.npz"
+ROUNDS_FILE = "rounds.jsonl"
+
+
+class TrainingPlan(BaseModel):
+    """Everything the coordinator needs for one federated training run."""
+
+    num_rounds: int = Field(10, ge=1, description="Federated rounds.")
+    model: ModelName = "mlp"
+    strategy: StrategyName = "fedavg"
+    local_epochs: int = Field(2, ge=1, description="Passes over local training users per round.")
+    learning_rate: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=1)
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx weight (used with strategy fedprox).")
+    min_available_units: int = Field(2, ge=1, description="Units that must be connected to start.")
+    min_fit_units: int = Field(2, ge=1, description="Replies needed for a round to count.")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of units asked to train each round.")
+    dataset: str = Field("", description="Bundled dataset for units without data ('cdnow').")
+    cutoff: dt.date
+    horizon_days: int = Field(273, ge=1)
+    seed: int = 0
+    output_dir: Path = Path("runs/flwr")
+    round_timeout_s: float = Field(3600.0, gt=0, description="Seconds to wait for replies each round.")
+    connect_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for units at start.")
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that must not change when a run is resumed."""
+        fixed = self.model_dump(mode="json", exclude={"num_rounds", "output_dir", "round_timeout_s",
+                                                      "connect_timeout_s", "min_available_units",
+                                                      "min_fit_units"})
+        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+    def round_config(self, server_round: int, mean: list[float] | None, std: list[float] | None) -> RoundConfig:
+        return RoundConfig(
+            model=self.model, dataset=self.dataset, cutoff=self.cutoff, horizon_days=self.horizon_days,
+            local_epochs=self.local_epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
+            proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0, seed=self.seed,
+            server_round=server_round, scaler_mean=mean, scaler_std=std,
+        )
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint exists for a different plan."""
+
+
+class NotEnoughUnits(RuntimeError):
+    """Fewer units answered than the plan requires."""
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run produced."""
+
+    arrays: dict[str, np.ndarray]
+    scaler_mean: list[float]
+    scaler_std: list[float]
+    history: list[dict[str, Any]]
+    model_version: str
+    resumed_from: int
+
+
+def _config_record(cfg: RoundConfig) -> ConfigRecord:
+    record = ConfigRecord(to_flower_config(cfg))
+    if cfg.scaler_mean is not None:
+        record["scaler-mean"] = list(cfg.scaler_mean)
+        record["scaler-std"] = list(cfg.scaler_std or [])
+    return record
+
+
+def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+    """Pooled AUC, log loss and Brier score from the units' sums and histograms."""
+    n = 0
+    loss = brier = 0.0
+    pos = neg = None
+    for content in contents:
+        m = content["metrics"]
+        n += int(m["num-examples"])
+        loss += float(m["loss-sum"])
+        brier += float(m["brier-sum"])
+        p, q = np.asarray(m["hist-pos"], dtype=np.float64), np.asarray(m["hist-neg"], dtype=np.float64)
+        pos = p if pos is None else pos + p
+        neg = q if neg is None else neg + q
+    if n == 0 or pos is None or neg is None:
+        return MetricRecord({"num-examples": 0})
+    return MetricRecord({"num-examples": n, "auc": auc_from_histograms(pos, neg),
+                         "log-loss": loss / n, "brier": brier / n})
+
+
+def _make_strategy(plan: TrainingPlan) -> FedAvg:
+    common = dict(fraction_train=plan.fraction_fit, fraction_evaluate=1.0,
+                  min_train_nodes=plan.min_fit_units, min_evaluate_nodes=plan.min_fit_units,
+                  min_available_nodes=plan.min_available_units,
+                  evaluate_metrics_aggr_fn=merge_evaluation)
+    if plan.strategy == "fedprox":
+        return FedProx(proximal_mu=plan.proximal_mu, **common)
+    return FedAvg(**common)
+
+
+def _wait_for_units(grid: Grid, plan: TrainingPlan) -> list[int]:
+    deadline = time.monotonic() + plan.connect_timeout_s
+    while len(nodes := list(grid.get_node_ids())) < plan.min_available_units:
+        if time.monotonic() > deadline:
+            raise NotEnoughUnits(f"only {len(nodes)} units connected after {plan.connect_timeout_s:.0f} s; "
+                                 f"the plan needs {plan.min_available_units}")
+        time.sleep(0.5)
+    return nodes
+
+
+def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int]) -> tuple[list[float], list[float]]:
+    """Global mean/std of the transformed features from the units' sums (round 0)."""
+    record = RecordDict({"config": _config_record(plan.round_config(0, None, None))})
+    messages = [Message(content=record, message_type="query", dst_node_id=nid) for nid in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
+    moments = []
+    for reply in replies:
+        if reply.has_error():
+            log(WARNING, "unit %s failed the feature-statistics query: %s", reply.metadata.src_node_id,
+                reply.error.reason)
+            continue
+        m = reply.content["metrics"]
+        moments.append((int(m["n"]), np.asarray(m["sum"]), np.asarray(m["sumsq"])))
+    if len(moments) < plan.min_fit_units:
+        raise NotEnoughUnits(f"{len(moments)} units returned feature statistics; the plan needs "
+                             f"{plan.min_fit_units}")
+    mean, std = global_scaler(moments)
+    return mean.tolist(), std.tolist()
+
+
+def _evaluate(strategy: FedAvg, grid: Grid, server_round: int, arrays: ArrayRecord, cfg: RoundConfig,
+              timeout: float) -> tuple[MetricRecord | None, int]:
+    messages = strategy.configure_evaluate(server_round, arrays, _config_record(cfg), grid)
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    failed = sum(1 for r in replies if r.has_error())
+    return strategy.aggregate_evaluate(server_round, replies), failed
+
+
+def log_round(record: dict[str, Any]) -> None:
+    """Default progress report: one line per round."""
+    log(INFO, "round %s: auc=%.4f log_loss=%.4f brier=%.4f units=%s failed=%s (%.1f s)",
+        record["round"], record.get("auc", float("nan")), record.get("log_loss", float("nan")),
+        record.get("brier", float("nan")), record.get("units_trained", "-"), record.get("units_failed", 0),
+        record.get("seconds", 0.0))
+
+
+def run_training(
+    grid: Grid,
+    plan: TrainingPlan,
+    on_round: Callable[[dict[str, Any]], None] = log_round,
+    after_round: Callable[[int], None] | None = None,
+) -> TrainingResult:
+    """Run (or resume) the federated training described by ``plan``; see the module doc."""
+    run_dir = Path(plan.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    strategy = _make_strategy(plan)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is not None and checkpoint.plan_fingerprint != plan.fingerprint():
+        raise ResumeMismatch(
+            f"{run_dir} holds a checkpoint of a different plan (model, data, cutoff or training "
+            "settings changed); use a new --out directory or delete the old run."
+        )
+    nodes = _wait_for_units(grid, plan)
+    if checkpoint is None:
+        mean, std = federated_scaler(grid, plan, nodes)
+        model = build_model(plan.model, seed=plan.seed)
+        arrays = ArrayRecord(model.state_dict())
+        history: list[dict[str, Any]] = []
+        start_round = 0
+        cfg0 = plan.round_config(0, mean, std)
+        metrics0, _ = _evaluate(strategy, grid, 0, arrays, cfg0, plan.round_timeout_s)
+        record0 = {"round": 0, **_metric_dict(metrics0)}
+        history.append(record0)
+        on_round(record0)
+        save_checkpoint(run_dir, Checkpoint(0, _to_numpy(arrays), mean, std, history, plan.fingerprint()))
+    else:
+        mean, std = checkpoint.scaler_mean, checkpoint.scaler_std
+        arrays = _as_torch_record(plan, checkpoint.arrays)
+        history = checkpoint.history
+        start_round = checkpoint.round
+        log(INFO, "resuming %s after round %d of %d", run_dir, start_round, plan.num_rounds)
+
+    for server_round in range(start_round + 1, plan.num_rounds + 1):
+        started = time.perf_counter()
+        cfg = plan.round_config(server_round, mean, std)
+        messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
+        replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
+        ok = [r for r in replies if not r.has_error()]
+        failed = len(messages) - len(ok)
+        for r in replies:
+            if r.has_error():
+                log(WARNING, "round %d: unit %s failed: %s", server_round, r.metadata.src_node_id, r.error.reason)
+        if len(ok) < plan.min_fit_units:
+            raise NotEnoughUnits(
+                f"round {server_round}: {len(ok)} of {len(messages)} units replied; the plan needs "
+                f"{plan.min_fit_units}. The run stopped after round {server_round - 1}; start it again "
+                "with the same output directory to resume."
+            )
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+        if new_arrays is None:  # pragma: no cover - guarded above
+            raise NotEnoughUnits(f"round {server_round}: no usable update")
+        arrays = new_arrays
+        eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s)
+        record = {
+            "round": server_round,
+            **_metric_dict(eval_metrics),
+            "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics else None,
+            "units_trained": len(ok),
+            "units_failed": failed,
+            "units_failed_evaluation": eval_failed,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        history.append(record)
+        save_checkpoint(run_dir, Checkpoint(server_round, _to_numpy(arrays), mean, std, history,
+                                            plan.fingerprint()))
+        _append_jsonl(run_dir / ROUNDS_FILE, record)
+        if after_round is not None:
+            after_round(server_round)
+        on_round(record)
+
+    final = _to_numpy(arrays)
+    version = model_version(arrays.to_torch_state_dict())
+    save_checkpoint(run_dir, Checkpoint(plan.num_rounds, final, mean, std, history, plan.fingerprint(),
+                                        extra={"model": plan.model, "model_version": version,
+                                               "cutoff": plan.cutoff.isoformat(),
+                                               "horizon_days": plan.horizon_days}), name=MODEL_FILE)
+    return TrainingResult(final, mean, std, history, version, start_round)
+
+
+def _metric_dict(metrics: MetricRecord | None) -> dict[str, Any]:
+    if metrics is None:
+        return {}
+    out = {}
+    for key in ("auc", "log-loss", "brier", "num-examples"):
+        if key in metrics:
+            out[key.replace("-", "_").replace("num_examples", "n_eval")] = float(metrics[key])
+    return out
+
+
+def _to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _as_torch_record(plan: TrainingPlan, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    import torch
+
+    model = build_model(plan.model)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
+    return ArrayRecord(model.state_dict())
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")

@@ -27,7 +27,7 @@ app = typer.Typer(
 #: (module holding a typer ``app``, group name or None to mount its commands at top level)
 _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("clients.cli", "data"),
-    ("clients.features_cli", None),
+    ("clients.unit_cli", None),
     ("simulations.cli", None),
     ("server.cli", None),
     ("privacy.cli", "privacy"),

@@ -74,3 +74,28 @@ def test_resumed_run_continues_after_last_saved_round(cdnow_units, tmp_path):
     with pytest.raises(Exception) as info:
         run_flower(plan_for(tmp_path, 5, model="gru"), cdnow_units)
     assert "different plan" in str(info.value) or isinstance(info.value, ResumeMismatch)
+
+
+def test_score_writes_probabilities_with_the_model_version(three_round_run, cdnow_units, tmp_path):
+    import pandas as pd
+
+    from clients.scoring import ModelFileError, score_users
+
+    out, result, _ = three_round_run
+    events = pd.read_parquet(cdnow_units[0])
+    scores = score_users(events, out / "model.npz", cutoff=CUTOFF)
+    assert len(scores) == events["user_id"].nunique()
+    assert scores["churn_probability"].between(0, 1).all()
+    assert (scores["model_version"] == result.model_version).all()
+    # a changed weight is caught by the version check
+    import shutil
+
+    from server.checkpoint import load_checkpoint, save_checkpoint
+
+    shutil.copy(out / "model.npz", tmp_path / "model.npz")
+    saved = load_checkpoint(tmp_path, name="model.npz")
+    first = next(iter(saved.arrays))
+    saved.arrays[first] = saved.arrays[first] + 0.01
+    save_checkpoint(tmp_path, saved, name="model.npz")
+    with pytest.raises(ModelFileError, match="do not match the recorded version"):
+        score_users(events, tmp_path / "model.npz", cutoff=CUTOFF)

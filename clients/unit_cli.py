@@ -1,4 +1,4 @@
-"""``fedseg features``: per-user features, lifecycle stages and churn labels to Parquet."""
+"""Unit-side commands: ``fedseg features`` (features to Parquet) and ``fedseg score`` (local churn scores)."""
 
 from __future__ import annotations
 
@@ -82,3 +82,38 @@ def features(
         + ", ".join(f"{k} {v}" for k, v in table["lifecycle_stage"].value_counts().items()),
         highlight=False,
     )
+
+
+@app.command("score")
+def score(
+    model: Annotated[Path, typer.Option(help="Global model file, <run>/server/model.npz.")],
+    events: Annotated[Path | None, typer.Option(help="This unit's events file. Default: bundled CDNOW.")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file (sign-up dates).")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="Score as of this day, YYYY-MM-DD (default: last event day).")] = None,
+    out: Annotated[Path, typer.Option(help="Output Parquet file of per-user churn probabilities.")] = Path("out/scores.parquet"),
+    on_error: Annotated[OnError, typer.Option(help="fail or quarantine invalid rows.")] = OnError.fail,
+) -> None:
+    """Score this unit's users with a global model; writes churn probabilities locally."""
+    from clients.ingest import IngestError, default_quarantine_path, read_events, read_users
+    from clients.scoring import ModelFileError, score_users
+    from simulations.cdnow import load_cdnow
+
+    cutoff_date = None
+    if cutoff is not None:
+        try:
+            cutoff_date = dt.date.fromisoformat(cutoff)
+        except ValueError:
+            fail(f"--cutoff {cutoff!r} is not a date; use YYYY-MM-DD.")
+    try:
+        frame = load_cdnow() if events is None else read_events(
+            events, on_error=on_error, quarantine_path=default_quarantine_path(events, out)).frame
+        user_frame = read_users(users, on_error=on_error).frame if users else None
+        with console.status("scoring"):
+            table = score_users(frame, model, cutoff_date, user_frame)
+    except (IngestError, ModelFileError) as exc:
+        fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    console.print(f"scored {len(table):,} users as of {table['scored_at_cutoff'].iloc[0]} with "
+                  f"{table['model'].iloc[0]} {table['model_version'].iloc[0]}; mean churn probability "
+                  f"{table['churn_probability'].mean():.3f} -> {out}", highlight=False)

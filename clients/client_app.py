@@ -33,11 +33,13 @@ from flwr.clientapp import ClientApp
 
 from clients.dataset import UnitData, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
+from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
 from clients.training import TrainParams, evaluate_local, train_local
 from fedseg.config import RoundConfig, from_flower_config
 from fedseg.models import build_model, uses_sequences
 
 _CACHE: dict[tuple, UnitData] = {}
+_EVENTS: dict[tuple, tuple[pd.DataFrame, pd.DataFrame | None, str]] = {}
 
 
 class UnitDataError(RuntimeError):
@@ -85,14 +87,31 @@ def load_unit_events(
     )
 
 
+def unit_events(context: Context, cfg: RoundConfig, unit_files: Sequence[Path] | None
+                ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    """The unit's events and users, read once per run and process."""
+    key = (context.run_id, context.node_id, tuple(map(str, unit_files or ())), cfg.dataset)
+    if key not in _EVENTS:
+        _EVENTS[key] = load_unit_events(context, cfg, unit_files)
+    return _EVENTS[key]
+
+
 def unit_data(context: Context, cfg: RoundConfig, unit_files: Sequence[Path] | None) -> UnitData:
     """The unit's prepared data, cached for the life of the process."""
     key = (context.run_id, context.node_id, cfg.cutoff, cfg.horizon_days, uses_sequences(cfg.model),
            tuple(map(str, unit_files or ())))
     if key not in _CACHE:
-        events, users, _ = load_unit_events(context, cfg, unit_files)
+        events, users, _ = unit_events(context, cfg, unit_files)
         _CACHE[key] = prepare_unit(events, cfg.features, users=users, with_sequences=uses_sequences(cfg.model))
     return _CACHE[key]
+
+
+def unit_name(context: Context) -> str:
+    """``unit-id`` from the node config, else ``unit_<partition-id>``."""
+    node = context.node_config
+    if "unit-id" in node:
+        return str(node["unit-id"])
+    return f"unit_{node.get('partition-id', context.node_id)}"
 
 
 def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -101,9 +120,30 @@ def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cfg.scaler_mean), np.asarray(cfg.scaler_std)
 
 
-def make_client_app(unit_files: Sequence[Path] | None = None) -> ClientApp:
-    """A ClientApp; ``unit_files`` (one events file per partition) serves simulations."""
+def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path | None = None) -> ClientApp:
+    """A ClientApp; ``unit_files`` (one events file per partition) and ``output_dir`` (where
+    units write their local per-user outputs) serve simulations; deployed units take both from
+    their node config (``data-path``, ``output-dir``)."""
     app = ClientApp()
+
+    def segmentation_handler(step):  # noqa: ANN001, ANN202
+        def handler(msg: Message, context: Context) -> Message:
+            config = dict(msg.content.config_records["config"])
+            cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 273)),
+                              dataset=str(config.get("dataset", "")))
+            events, users, _ = unit_events(context, cfg, unit_files)
+            if step is final_step:
+                out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config \
+                    else output_dir
+                answer = final_step(events, users, config, out_dir, unit_name(context))
+            else:
+                answer = step(events, users, config)
+            return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
+        return handler
+
+    for action, step in (("seg_grid", grid_step), ("seg_lloyd", lloyd_step), ("seg_rfm", rfm_step),
+                         ("seg_final", final_step)):
+        app.query(action, mods=[outgoing_guard_mod])(segmentation_handler(step))
 
     @app.query(mods=[outgoing_guard_mod])
     def query(msg: Message, context: Context) -> Message:

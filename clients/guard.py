@@ -28,9 +28,14 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     "train": frozenset({"num-examples", "train-loss"}),
     "evaluate": frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg"}),
     "query": frozenset({"n", "sum", "sumsq"}),
+    "query.seg_grid": frozenset({"grid"}),
+    "query.seg_lloyd": frozenset({"sums", "counts", "inertia"}),
+    "query.seg_rfm": frozenset({"recency", "frequency", "monetary"}),
+    "query.seg_final": frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
+                                  "warnings", "transitions"}),
 }
-#: Longest list a metric may hold (the score histograms).
-MAX_LIST_LEN: Final = HIST_BINS
+#: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
+MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
 GUARD_ERROR_CODE: Final = 9001
 
 
@@ -40,8 +45,9 @@ class OutgoingRefused(ValueError):
 
 def check_reply(reply: Message, message_type: str, model_name: str | None) -> None:
     """Raise :class:`OutgoingRefused` unless ``reply`` holds only allowed aggregate content."""
+    message_type = message_type.removesuffix(".default")
     kind = message_type.split(".")[0]
-    allowed = ALLOWED_METRICS.get(kind)
+    allowed = ALLOWED_METRICS.get(message_type)
     if allowed is None:
         raise OutgoingRefused(f"no allow-list for message type {message_type!r}")
     for key, record in reply.content.items():

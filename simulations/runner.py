@@ -111,24 +111,28 @@ def assign_units(events: pd.DataFrame, features: pd.DataFrame, cfg: SimulationCo
     return partition.dirichlet_partition(users, labels, cfg.units, alpha=cfg.alpha, seed=cfg.seed)
 
 
-def run_simulation_job(
-    cfg: SimulationConfig,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-    verbose: bool = False,
-) -> dict[str, Any]:
-    """Run the whole simulation and return (and write) the summary."""
-    import os
+class Federation(BaseModel):
+    """Data of a simulated federation, written to one events file per unit."""
 
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    from flwr.simulation import run_simulation
+    model_config = {"arbitrary_types_allowed": True}
 
-    from clients.client_app import make_client_app
+    events: pd.DataFrame
+    users: pd.DataFrame | None
+    features: pd.DataFrame
+    cutoff: dt.date
+    horizon_days: int
+    files: list[Path]
+    unit_stats: list[dict[str, int]]
+
+
+def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
+    """Load the data, split the users over units and write ``out/units/events_unit_<k>.parquet``.
+
+    Every event lands in exactly one unit file (checked): users with features go to their
+    assigned unit, users seen only after the cutoff are spread by a hash of their id.
+    """
     from clients.features import build_features
-    from server.server_app import make_server_app
-    from server.training import TrainingPlan, TrainingResult
 
-    started = time.perf_counter()
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     events, users, cutoff, horizon = load_dataset(cfg)
     feature_cfg = FeatureConfig(cutoff=cutoff, horizon_days=horizon)
@@ -142,7 +146,6 @@ def run_simulation_job(
     unit_index = events["user_id"].map(unit_of_user)
     unassigned = unit_index.isna()
     if unassigned.any():
-        # Users seen only after the cutoff have no features; spread them by hash so no event is lost.
         hashed = pd.util.hash_pandas_object(events.loc[unassigned, "user_id"].astype(str), index=False)
         unit_index.loc[unassigned] = (hashed.to_numpy() % n_units).astype(float)
     unit_index = unit_index.astype(int).to_numpy()
@@ -157,7 +160,41 @@ def run_simulation_job(
         files.append(path)
         unit_stats.append({"unit": k, "events": int(len(unit_events)),
                            "users": int(unit_events["user_id"].nunique())})
-    assert sum(s["events"] for s in unit_stats) == len(events), "events lost while partitioning"
+    if sum(s["events"] for s in unit_stats) != len(events):  # pragma: no cover - invariant
+        raise AssertionError("events lost while partitioning")
+    return Federation(events=events, users=users, features=features, cutoff=cutoff, horizon_days=horizon,
+                      files=files, unit_stats=unit_stats)
+
+
+def quiet_flower(verbose: bool) -> dict[str, Any]:
+    """Environment and backend settings for a quiet Ray-backed simulation."""
+    import os
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose}}
+
+
+def run_simulation_job(
+    cfg: SimulationConfig,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run the whole simulation and return (and write) the summary."""
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import make_client_app
+    from server.server_app import make_server_app
+    from server.training import TrainingPlan, TrainingResult
+
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    fed = prepare_federation(cfg, out)
+    events, users, features, cutoff, horizon = fed.events, fed.users, fed.features, fed.cutoff, fed.horizon_days
+    feature_cfg = FeatureConfig(cutoff=cutoff, horizon_days=horizon)
+    files, unit_stats, n_units = fed.files, fed.unit_stats, len(fed.files)
 
     plan = TrainingPlan(
         num_rounds=cfg.rounds, model=cfg.model, strategy=cfg.strategy, local_epochs=cfg.local_epochs,
@@ -166,17 +203,13 @@ def run_simulation_job(
         cutoff=cutoff, horizon_days=horizon, seed=cfg.seed, output_dir=out / "server",
     )
     results: list[TrainingResult] = []
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    backend = quiet_flower(verbose)
     t_fed = time.perf_counter()
     run_simulation(
         server_app=make_server_app(plan, on_round=on_round or (lambda r: None), results=results),
         client_app=make_client_app(files),
         num_supernodes=n_units,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose},
-        },
+        backend_config=backend,
         verbose_logging=verbose,
     )
     if not results:

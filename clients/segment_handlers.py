@@ -1,0 +1,127 @@
+"""The unit's side of federated segmentation: answers to the coordinator's ``seg_*`` queries.
+
+Each function takes the unit's events (and users) and the query's config, and returns the
+aggregate answer (numpy arrays), with the unit's own Gaussian noise added when the config
+asks for it. :func:`final_step` also writes the unit's per-user segment file and action list
+to the unit's own disk; those never leave the unit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clients.features import build_features
+from clients.playbook import PlaybookConfig, churn_warnings, plan_actions
+from clients.segments import (
+    D,
+    RFM_SEGMENT_NAMES,
+    VALUE_TIERS,
+    activity_vectors,
+    add_noise,
+    assign,
+    grid_histogram,
+    lloyd_statistics,
+    rfm_histograms,
+    rfm_scores,
+)
+from fedseg.config import LIFECYCLE_STAGES, FeatureConfig
+
+
+def _features(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
+              cutoff_key: str = "cutoff") -> pd.DataFrame:
+    config = FeatureConfig(cutoff=dt.date.fromisoformat(str(cfg[cutoff_key])),
+                           horizon_days=int(cfg.get("horizon-days", 273)))
+    return build_features(events, config, users=users)
+
+
+def _centroids(cfg: dict[str, Any]) -> np.ndarray:
+    return np.asarray(cfg["centroids"], dtype=float).reshape(int(cfg["k"]), D)
+
+
+def grid_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    vectors = activity_vectors(_features(events, users, cfg))
+    return {"grid": add_noise(grid_histogram(vectors), float(cfg.get("sigma", 0.0))).tolist()}
+
+
+def lloyd_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    vectors = activity_vectors(_features(events, users, cfg))
+    sums, counts, inertia = lloyd_statistics(vectors, _centroids(cfg))
+    out = {"sums": add_noise(sums, float(cfg.get("sigma-sums", 0.0))).ravel().tolist(),
+           "counts": add_noise(counts, float(cfg.get("sigma-counts", 0.0))).tolist()}
+    if float(cfg.get("sigma-sums", 0.0)) == 0.0:
+        out["inertia"] = inertia  # only without noise: an exact inertia is not a DP release
+    return out
+
+
+def rfm_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    hists = rfm_histograms(_features(events, users, cfg))
+    sigma = float(cfg.get("sigma", 0.0))
+    return {name: add_noise(h, sigma).tolist() for name, h in hists.items()}
+
+
+def segment_users(features: pd.DataFrame, cfg: dict[str, Any], scores: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-user segment, RFM scores, tier, stage and churn warning (stays on the unit)."""
+    thresholds = {name: [int(b) for b in cfg[f"thr-{name}"]] for name in ("recency", "frequency", "monetary")}
+    table = features[["user_id", "recency_days", "frequency", "monetary_total", "days_since_last_event",
+                      "lifecycle_stage", "churned"]].copy()
+    table["segment"] = assign(activity_vectors(features), _centroids(cfg))
+    if "names" in cfg:
+        table["segment_name"] = np.asarray(list(cfg["names"]), dtype=object)[table["segment"].to_numpy()]
+    table = pd.concat([table, rfm_scores(features, thresholds)], axis=1)
+    if scores is not None:
+        table = table.merge(scores[["user_id", "churn_probability"]], on="user_id", how="left")
+    warn = churn_warnings(table, inactivity_days=float(cfg.get("inactivity-days", 30.0)),
+                          churn_threshold=float(cfg.get("churn-threshold", 0.7)))
+    table["warning"] = warn
+    return table
+
+
+def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
+               output_dir: Path | None, unit_name: str, scores: pd.DataFrame | None = None,
+               playbook: PlaybookConfig | None = None, contact_log: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Segment every user, write the local files, return noisy per-segment totals."""
+    features = _features(events, users, cfg)
+    k = int(cfg["k"])
+    table = segment_users(features, cfg, scores)
+    vectors = activity_vectors(features)
+    seg = table["segment"].to_numpy()
+    sizes = np.bincount(seg, minlength=k).astype(float)
+    churned = np.bincount(seg, weights=table["churned"].to_numpy(dtype=float), minlength=k)
+    profile_sums = np.zeros((k, D))
+    np.add.at(profile_sums, seg, vectors)
+    rfm_counts = table["rfm_segment"].value_counts().reindex(RFM_SEGMENT_NAMES, fill_value=0).to_numpy(float)
+    tier_counts = table["value_tier"].value_counts().reindex(VALUE_TIERS, fill_value=0).to_numpy(float)
+    stage_counts = table["lifecycle_stage"].astype(str).value_counts().reindex(LIFECYCLE_STAGES, fill_value=0).to_numpy(float)
+    warnings = float(table["warning"].notna().sum())
+    sigma = float(cfg.get("sigma", 0.0))
+    out: dict[str, Any] = {
+        "sizes": add_noise(sizes, sigma).tolist(),
+        "churned": add_noise(churned, sigma).tolist(),
+        "profile-sums": add_noise(profile_sums, sigma).ravel().tolist(),
+        "rfm-segments": add_noise(rfm_counts, sigma).tolist(),
+        "tiers": add_noise(tier_counts, sigma).tolist(),
+        "stages": add_noise(stage_counts, sigma).tolist(),
+        "warnings": float(add_noise(np.array([warnings]), sigma)[0]),
+    }
+    if "previous-cutoff" in cfg:
+        previous = _features(events, users, cfg, cutoff_key="previous-cutoff")
+        states = ["absent", *LIFECYCLE_STAGES]
+        before = pd.Series(previous["lifecycle_stage"].astype(str).to_numpy(), index=previous["user_id"])
+        before = before.reindex(table["user_id"]).fillna("absent").to_numpy()
+        after = table["lifecycle_stage"].astype(str).to_numpy()
+        index = {s: i for i, s in enumerate(states)}
+        counts = np.zeros((len(states), len(states)))
+        np.add.at(counts, ([index[s] for s in before], [index[s] for s in after]), 1.0)
+        out["transitions"] = add_noise(counts, float(cfg.get("sigma-transitions", 0.0))).ravel().tolist()
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(output_dir / f"segments_{unit_name}.parquet", index=False)
+        actions = plan_actions(table, playbook or PlaybookConfig(),
+                               today=dt.date.fromisoformat(str(cfg["cutoff"])), contact_log=contact_log)
+        actions.to_parquet(output_dir / f"actions_{unit_name}.parquet", index=False)
+    return out

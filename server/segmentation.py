@@ -1,0 +1,307 @@
+"""Federated segmentation, coordinator side: DP-Lloyd k-means, RFM thresholds, transitions.
+
+Protocol (each step one round of ``query`` messages; units answer with aggregates only, each
+unit adding its own Gaussian noise when a privacy budget is set):
+
+1. ``seg_grid``: users per cell of a fixed 4^5 grid over the bounded activity space
+   (:mod:`clients.segments`). The coordinator picks k by the elbow of weighted k-means on the
+   cell centres (k = 2..8) unless k is given, and takes that clustering as the initial
+   centroids: a federated initialisation that looks at no user, only at the (noisy) histogram.
+2. ``seg_lloyd`` x ``iterations``: per-centroid sums and counts; new centroid = sum / count,
+   clipped to [0, 1]; a centroid whose noisy count is below ``min_count`` keeps its place.
+3. ``seg_rfm``: users per fixed bin of recency, frequency and monetary value; quintile
+   thresholds are read off the merged histograms (:func:`clients.segments.quantile_bins`).
+4. ``seg_final``: each unit scores its users, writes its per-user segment file locally and
+   returns per-segment totals (sizes, churned users, profile sums, RFM segments, value tiers,
+   lifecycle stages, warnings) and the lifecycle transition counts between two cutoffs.
+
+Privacy (zCDP, add/remove one end user, users in one unit only): with per-entry noise
+``sigma`` a release of L2 sensitivity ``Delta`` costs ``rho = Delta^2 / (2 sigma^2)``; the
+grid histogram has ``Delta = 1``, a Lloyd step ``Delta^2 = d`` for sums plus 1 for counts, the
+three RFM histograms ``Delta^2 = 3``, the final totals ``Delta^2 = T + d`` (one count in each
+of ``T`` tables plus the profile sum) and the transition counts ``Delta = 1``. rho adds up;
+``epsilon = rho + 2 sqrt(rho ln(1/delta))``. The budget is split over the steps by
+:class:`SegmentationBudget`; each unit adds the full noise itself (the coordinator sees each
+unit's answer), so the merged noise has variance ``units x sigma^2``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from pydantic import BaseModel, Field
+
+from clients.segments import D, GRID_BINS, RFM_EDGES, grid_centers, quantile_bins, vectors_to_profile
+
+#: Count tables in the final release (sizes, churned, RFM segments, tiers, stages, warnings).
+FINAL_TABLES = 6
+
+
+class SegmentationBudget(BaseModel):
+    """Shares of the total zCDP budget rho spent by each step (they must sum to 1)."""
+
+    grid: float = 0.1
+    lloyd: float = 0.6
+    rfm: float = 0.1
+    final: float = 0.15
+    transitions: float = 0.05
+
+
+class SegmentationPlan(BaseModel):
+    """Settings of one federated segmentation."""
+
+    cutoff: dt.date
+    horizon_days: int = Field(273, ge=1, description="Label window for churn rate per segment.")
+    previous_cutoff: dt.date | None = Field(None, description="Earlier cutoff for the transition matrix.")
+    k: int | None = Field(None, ge=2, le=12, description="Segments; None: federated elbow over 2..8.")
+    iterations: int = Field(8, ge=1, description="Federated Lloyd iterations.")
+    epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user; None: no noise.")
+    delta: float = Field(1e-6, gt=0, lt=1)
+    budget: SegmentationBudget = SegmentationBudget()
+    min_count: float = Field(5.0, ge=0, description="Centroids with fewer (noisy) users stay put.")
+    inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
+    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this probability.")
+    seed: int = 0
+    timeout_s: float = 600.0
+
+
+def rho_for_epsilon(epsilon: float, delta: float) -> float:
+    """The largest zCDP rho with ``rho + 2 sqrt(rho ln(1/delta)) <= epsilon``."""
+    log_term = math.log(1 / delta)
+    return (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2
+
+
+def epsilon_for_rho(rho: float, delta: float) -> float:
+    """``rho + 2 sqrt(rho ln(1/delta))`` (Bun and Steinke 2016, Prop. 1.3)."""
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+
+
+class NoisePlan(BaseModel):
+    """Per-entry noise of every step, and the epsilon they add up to."""
+
+    sigma_grid: float = 0.0
+    sigma_lloyd_sums: float = 0.0
+    sigma_lloyd_counts: float = 0.0
+    sigma_rfm: float = 0.0
+    sigma_final: float = 0.0
+    sigma_transitions: float = 0.0
+    rho: float = 0.0
+    epsilon: float = 0.0
+    delta: float = 0.0
+
+
+def noise_plan(plan: SegmentationPlan) -> NoisePlan:
+    """Calibrate every step's sigma to the plan's epsilon (see the module doc)."""
+    if plan.epsilon is None:
+        return NoisePlan(delta=plan.delta)
+    b = plan.budget
+    total = b.grid + b.lloyd + b.rfm + b.final + (b.transitions if plan.previous_cutoff else 0.0)
+    rho = rho_for_epsilon(plan.epsilon, plan.delta)
+    share = {k: getattr(b, k) / total * rho for k in ("grid", "lloyd", "rfm", "final", "transitions")}
+
+    def sigma(sens_sq: float, rho_step: float) -> float:
+        return math.sqrt(sens_sq / (2 * rho_step))
+
+    per_iter = share["lloyd"] / plan.iterations
+    # split a Lloyd step's rho so sums (Delta^2 = d) and counts (1) get equal sigma
+    s_lloyd = sigma(D + 1, per_iter)
+    out = NoisePlan(
+        sigma_grid=sigma(1, share["grid"]),
+        sigma_lloyd_sums=s_lloyd,
+        sigma_lloyd_counts=s_lloyd,
+        sigma_rfm=sigma(3, share["rfm"]),
+        sigma_final=sigma(FINAL_TABLES + D, share["final"]),
+        sigma_transitions=sigma(1, share["transitions"]) if plan.previous_cutoff else 0.0,
+        delta=plan.delta,
+    )
+    spent = (1 / (2 * out.sigma_grid**2) + plan.iterations * (D + 1) / (2 * s_lloyd**2)
+             + 3 / (2 * out.sigma_rfm**2) + (FINAL_TABLES + D) / (2 * out.sigma_final**2)
+             + (1 / (2 * out.sigma_transitions**2) if plan.previous_cutoff else 0.0))
+    out.rho = spent
+    out.epsilon = epsilon_for_rho(spent, plan.delta)
+    return out
+
+
+def _config(plan: SegmentationPlan, **extra: Any) -> ConfigRecord:
+    record = ConfigRecord({"cutoff": plan.cutoff.isoformat(), "horizon-days": plan.horizon_days,
+                           "model": "mlp"})
+    for key, value in extra.items():
+        record[key] = value
+    return record
+
+
+def _ask(grid: Grid, nodes: list[int], action: str, config: ConfigRecord, timeout: float) -> list[MetricRecord]:
+    messages = [Message(content=RecordDict({"config": config}), message_type=f"query.{action}", dst_node_id=n)
+                for n in nodes]
+    answers = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"unit {reply.metadata.src_node_id} failed {action}: {reply.error.reason}")
+        answers.append(reply.content["metrics"])
+    if len(answers) < len(nodes):
+        raise RuntimeError(f"{action}: {len(answers)} of {len(nodes)} units answered")
+    return answers
+
+
+def _sum(answers: list[MetricRecord], key: str) -> np.ndarray:
+    return np.sum([np.asarray(a[key], dtype=float) for a in answers], axis=0)
+
+
+def _counts(answers: list[MetricRecord], key: str) -> list[float]:
+    return np.maximum(_sum(answers, key), 0.0).tolist()
+
+
+def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
+    """Elbow over weighted k-means of the grid cell centres; returns k, initial centroids, inertias."""
+    from sklearn.cluster import KMeans
+
+    centers = grid_centers(D, GRID_BINS)
+    weights = np.maximum(histogram, 0.0)
+    keep = weights > 0
+    points, w = centers[keep], weights[keep]
+    candidates = [k] if k else list(range(2, 9))
+    fits, inertias = {}, {}
+    for kk in candidates:
+        if kk > len(points):
+            break
+        model = KMeans(n_clusters=kk, n_init=10, random_state=seed).fit(points, sample_weight=w)
+        fits[kk], inertias[kk] = model.cluster_centers_, float(model.inertia_)
+    if not fits:
+        raise ValueError("too few occupied cells to initialise k-means; use fewer segments")
+    if k is None:
+        ks = sorted(inertias)
+        x = np.array(ks, dtype=float)
+        y = np.array([inertias[kk] for kk in ks])
+        # elbow: the k farthest below the straight line from the first to the last point
+        line = y[0] + (y[-1] - y[0]) * (x - x[0]) / (x[-1] - x[0])
+        k = int(ks[int(np.argmax(line - y))])
+    return k, fits[k], inertias
+
+
+def name_segments(centroids: np.ndarray, sizes: np.ndarray) -> list[str]:
+    """Names from centroid profiles (docs/segments.md), first rule that matches:
+
+    new (tenure < 60 days), silent (recency > 180 days), at-risk (recency > 60 days, or
+    recency > 30 days with activity falling: trend < -0.5), high-active (frequency >= 4
+    purchase days), growing (trend > 0.2), steady.
+    Repeated names get ``-2``, ``-3`` ... in order of size.
+    """
+    names = []
+    for p in vectors_to_profile(centroids):
+        if p["tenure_days"] < 60:
+            names.append("new")
+        elif p["recency_days"] > 180:
+            names.append("silent")
+        elif p["recency_days"] > 60 or (p["recency_days"] > 30 and p["trend"] < -0.5):
+            names.append("at-risk")
+        elif p["frequency"] >= 4:
+            names.append("high-active")
+        elif p["trend"] > 0.2:
+            names.append("growing")
+        else:
+            names.append("steady")
+    order = np.argsort(-np.asarray(sizes), kind="stable")
+    seen: dict[str, int] = {}
+    out = list(names)
+    for i in order:
+        seen[names[i]] = seen.get(names[i], 0) + 1
+        if seen[names[i]] > 1:
+            out[i] = f"{names[i]}-{seen[names[i]]}"
+    return out
+
+
+def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None = None) -> dict[str, Any]:
+    """Run the protocol of the module doc; returns the aggregate ``segments.json`` content."""
+    nodes = nodes or list(grid.get_node_ids())
+    noise = noise_plan(plan)
+    t = plan.timeout_s
+
+    answers = _ask(grid, nodes, "seg_grid", _config(plan, sigma=noise.sigma_grid), t)
+    histogram = _sum(answers, "grid")
+    k, centroids, inertias = choose_k_and_init(histogram, plan.k, plan.seed)
+    log(INFO, "segmentation: k=%d (elbow inertias %s)", k, {kk: round(v, 1) for kk, v in inertias.items()})
+
+    history = []
+    for it in range(plan.iterations):
+        answers = _ask(grid, nodes, "seg_lloyd", _config(
+            plan, centroids=centroids.ravel().tolist(), k=k, **{"sigma-sums": noise.sigma_lloyd_sums,
+                                                                "sigma-counts": noise.sigma_lloyd_counts}), t)
+        sums = _sum(answers, "sums").reshape(k, D)
+        counts = _sum(answers, "counts")
+        inertia = float(_sum(answers, "inertia")) if noise.epsilon == 0 else None
+        moved = counts >= max(plan.min_count, 1e-9)
+        new = centroids.copy()
+        new[moved] = np.clip(sums[moved] / counts[moved, None], 0.0, 1.0)
+        shift = float(np.abs(new - centroids).max())
+        centroids = new
+        history.append({"iteration": it + 1, "max_shift": shift, "inertia": inertia})
+        if noise.epsilon == 0 and shift < 1e-9:
+            break
+
+    order = np.lexsort((centroids[:, 0], centroids[:, 1]))  # stable labels: by recency, then frequency
+    centroids = centroids[order]
+    names = name_segments(centroids, counts[order])
+
+    answers = _ask(grid, nodes, "seg_rfm", _config(plan, sigma=noise.sigma_rfm), t)
+    thresholds = {name: quantile_bins(_sum(answers, name)) for name in RFM_EDGES}
+
+    final_cfg = _config(plan, centroids=centroids.ravel().tolist(), k=k, sigma=noise.sigma_final, names=names,
+                        **{"thr-" + n: v for n, v in thresholds.items()},
+                        **{"inactivity-days": plan.inactivity_days, "churn-threshold": plan.churn_threshold,
+                           "sigma-transitions": noise.sigma_transitions})
+    if plan.previous_cutoff:
+        final_cfg["previous-cutoff"] = plan.previous_cutoff.isoformat()
+    answers = _ask(grid, nodes, "seg_final", final_cfg, t)
+    return _report(plan, noise, k, centroids, names, thresholds, answers, history, inertias)
+
+
+def _report(plan, noise, k, centroids, names, thresholds, answers, history, inertias) -> dict[str, Any]:  # noqa: ANN001
+    from clients.segments import RFM_SEGMENT_NAMES, VALUE_TIERS
+    from fedseg.config import LIFECYCLE_STAGES
+
+    # Noisy counts can be negative; clipping at 0 is post-processing and costs no privacy.
+    sizes = np.maximum(_sum(answers, "sizes"), 0.0)
+    churned = np.maximum(_sum(answers, "churned"), 0.0)
+    profile_sums = _sum(answers, "profile-sums").reshape(k, D)
+    segments = []
+    for i in range(k):
+        n = max(sizes[i], 0.0)
+        segments.append({
+            "segment": i,
+            "name": names[i],
+            "size": float(sizes[i]),
+            "share": float(n / max(np.maximum(sizes, 0).sum(), 1e-9)),
+            "churn_rate": float(np.clip(churned[i] / n, 0, 1)) if n > 0 else None,
+            "centroid": vectors_to_profile(centroids[i])[0],
+            "mean_profile": vectors_to_profile(np.clip(profile_sums[i] / n, 0, 1))[0] if n > 0 else None,
+        })
+    out: dict[str, Any] = {
+        "k": k,
+        "segments": segments,
+        "rfm_thresholds": {name: [float(RFM_EDGES[name][b]) for b in bins] for name, bins in thresholds.items()},
+        "rfm_threshold_bins": thresholds,
+        "rfm_segments": dict(zip(RFM_SEGMENT_NAMES, _counts(answers, "rfm-segments"))),
+        "value_tiers": dict(zip(VALUE_TIERS, _counts(answers, "tiers"))),
+        "lifecycle": dict(zip(LIFECYCLE_STAGES, _counts(answers, "stages"))),
+        "warnings": max(float(_sum(answers, "warnings")), 0.0),
+        "lloyd": history,
+        "elbow_inertias": inertias,
+        "privacy": {"epsilon": noise.epsilon if plan.epsilon else None, "delta": plan.delta,
+                    "rho": noise.rho, "accountant": "zCDP (Gaussian mechanism), add/remove one user",
+                    "sigmas": noise.model_dump(exclude={"rho", "epsilon", "delta"})},
+        "units": len(answers),
+        "cutoff": plan.cutoff.isoformat(),
+    }
+    if plan.previous_cutoff:
+        stages = ["absent", *LIFECYCLE_STAGES]
+        matrix = np.maximum(_sum(answers, "transitions"), 0.0).reshape(len(stages), len(stages))
+        out["transition_matrix"] = {"from_cutoff": plan.previous_cutoff.isoformat(), "to_cutoff": plan.cutoff.isoformat(),
+                                    "states": stages, "counts": matrix.tolist()}
+    return out

@@ -97,7 +97,8 @@ def plan_actions(table: pd.DataFrame, config: PlaybookConfig, today: dt.date,
         recent = log.loc[log["ts"] < ref]
         last = recent.groupby("user_id")["ts"].max()
         in_window = recent.loc[recent["ts"] >= ref - pd.Timedelta(days=config.window_days)].groupby("user_id").size()
-        days_since = (ref - last.reindex(out["user_id"]).to_numpy()) / pd.Timedelta(days=1)
+        last_contact = pd.to_datetime(last.reindex(out["user_id"]).to_numpy())
+        days_since = ((ref - last_contact) / pd.Timedelta(days=1)).to_numpy(dtype=float)
         quiet = np.nan_to_num(days_since, nan=np.inf) <= config.quiet_days
         capped = in_window.reindex(out["user_id"]).fillna(0).to_numpy() >= config.max_contacts
         out.loc[quiet, "suppressed_reason"] = f"contacted within the last {config.quiet_days} days"

@@ -110,10 +110,11 @@ def add_noise(values: np.ndarray, sigma: float, rng: np.random.Generator | None 
 # RFM: histograms over fixed bins, quintile scores, the 11 named segments, value tiers
 # --------------------------------------------------------------------------------------
 
-#: Fixed bin edges (left-closed) for the RFM histograms, in natural units.
-RECENCY_EDGES: Final = np.arange(0, 731, 1.0)                 # whole days, 0 .. 730+
-FREQUENCY_EDGES: Final = np.arange(0, 201, 1.0)               # whole purchase days, 0 .. 200+
-MONETARY_EDGES: Final = np.concatenate([[0.0], np.round(np.geomspace(1, 100_000, 400), 2)])
+#: Fixed bin edges (left-closed) for the RFM histograms, in natural units. Coarse enough that
+#: DP noise summed over the bins below a quantile stays small, fine enough to score on.
+RECENCY_EDGES: Final = np.arange(0, 735, 7.0)                 # weeks of days, 0 .. 104+ weeks
+FREQUENCY_EDGES: Final = np.arange(0, 101, 1.0)               # whole purchase days, 0 .. 100+
+MONETARY_EDGES: Final = np.concatenate([[0.0], np.round(np.geomspace(1, 100_000, 120), 2)])
 
 
 def binned(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -122,9 +123,9 @@ def binned(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def rfm_histograms(features: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Users per fixed bin of recency (floored days), frequency and monetary total."""
+    """Users per fixed bin of recency (days), frequency (purchase days) and monetary total."""
     return {
-        "recency": np.bincount(binned(np.floor(features["recency_days"].to_numpy()), RECENCY_EDGES),
+        "recency": np.bincount(binned(features["recency_days"].to_numpy(), RECENCY_EDGES),
                                minlength=len(RECENCY_EDGES)).astype(float),
         "frequency": np.bincount(binned(features["frequency"].to_numpy(), FREQUENCY_EDGES),
                                  minlength=len(FREQUENCY_EDGES)).astype(float),
@@ -191,7 +192,7 @@ def value_tier(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def rfm_scores(features: pd.DataFrame, thresholds: dict[str, list[int]]) -> pd.DataFrame:
     """R, F, M scores, the RFM code, segment name and value tier of each user."""
-    r = quintile_score(binned(np.floor(features["recency_days"].to_numpy()), RECENCY_EDGES),
+    r = quintile_score(binned(features["recency_days"].to_numpy(), RECENCY_EDGES),
                        thresholds["recency"], higher_is_better=False)
     f = quintile_score(binned(features["frequency"].to_numpy(), FREQUENCY_EDGES), thresholds["frequency"], True)
     m = quintile_score(binned(features["monetary_total"].to_numpy(), MONETARY_EDGES), thresholds["monetary"], True)

@@ -69,6 +69,7 @@ class SegmentationPlan(BaseModel):
     inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
     churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this probability.")
     seed: int = 0
+    min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
     timeout_s: float = 600.0
 
 
@@ -145,7 +146,7 @@ def _ask(grid: Grid, nodes: list[int], action: str, config: ConfigRecord, timeou
         if reply.has_error():
             raise RuntimeError(f"unit {reply.metadata.src_node_id} failed {action}: {reply.error.reason}")
         answers.append(reply.content["metrics"])
-    if len(answers) < len(nodes):
+    if not nodes or len(answers) < len(nodes):
         raise RuntimeError(f"{action}: {len(answers)} of {len(nodes)} units answered")
     return answers
 
@@ -219,7 +220,9 @@ def name_segments(centroids: np.ndarray, sizes: np.ndarray) -> list[str]:
 
 def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None = None) -> dict[str, Any]:
     """Run the protocol of the module doc; returns the aggregate ``segments.json`` content."""
-    nodes = nodes or list(grid.get_node_ids())
+    from server.training import wait_for_units
+
+    nodes = nodes or wait_for_units(grid, plan.min_units, plan.timeout_s)
     noise = noise_plan(plan)
     t = plan.timeout_s
 

@@ -143,13 +143,14 @@ def _make_strategy(plan: TrainingPlan) -> FedAvg:
     return FedAvg(**common)
 
 
-def _wait_for_units(grid: Grid, plan: TrainingPlan) -> list[int]:
-    deadline = time.monotonic() + plan.connect_timeout_s
-    while len(nodes := list(grid.get_node_ids())) < plan.min_available_units:
+def wait_for_units(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
+    """Node ids once at least ``minimum`` units are connected; NotEnoughUnits after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := list(grid.get_node_ids())) < minimum:
         if time.monotonic() > deadline:
-            raise NotEnoughUnits(f"only {len(nodes)} units connected after {plan.connect_timeout_s:.0f} s; "
-                                 f"the plan needs {plan.min_available_units}")
-        time.sleep(0.5)
+            raise NotEnoughUnits(f"only {len(nodes)} units connected after {timeout_s:.0f} s; "
+                                 f"{minimum} are needed")
+        time.sleep(0.2)
     return nodes
 
 
@@ -205,7 +206,7 @@ def run_training(
             f"{run_dir} holds a checkpoint of a different plan (model, data, cutoff or training "
             "settings changed); use a new --out directory or delete the old run."
         )
-    nodes = _wait_for_units(grid, plan)
+    nodes = wait_for_units(grid, plan.min_available_units, plan.connect_timeout_s)
     if checkpoint is None:
         mean, std = federated_scaler(grid, plan, nodes)
         model = build_model(plan.model, seed=plan.seed)

@@ -112,3 +112,100 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                       f"{m['auc_exact_pooled']:.4f})", highlight=False)
     console.print(f"data {summary['data']['fingerprint'][:23]}..., model {summary['model_version']}; "
                   f"{summary['timing']['total_seconds']:.0f} s; summary: {out / 'summary.json'}", highlight=False)
+
+
+@app.command("segment")
+def segment(
+    dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
+    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
+    synthetic_users: Annotated[int, typer.Option(help="Users to generate for --dataset synthetic.")] = 20_000,
+    units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
+    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
+    k: Annotated[int | None, typer.Option(help="Number of activity segments (default: federated elbow over 2..8).")] = None,
+    iterations: Annotated[int, typer.Option(help="Federated Lloyd iterations.")] = 8,
+    epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole segmentation (default: no noise).")] = None,
+    delta: Annotated[float, typer.Option(help="delta of the (epsilon, delta) guarantee.")] = 1e-6,
+    cutoff: Annotated[str | None, typer.Option(help="Segment as of this day, YYYY-MM-DD (CDNOW: 1997-09-30).")] = None,
+    previous_cutoff: Annotated[str | None, typer.Option(help="Earlier day for the transition matrix (default: 91 days before).")] = None,
+    horizon_days: Annotated[int | None, typer.Option(help="Label window for churn rate per segment, days.")] = None,
+    inactivity_days: Annotated[float, typer.Option(help="Churn warning after this many days without any event.")] = 30.0,
+    churn_threshold: Annotated[float, typer.Option(help="Churn warning at this churn probability (when scores exist).")] = 0.7,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/segment-<dataset>-<time>).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Federated segmentation: activity segments, RFM segments, value tiers, lifecycle transitions.
+
+    Units write per-user segment files and action lists locally (<out>/units); only aggregates
+    reach the coordinator (<out>/segments.json). With no options: CDNOW over 5 units.
+    """
+    from pydantic import ValidationError
+
+    from server.segmentation import SegmentationPlan
+    from simulations.runner import SimulationConfig
+    from simulations.segment_runner import run_segment_job
+
+    if out is None:
+        out = Path("runs") / f"segment-{dataset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    cutoff_date = _date(cutoff, "--cutoff")
+    try:
+        data_cfg = SimulationConfig(dataset="file" if events else dataset, events_path=events,
+                                    synthetic_users=synthetic_users, units=units, partition=partition, alpha=alpha,
+                                    cutoff=cutoff_date, horizon_days=horizon_days, seed=seed, out=out)
+        placeholder = cutoff_date or dt.date(1997, 9, 30)
+        plan = SegmentationPlan(cutoff=placeholder, k=k, iterations=iterations, epsilon=epsilon, delta=delta,
+                                inactivity_days=inactivity_days, churn_threshold=churn_threshold, seed=seed,
+                                previous_cutoff=_date(previous_cutoff, "--previous-cutoff"))
+    except ValidationError as exc:
+        fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
+    console.print(f"segmenting {units} units on {data_cfg.dataset}"
+                  f"{'' if epsilon is None else f' with epsilon {epsilon} (delta {delta})'} -> {out}", highlight=False)
+    try:
+        report = run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    print_segments(report, out)
+
+
+def print_segments(report: dict[str, Any], out: Path) -> None:
+    """Readable tables of a segmentation report."""
+    from rich.table import Table
+
+    table = Table(title=f"activity segments (k={report['k']}, {report['units']} units)")
+    for col in ("segment", "users", "share", "churn rate", "recency d", "purchase days", "spend"):
+        table.add_column(col, justify="right" if col != "segment" else "left")
+    for s in sorted(report["segments"], key=lambda s: -(s["churn_rate"] or 0)):
+        p = s["mean_profile"] or s["centroid"]
+        table.add_row(s["name"], f"{s['size']:,.0f}", f"{s['share']:.1%}",
+                      "-" if s["churn_rate"] is None else f"{s['churn_rate']:.1%}",
+                      f"{p['recency_days']:.0f}", f"{p['frequency']:.1f}", f"{p['monetary_total']:.0f}")
+    console.print(table)
+    rfm = Table(title="RFM segments and value tiers")
+    rfm.add_column("RFM segment")
+    rfm.add_column("users", justify="right")
+    for name, n in report["rfm_segments"].items():
+        rfm.add_row(name, f"{n:,.0f}")
+    for name, n in report["value_tiers"].items():
+        rfm.add_row(f"tier: {name}", f"{n:,.0f}")
+    console.print(rfm)
+    if "transition_matrix" in report:
+        tm = report["transition_matrix"]
+        trans = Table(title=f"lifecycle transitions {tm['from_cutoff']} -> {tm['to_cutoff']} (rows: from)")
+        trans.add_column("from \\ to")
+        for s in tm["states"]:
+            trans.add_column(s, justify="right")
+        for s, row in zip(tm["states"], tm["counts"]):
+            trans.add_row(s, *[f"{v:,.0f}" for v in row])
+        console.print(trans)
+    privacy = report["privacy"]
+    if privacy["epsilon"] is not None:
+        console.print(f"privacy: epsilon {privacy['epsilon']:.3f}, delta {privacy['delta']:g} per end user "
+                      f"({privacy['accountant']}; rho {privacy['rho']:.5f})", highlight=False)
+    else:
+        console.print("privacy: no noise added (exact aggregates); pass --epsilon for differential privacy")
+    if "centralised_comparison" in report:
+        c = report["centralised_comparison"]
+        console.print(f"agreement with centralised k-means (simulation only): ARI {c['adjusted_rand_index']:.3f}, "
+                      f"inertia ratio {c['inertia_ratio']:.3f}", highlight=False)
+    console.print(f"segments.json and per-unit files in {out} ({report['seconds']:.0f} s)", highlight=False)

@@ -24,8 +24,13 @@ from simulations.runner import SimulationConfig, prepare_federation, quiet_flowe
 
 
 def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose: bool = False,
-                    compare_centralised: bool = True) -> dict[str, Any]:
-    """Federated segmentation of the configured data; returns and writes ``segments.json``."""
+                    compare_centralised: bool = True, default_previous_days: int | None = None) -> dict[str, Any]:
+    """Federated segmentation of the configured data; returns and writes ``segments.json``.
+
+    The plan's cutoff and horizon are taken from the data (as ``fedseg simulate`` does); with
+    ``default_previous_days`` and no previous cutoff, the transition matrix compares with the
+    state that many days earlier.
+    """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -36,14 +41,16 @@ def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose:
     started = time.perf_counter()
     out = Path(data_cfg.out)
     fed = prepare_federation(data_cfg, out)
-    plan = plan.model_copy(update={"cutoff": fed.cutoff, "horizon_days": fed.horizon_days})
+    update: dict[str, Any] = {"cutoff": fed.cutoff, "horizon_days": fed.horizon_days}
+    if plan.previous_cutoff is None and default_previous_days:
+        update["previous_cutoff"] = fed.cutoff - dt.timedelta(days=default_previous_days)
+    update["min_units"] = len(fed.files)
+    plan = plan.model_copy(update=update)
     reports: list[dict[str, Any]] = []
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        while len(list(grid.get_node_ids())) < len(fed.files):
-            time.sleep(0.2)
         reports.append(run_segmentation(grid, plan))
 
     run_simulation(server_app=server, client_app=make_client_app(fed.files, output_dir=out / "units"),

@@ -69,6 +69,7 @@ class SegmentationPlan(BaseModel):
     inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
     churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this probability.")
     seed: int = 0
+    dataset: str = Field("", description="Bundled dataset for units without data ('cdnow', simulation only).")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
     timeout_s: float = 600.0
 
@@ -132,7 +133,7 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
 
 def _config(plan: SegmentationPlan, **extra: Any) -> ConfigRecord:
     record = ConfigRecord({"cutoff": plan.cutoff.isoformat(), "horizon-days": plan.horizon_days,
-                           "model": "mlp"})
+                           "model": "mlp", "dataset": plan.dataset})
     for key, value in extra.items():
         record[key] = value
     return record

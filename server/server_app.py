@@ -1,7 +1,10 @@
 """The Flower ServerApp the coordinator runs (``flwr run .`` loads :data:`app`).
 
 Its configuration comes from ``[tool.flwr.app.config]`` in ``pyproject.toml`` (override with
-``flwr run . --run-config "num-server-rounds=5 model='gru'"``); see :class:`TrainingPlan`.
+``flwr run . --run-config "num-server-rounds=5 model='gru'"``). ``task`` selects the job:
+``train`` (default, :class:`server.training.TrainingPlan`) or ``segment``
+(:class:`server.segmentation.SegmentationPlan`, keys prefixed ``segment-``, writing
+``<output-dir>/segments.json``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,33 @@ from server.training import TrainingPlan, TrainingResult, log_round, run_trainin
 
 #: pyproject keys whose names differ from the plan's fields.
 _RENAMES = {"num-server-rounds": "num_rounds"}
+#: run-config keys that are not training-plan fields.
+_NOT_PLAN = ("task", "segment-")
 
 
 def plan_from_run_config(run_config: dict[str, Any]) -> TrainingPlan:
-    """A validated plan from Flower's run config (kebab-case keys)."""
-    values = {_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()}
+    """A validated training plan from Flower's run config (kebab-case keys)."""
+    values = {_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()
+              if not k.startswith(_NOT_PLAN)}
     return TrainingPlan.model_validate(values)
+
+
+def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN201
+    """A segmentation plan from ``cutoff``, ``horizon-days``, ``seed`` and ``segment-*`` keys."""
+    from server.segmentation import SegmentationPlan
+
+    values = {k.removeprefix("segment-").replace("-", "_"): v for k, v in run_config.items()
+              if k.startswith("segment-")}
+    for key in ("cutoff", "horizon-days", "seed", "dataset"):
+        if key in run_config:
+            values.setdefault(key.replace("-", "_"), run_config[key])
+    if values.get("epsilon") in (0, 0.0):
+        values["epsilon"] = None  # 0 in pyproject means no noise (TOML has no null)
+    if values.get("k") in (0,):
+        values["k"] = None
+    if values.get("previous_cutoff") in ("",):
+        values["previous_cutoff"] = None
+    return SegmentationPlan.model_validate(values)
 
 
 def make_server_app(
@@ -37,12 +61,28 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_plan = plan if plan is not None else plan_from_run_config(dict(context.run_config))
+        run_config = dict(context.run_config)
+        if plan is None and run_config.get("task", "train") == "segment":
+            _segment(grid, run_config)
+            return
+        run_plan = plan if plan is not None else plan_from_run_config(run_config)
         result = run_training(grid, run_plan, on_round=on_round)
         if results is not None:
             results.append(result)
 
     return app
+
+
+def _segment(grid: Grid, run_config: dict[str, Any]) -> None:
+    import json
+    from pathlib import Path
+
+    from server.segmentation import run_segmentation
+
+    report = run_segmentation(grid, segmentation_plan_from_run_config(run_config))
+    out = Path(str(run_config.get("output-dir", "runs/flwr")))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segments.json").write_text(json.dumps(report, indent=2, default=str))
 
 
 app = make_server_app()

@@ -209,3 +209,47 @@ def print_segments(report: dict[str, Any], out: Path) -> None:
         console.print(f"agreement with centralised k-means (simulation only): ARI {c['adjusted_rand_index']:.3f}, "
                       f"inertia ratio {c['inertia_ratio']:.3f}", highlight=False)
     console.print(f"segments.json and per-unit files in {out} ({report['seconds']:.0f} s)", highlight=False)
+
+
+@app.command("sweep")
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep file (TOML): [sweep], [fixed], [grid]; see simulations/sweeps/.")],
+    plot: Annotated[bool, typer.Option("--plot", help="Only draw the plots from the existing results table.")] = False,
+) -> None:
+    """Run a grid of simulations (resumable: finished cells are skipped); --plot draws PNGs."""
+    import pandas as pd
+
+    from simulations.plots import make_plots
+    from simulations.sweep import RESULTS_CSV, SweepError, expand, load_spec, run_sweep
+
+    try:
+        spec = load_spec(config)
+        cells = expand(spec)
+    except SweepError as exc:
+        fail(str(exc))
+    out = Path(spec.out)
+    if plot:
+        if not (out / RESULTS_CSV).exists():
+            fail(f"{out / RESULTS_CSV} does not exist yet; run `fedseg sweep {config}` first.")
+        paths = make_plots(pd.read_csv(out / RESULTS_CSV), out / "plots")
+        for p in paths:
+            console.print(f"wrote {p}")
+        if not paths:
+            console.print("the results table holds no cells any plot needs")
+        return
+    console.print(f"sweep {spec.name}: {len(cells)} cells -> {out}", highlight=False)
+
+    def show(index: int, total: int, cell: dict[str, Any], status: str) -> None:
+        settings = ", ".join(f"{k}={v}" for k, v in cell.items() if k not in ("cell_id", "rounds_json") and
+                             k in spec.grid)
+        figures = ""
+        if status == "done":
+            figures = " ".join(f"{k}={cell[k]:.4f}" for k in ("auc", "centralized_auc", "ari", "epsilon_spent")
+                               if isinstance(cell.get(k), float))
+            figures += f" ({cell['seconds']:.0f} s)"
+        console.print(f"[{index}/{total}] {cell['cell_id']} {settings}: {status} {figures}", highlight=False)
+
+    table = run_sweep(spec, on_cell=show)
+    paths = make_plots(table, out / "plots")
+    console.print(f"results: {out / RESULTS_CSV} ({len(table)} rows); plots: {', '.join(p.name for p in paths)}",
+                  highlight=False)

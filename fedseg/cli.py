@@ -32,6 +32,7 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("server.cli", None),
     ("privacy.cli", "privacy"),
     ("privacy.keys_cli", "keys"),
+    ("server.deploy_cli", "deploy"),
     ("audit.cli", "audit"),
 )
 

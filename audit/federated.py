@@ -15,7 +15,9 @@ Small-cell suppression is applied to the combined figures (``min_group_size`` / 
 
 Optional DP noise (fairness only): Gaussian noise ``N(0, sigma^2)`` on every combined count,
 score sum and histogram entry before anything is derived (the bootstrap then resamples the
-noisy table; its intervals do not include the DP noise). Unit of privacy: one end user, who
+noisy table, negative cells taken as 0 there; its intervals do not include the DP noise).
+Cells are not clipped, so derived counts stay unbiased; the noise on a derived count is
+``sigma * sqrt(cells summed)``: with DP, use a coarse ``score_bins`` (e.g. 20) to keep it small. Unit of privacy: one end user, who
 holds ONE row of the scored table. Adding or removing that user changes, per attribute, one
 cell count by 1, the matching score sum by at most 1 (scores lie in [0, 1]) and, with
 ``auc_bins``, one histogram entry by 1; so the L2 sensitivity over all ``A`` audited attributes
@@ -76,7 +78,7 @@ def _noised(stats: FairnessStats, sigma: float, rng: np.random.Generator) -> Fai
         for key in ("cells", "score_sums", "auc_hist"):
             arr = np.asarray(getattr(st, key), dtype=float)
             if arr.size:
-                upd[key] = np.maximum(arr + rng.normal(0.0, sigma, arr.shape), 0.0).tolist()
+                upd[key] = (arr + rng.normal(0.0, sigma, arr.shape)).tolist()  # unclipped: sums stay unbiased
         out[name] = st.model_copy(update=upd)
     return FairnessStats(n_rows=stats.n_rows, attributes=out)
 

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from audit import DPConfig, FairnessSpec, PricingSpec, fairness_audit, federated_fairness, federated_pricing, pricing_audit
+from simulations.transactions import generate_transactions
+from tests.audit.conftest import scored_frame
+
+
+def _flat(d, pre=""):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _flat(v, f"{pre}/{k}")
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            yield from _flat(v, f"{pre}[{i}]")
+    else:
+        yield pre, d
+
+
+def assert_reports_equal(a, b):
+    fa = dict(_flat(a.model_dump(exclude={"created_at", "units"})))
+    fb = dict(_flat(b.model_dump(exclude={"created_at", "units"})))
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        if isinstance(fa[k], float):
+            assert math.isclose(fa[k], fb[k], rel_tol=1e-9, abs_tol=1e-12), k
+        else:
+            assert fa[k] == fb[k], k
+
+
+def _fair_units(tmp_path, n_units=3):
+    f = scored_frame(n=6000)
+    paths = []
+    for u, part in enumerate(np.array_split(np.random.default_rng(0).permutation(len(f)), n_units)):
+        p = tmp_path / f"unit{u}.csv"
+        f.iloc[np.sort(part)].to_csv(p, index=False)
+        paths.append(p)
+    return f, paths
+
+
+def test_federated_fairness_equals_pooled(tmp_path):
+    f, paths = _fair_units(tmp_path)
+    spec = FairnessSpec(label="churned", score="score", groups=["gender", "region"], intersect=True,
+                        bootstrap=200, auc_bins=10_000)
+    assert_reports_equal(federated_fairness(paths, spec), fairness_audit(f, spec))
+    # exact AUC (pooled only) is within the histogram's tie mass of the federated one
+    exact = fairness_audit(f, spec.model_copy(update={"auc_bins": None}))
+    fed = federated_fairness(paths, spec)
+    for g, gf in exact.attributes["gender"].groups.items():
+        assert abs(gf.auc.value - fed.attributes["gender"].groups[g].auc.value) < 1e-3
+
+
+def test_federated_outcome_equals_pooled(tmp_path):
+    f, paths = _fair_units(tmp_path)
+    spec = FairnessSpec(outcome="offer", groups=["gender"], bootstrap=100)
+    assert_reports_equal(federated_fairness(paths, spec), fairness_audit(f, spec))
+
+
+def test_dp_noise_is_accounted_and_changes_counts(tmp_path):
+    f, paths = _fair_units(tmp_path)
+    spec = FairnessSpec(label="churned", score="score", groups=["gender"], bootstrap=0)
+    spent = []
+    rep = federated_fairness(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6, seed=0),
+                             on_spend=lambda e, d, m: spent.append((e, d, m)))
+    assert spent and spent[0][:2] == (1.0, 1e-6) and "gaussian" in spent[0][2]
+    # sigma from the documented sensitivity: Delta^2 = 1 attribute x 2 tables
+    from server.segmentation import epsilon_for_rho
+    rho = 2 / (2 * rep.dp_noise_sigma**2)
+    assert abs(epsilon_for_rho(rho, 1e-6) - 1.0) < 1e-9
+    clean = federated_fairness(paths, spec)
+    na = rep.attributes["gender"].groups["a"].n
+    assert na != clean.attributes["gender"].groups["a"].n
+    # n sums 2 x 2 x score_bins noisy cells: its noise SD is sigma * sqrt(4 * score_bins)
+    assert abs(na - clean.attributes["gender"].groups["a"].n) < 5 * rep.dp_noise_sigma * math.sqrt(4 * spec.score_bins)
+
+
+def test_federated_pricing_equals_pooled(tmp_path):
+    f = generate_transactions(n_rows=40_000, n_customers=4000, n_items=60, n_weeks=6, premium_pct=2.5, seed=9)
+    paths = []
+    for u in range(3):
+        p = tmp_path / f"tx{u}.parquet"
+        f[f.customer_id % 3 == u].to_parquet(p)
+        paths.append(p)
+    spec = PricingSpec(price="price", item="item_id", time="week", window="raw", groups=["loyalty", "data_richness"],
+                       by="category", references={"loyalty": "new"}, customer="customer_id", returning="returning")
+    assert_reports_equal(federated_pricing(paths, spec), pricing_audit(f, spec))
+
+
+def test_flower_simulation_equals_pooled(tmp_path):
+    """The same audit through Flower's real simulation engine (ServerApp + ClientApp query handler)."""
+    from audit.flower_app import run_federated_audit
+
+    f, paths = _fair_units(tmp_path, n_units=2)
+    spec = FairnessSpec(label="churned", score="score", groups=["gender"], bootstrap=100, auc_bins=10_000)
+    assert_reports_equal(run_federated_audit(paths, spec), fairness_audit(f, spec))
+    t = generate_transactions(n_rows=20_000, n_customers=2000, n_items=40, n_weeks=4, premium_pct=2.5, seed=4)
+    tp = []
+    for u in range(2):
+        p = tmp_path / f"t{u}.parquet"
+        t[t.customer_id % 2 == u].to_parquet(p)
+        tp.append(p)
+    pspec = PricingSpec(price="price", item="item_id", time="week", window="raw", groups=["loyalty"],
+                        references={"loyalty": "new"}, customer="customer_id")
+    assert_reports_equal(run_federated_audit(tp, pspec), pricing_audit(t, pspec))

@@ -47,6 +47,19 @@ def main() -> None:
     print(f"pricing audit (loyalty, data_richness, renewal; item x week strata; cluster-robust by customer): "
           f"{dt:.1f} s, {args.rows / dt:,.0f} rows/s, peak RSS {rss_mb():,.0f} MB; "
           f"loyal premium {f.premium_pct:.3f}% [{f.ci_low:.3f}, {f.ci_high:.3f}] (planted 2.5), flagged={f.flagged}")
+    import tempfile
+
+    from audit.stats import read_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tx.parquet"
+        tx.to_parquet(path)
+        t = time.perf_counter()
+        cols = ["price", "item_id", "week", "loyalty", "data_richness", "customer_id", "returning"]
+        rep = pricing_audit(read_table(path, cols), spec)
+        dt = time.perf_counter() - t
+    print(f"read parquet + pricing audit (what `fedseg audit pricing` does): {dt:.1f} s, {args.rows / dt:,.0f} rows/s, "
+          f"peak RSS {rss_mb():,.0f} MB")
     spec_by = spec.model_copy(update={"by": "category"})
     t = time.perf_counter()
     rep = pricing_audit(tx, spec_by)

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.dataset import UnitData, feature_moments, prepare_unit
+from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
-from clients.training import TrainParams, evaluate_local, train_local
+from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
 from fedseg.config import RoundConfig, from_flower_config
 from fedseg.models import build_model, uses_sequences
 
@@ -149,9 +149,14 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     def query(msg: Message, context: Context) -> Message:
         cfg = _round_config(msg)
         data = unit_data(context, cfg, unit_files)
-        n, total, total_sq = feature_moments(data.static[~data.test_mask])
+        train = data.static[~data.test_mask]
+        if cfg.privacy == "none":
+            n, total, total_sq = feature_moments(train)
+        else:  # DP: bounded features, the unit's own Gaussian noise
+            n, total, total_sq = bounded_moments(train, cfg.scaler_sigma)
         metrics = MetricRecord({"n": n, "sum": total.tolist(), "sumsq": total_sq.tolist()})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+        identity = ConfigRecord({"unit-id": unit_name(context)})
+        return Message(RecordDict({"metrics": metrics, "identity": identity}), reply_to=msg)
 
     @app.train(mods=[outgoing_guard_mod])
     def train(msg: Message, context: Context) -> Message:
@@ -160,11 +165,17 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         mean, std = _scaler(cfg)
         model = build_model(cfg.model)
         model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        params = TrainParams(epochs=cfg.local_epochs, learning_rate=cfg.learning_rate,
-                             batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu,
-                             seed=cfg.seed * 100_003 + cfg.server_round * 101 + context.node_id % 97)
-        loss = train_local(model, data, mean, std, params)
-        metrics = MetricRecord({"num-examples": data.n_train, "train-loss": loss})
+        seed = cfg.seed * 100_003 + cfg.server_round * 101 + context.node_id % 97
+        if cfg.privacy == "user":
+            loss, _ = train_local_dpsgd(model, data, mean, std, cfg.noise_multiplier, cfg.max_grad_norm,
+                                        cfg.sample_rate, cfg.steps_per_round, cfg.learning_rate, seed)
+        else:
+            params = TrainParams(epochs=cfg.local_epochs, learning_rate=cfg.learning_rate,
+                                 batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu, seed=seed)
+            loss = train_local(model, data, mean, std, params)
+        # Under DP the number of users is private: every unit weighs the same.
+        weight = data.n_train if cfg.privacy == "none" else 1
+        metrics = MetricRecord({"num-examples": weight, "train-loss": loss})
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
                        reply_to=msg)
 
@@ -175,7 +186,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         mean, std = _scaler(cfg)
         model = build_model(cfg.model)
         model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-        stats = evaluate_local(model, data, mean, std)
+        stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma if cfg.privacy == "user" else 0.0)
         metrics = MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
             "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),

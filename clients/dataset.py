@@ -23,6 +23,22 @@ from fedseg.models import DEFAULT_SEQ_LEN, SEQ_EVENT_TYPES, SEQ_NUMERIC
 
 #: Features used as they are; every other model feature is non-negative and gets log1p.
 UNLOGGED = ("trend",)
+#: Fixed caps of the transformed features (not read from data): dividing by them maps every
+#: user into [-1, 1]^d, which bounds one user's share of the scaler sums under DP.
+FEATURE_CAPS = np.array([
+    np.log1p(3650),   # recency_days (10 years)
+    np.log1p(1000),   # frequency
+    np.log1p(1e6),    # monetary_total
+    np.log1p(1e6),    # monetary_mean
+    np.log1p(3650),   # tenure_days
+    np.log1p(7),      # active_days_7
+    np.log1p(30),     # active_days_30
+    np.log1p(90),     # active_days_90
+    np.log1p(1e5),    # events_total
+    np.log1p(3650),   # ipi_mean
+    np.log1p(3650),   # ipi_std
+    1.0,              # trend
+])
 TEST_FRACTION_MODULUS = 5
 
 
@@ -134,6 +150,29 @@ def prepare_unit(
 def feature_moments(static: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """A unit's share of the global standardisation: ``(n, sum x, sum x^2)`` per feature."""
     return len(static), static.sum(axis=0), (static**2).sum(axis=0)
+
+
+def bounded_moments(static: np.ndarray, sigma: float, rng: np.random.Generator | None = None
+                    ) -> tuple[float, np.ndarray, np.ndarray]:
+    """DP share of the standardisation: moments of ``clip(x / FEATURE_CAPS, -1, 1)`` plus
+    Gaussian noise of standard deviation ``sigma`` on the count and on every sum.
+
+    One user changes the count by 1, each of the d sums and d sums of squares by at most 1:
+    L2 sensitivity ``sqrt(1 + 2d)`` (5 for d = 12).
+    """
+    rng = rng or np.random.default_rng()
+    u = np.clip(static / FEATURE_CAPS, -1.0, 1.0)
+    d = u.shape[1]
+    return (len(u) + rng.normal(0, sigma), u.sum(axis=0) + rng.normal(0, sigma, d),
+            (u**2).sum(axis=0) + rng.normal(0, sigma, d))
+
+
+def scaler_from_bounded(moments: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std in feature units from (noisy) moments of the capped features."""
+    n = max(sum(m[0] for m in moments), 1.0)
+    mean_u = np.sum([m[1] for m in moments], axis=0) / n
+    var_u = np.maximum(np.sum([m[2] for m in moments], axis=0) / n - mean_u**2, 1e-4)
+    return mean_u * FEATURE_CAPS, np.sqrt(var_u) * FEATURE_CAPS
 
 
 def global_scaler(moments: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,8 @@ A ClientApp mod that inspects every reply before it is sent. A reply may hold on
   (:func:`fedseg.models.expected_shapes` of the model named in the incoming config);
 - MetricRecords whose keys are in the allow-list of the message type (aggregate figures:
   counts, sums, histograms), with list values no longer than :data:`MAX_LIST_LEN`;
-- nothing else (no ConfigRecord).
+- at most the unit's own name (ConfigRecord ``identity`` = {``unit-id``}) in reply to the
+  start-up ``query``; nothing else.
 
 Anything else is refused: the reply is replaced by an error naming the offending key, and the
 content never leaves the unit.
@@ -70,7 +71,10 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
                 if isinstance(value, list) and len(value) > MAX_LIST_LEN:
                     raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {MAX_LIST_LEN})")
         elif isinstance(record, ConfigRecord):
-            raise OutgoingRefused(f"config record {key!r} may not leave the unit")
+            # The only config a unit sends is its own name, in reply to the start-up query.
+            if not (kind == "query" and message_type == "query" and key == "identity"
+                    and set(record.keys()) == {"unit-id"}):
+                raise OutgoingRefused(f"config record {key!r} may not leave the unit")
         else:  # pragma: no cover - RecordDict holds only these three kinds
             raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
 

@@ -107,18 +107,108 @@ def predict_proba(model: nn.Module, dataset: TensorDataset, batch_size: int = 40
 class EvalStats:
     """Aggregate evaluation statistics of one unit's test users (see :mod:`fedseg.metrics`)."""
 
-    n: int
+    n: float
     loss_sum: float
     brier_sum: float
     hist_pos: np.ndarray
     hist_neg: np.ndarray
 
 
-def evaluate_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.ndarray) -> EvalStats:
-    """Score the unit's test users; only sums and histograms come out."""
+def evaluate_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.ndarray,
+                   noise_sigma: float = 0.0, bins: int | None = None, loss_clip: float = 10.0) -> EvalStats:
+    """Score the unit's test users; only sums and histograms come out.
+
+    With ``noise_sigma > 0`` (user-level DP) the histograms have ``bins`` bins, each user's log
+    loss is clipped to ``loss_clip``, and Gaussian noise is added: ``noise_sigma`` to every
+    count, to ``n`` and to the Brier sum, ``loss_clip * noise_sigma`` to the log-loss sum.
+    """
+    from fedseg.metrics import HIST_BINS
+
     dataset = tensors(data, mean, std, data.test_mask)
     probs = predict_proba(model, dataset)
     labels = data.labels[data.test_mask]
-    loss_sum, brier_sum = loss_sums(probs, labels)
-    pos, neg = score_histograms(probs, labels)
-    return EvalStats(n=len(labels), loss_sum=loss_sum, brier_sum=brier_sum, hist_pos=pos, hist_neg=neg)
+    if noise_sigma <= 0:
+        loss_sum, brier_sum = loss_sums(probs, labels)
+        pos, neg = score_histograms(probs, labels, bins or HIST_BINS)
+        return EvalStats(n=len(labels), loss_sum=loss_sum, brier_sum=brier_sum, hist_pos=pos, hist_neg=neg)
+    rng = np.random.default_rng()
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    per_user_loss = np.minimum(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)), loss_clip)
+    pos, neg = score_histograms(probs, labels, bins or 50)
+    return EvalStats(
+        n=float(len(labels) + rng.normal(0, noise_sigma)),
+        loss_sum=float(per_user_loss.sum() + rng.normal(0, loss_clip * noise_sigma)),
+        brier_sum=float(((p - labels) ** 2).sum() + rng.normal(0, noise_sigma)),
+        hist_pos=pos + rng.normal(0, noise_sigma, len(pos)),
+        hist_neg=neg + rng.normal(0, noise_sigma, len(neg)),
+    )
+
+
+def train_local_dpsgd(
+    model: nn.Module,
+    data: UnitData,
+    mean: np.ndarray,
+    std: np.ndarray,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    sample_rate: float,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+) -> tuple[float, int]:
+    """User-level DP-SGD with Opacus: exactly ``steps`` Poisson-sampled steps.
+
+    Each user is one training example, so Opacus' per-sample clipping to ``max_grad_norm`` is
+    per-user clipping; Gaussian noise ``noise_multiplier * max_grad_norm`` is added to every
+    summed gradient. The loader's batch size is ``floor(q * n)``, so the sampling rate Opacus
+    uses, ``1 / ceil(n / batch)``, never exceeds the ``q`` the coordinator accounts for. Empty
+    Poisson batches are stepped over, not resampled. Returns (mean loss, steps taken).
+    """
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
+    torch.set_num_threads(1)
+    n = data.n_train
+    if n == 0:
+        raise ValueError("this unit has no training users at the cutoff; it cannot train")
+    batch = int(np.floor(sample_rate * n))
+    if batch < 1:
+        raise ValueError(f"sample rate {sample_rate} x {n} training users is below one user per step; "
+                         "raise --sample-rate or use larger units")
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(f"model is not compatible with DP-SGD: {errors}")
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=batch, shuffle=True,
+                        generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    import warnings
+
+    with warnings.catch_warnings():
+        # secure_mode needs torchcsprng, which does not exist for this torch (docs/privacy.md)
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        dp_model, dp_optimizer, dp_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm, poisson_sampling=True,
+        )
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    loss_fn = nn.BCEWithLogitsLoss()
+    dp_model.train()
+    losses, taken = [], 0
+    while taken < steps:
+        for batch_data in dp_loader:
+            if taken >= steps:
+                break
+            taken += 1
+            dp_optimizer.zero_grad()
+            if len(batch_data[-1]) == 0:
+                # An empty Poisson batch: the step still happens (noise only), as accounted.
+                dp_optimizer.step()
+                continue
+            logits, labels = forward(dp_model, batch_data)
+            loss = loss_fn(logits, labels)
+            loss.backward()
+            dp_optimizer.step()
+            losses.append(float(loss.detach()))
+    return (float(np.mean(losses)) if losses else float("nan")), taken

@@ -124,6 +124,13 @@ class RoundConfig(BaseModel):
     server_round: int = Field(0, ge=0)
     scaler_mean: list[float] | None = None
     scaler_std: list[float] | None = None
+    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
+    noise_multiplier: float = Field(0.0, ge=0, description="DP-SGD noise multiplier z (user mode).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm C (user mode).")
+    sample_rate: float = Field(0.0, ge=0, le=1, description="DP-SGD Poisson sampling rate q (user mode).")
+    steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
+    scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
+    eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
 
     @property
     def features(self) -> FeatureConfig:

@@ -34,8 +34,8 @@ def score_histograms(probs: np.ndarray, labels: np.ndarray, bins: int = HIST_BIN
 
 def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC AUC from binned scores; ties within a bin count one half. NaN if a class is empty."""
-    pos = np.asarray(pos, dtype=np.float64)
-    neg = np.asarray(neg, dtype=np.float64)
+    pos = np.maximum(np.asarray(pos, dtype=np.float64), 0.0)  # noisy (DP) counts may be negative
+    neg = np.maximum(np.asarray(neg, dtype=np.float64), 0.0)
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")

@@ -40,10 +40,11 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 from pydantic import BaseModel, Field
 
 from clients.dataset import global_scaler
-from fedseg.config import ModelName, RoundConfig, StrategyName, to_flower_config
+from fedseg.config import ModelName, PrivacyMode, RoundConfig, StrategyName, to_flower_config
 from fedseg.metrics import auc_from_histograms
 from fedseg.models import build_model, model_version
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.dp import PrivacyState, calibrate
 
 MODEL_FILE = "model.npz"
 ROUNDS_FILE = "rounds.jsonl"
@@ -69,20 +70,34 @@ class TrainingPlan(BaseModel):
     output_dir: Path = Path("runs/flwr")
     round_timeout_s: float = Field(3600.0, gt=0, description="Seconds to wait for replies each round.")
     connect_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for units at start.")
+    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
+    target_epsilon: float | None = Field(None, gt=0, description="Calibrate the noise to this epsilon "
+                                         "per end user (user) or per unit (client) over the planned rounds.")
+    noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of a target.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: a power of ten below 1/users.")
+    sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate per step (user).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm (user).")
+    clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
+    ledger_path: Path | None = Field(None, description="Privacy budget ledger (SQLite); None: no ledger.")
+    dataset_id: str = Field("default", description="Dataset name under which the ledger records spend.")
 
     def fingerprint(self) -> str:
         """Hash of the fields that must not change when a run is resumed."""
-        fixed = self.model_dump(mode="json", exclude={"num_rounds", "output_dir", "round_timeout_s",
-                                                      "connect_timeout_s", "min_available_units",
-                                                      "min_fit_units"})
+        exclude = {"output_dir", "round_timeout_s", "connect_timeout_s", "min_available_units",
+                   "min_fit_units", "ledger_path"}
+        if self.privacy == "none":
+            exclude.add("num_rounds")  # a DP run's noise is calibrated to its rounds: it cannot grow
+        fixed = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
-    def round_config(self, server_round: int, mean: list[float] | None, std: list[float] | None) -> RoundConfig:
+    def round_config(self, server_round: int, mean: list[float] | None, std: list[float] | None,
+                     privacy: PrivacyState | None = None) -> RoundConfig:
         return RoundConfig(
             model=self.model, dataset=self.dataset, cutoff=self.cutoff, horizon_days=self.horizon_days,
             local_epochs=self.local_epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0, seed=self.seed,
             server_round=server_round, scaler_mean=mean, scaler_std=std,
+            **(privacy.round_fields() if privacy is not None else {}),
         )
 
 
@@ -104,6 +119,8 @@ class TrainingResult:
     history: list[dict[str, Any]]
     model_version: str
     resumed_from: int
+    privacy: dict[str, Any]
+    units: list[str]
 
 
 def _config_record(cfg: RoundConfig) -> ConfigRecord:
@@ -133,14 +150,20 @@ def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-exa
                          "log-loss": loss / n, "brier": brier / n})
 
 
-def _make_strategy(plan: TrainingPlan) -> FedAvg:
+def _make_strategy(plan: TrainingPlan, privacy: PrivacyState | None = None) -> Any:
+    """Flower's FedAvg or FedProx; in client mode wrapped by Flower's server-side clipping DP."""
     common = dict(fraction_train=plan.fraction_fit, fraction_evaluate=1.0,
                   min_train_nodes=plan.min_fit_units, min_evaluate_nodes=plan.min_fit_units,
                   min_available_nodes=plan.min_available_units,
                   evaluate_metrics_aggr_fn=merge_evaluation)
-    if plan.strategy == "fedprox":
-        return FedProx(proximal_mu=plan.proximal_mu, **common)
-    return FedAvg(**common)
+    strategy = FedProx(proximal_mu=plan.proximal_mu, **common) if plan.strategy == "fedprox" else FedAvg(**common)
+    if privacy is not None and privacy.mode == "client":
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=privacy.noise_multiplier, clipping_norm=privacy.clipping_norm,
+            num_sampled_clients=privacy.sampled_units)
+    return strategy
 
 
 def wait_for_units(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
@@ -154,27 +177,35 @@ def wait_for_units(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
     return nodes
 
 
-def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int]) -> tuple[list[float], list[float]]:
-    """Global mean/std of the transformed features from the units' sums (round 0)."""
-    record = RecordDict({"config": _config_record(plan.round_config(0, None, None))})
+def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int], privacy: PrivacyState
+                     ) -> tuple[list[float], list[float], float, dict[int, str]]:
+    """Global mean/std of the transformed features from the units' sums (round 0).
+
+    Returns mean, std, the (noisy, under DP) number of training users, and each unit's name.
+    """
+    from clients.dataset import scaler_from_bounded
+
+    record = RecordDict({"config": _config_record(plan.round_config(0, None, None, privacy))})
     messages = [Message(content=record, message_type="query", dst_node_id=nid) for nid in nodes]
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
-    moments = []
+    moments, names = [], {}
     for reply in replies:
         if reply.has_error():
             log(WARNING, "unit %s failed the feature-statistics query: %s", reply.metadata.src_node_id,
                 reply.error.reason)
             continue
         m = reply.content["metrics"]
-        moments.append((int(m["n"]), np.asarray(m["sum"]), np.asarray(m["sumsq"])))
+        moments.append((float(m["n"]), np.asarray(m["sum"]), np.asarray(m["sumsq"])))
+        identity = reply.content.config_records.get("identity")
+        names[reply.metadata.src_node_id] = str(identity["unit-id"]) if identity else f"node-{reply.metadata.src_node_id}"
     if len(moments) < plan.min_fit_units:
         raise NotEnoughUnits(f"{len(moments)} units returned feature statistics; the plan needs "
                              f"{plan.min_fit_units}")
-    mean, std = global_scaler(moments)
-    return mean.tolist(), std.tolist()
+    mean, std = global_scaler(moments) if privacy.mode == "none" else scaler_from_bounded(moments)
+    return mean.tolist(), std.tolist(), float(sum(m[0] for m in moments)), names
 
 
-def _evaluate(strategy: FedAvg, grid: Grid, server_round: int, arrays: ArrayRecord, cfg: RoundConfig,
+def _evaluate(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRecord, cfg: RoundConfig,
               timeout: float) -> tuple[MetricRecord | None, int]:
     messages = strategy.configure_evaluate(server_round, arrays, _config_record(cfg), grid)
     replies = list(grid.send_and_receive(messages, timeout=timeout))
@@ -199,36 +230,53 @@ def run_training(
     """Run (or resume) the federated training described by ``plan``; see the module doc."""
     run_dir = Path(plan.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    strategy = _make_strategy(plan)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is not None and checkpoint.plan_fingerprint != plan.fingerprint():
         raise ResumeMismatch(
-            f"{run_dir} holds a checkpoint of a different plan (model, data, cutoff or training "
+            f"{run_dir} holds a checkpoint of a different plan (model, data, cutoff, privacy or training "
             "settings changed); use a new --out directory or delete the old run."
         )
+    ledger = _open_ledger(plan)
+    if ledger is not None and plan.target_epsilon is not None and checkpoint is None:
+        ledger.check_projected_all(plan.dataset_id, plan.target_epsilon)
     nodes = wait_for_units(grid, plan.min_available_units, plan.connect_timeout_s)
+    sampled = max(int(len(nodes) * plan.fraction_fit), plan.min_fit_units)
     if checkpoint is None:
-        mean, std = federated_scaler(grid, plan, nodes)
+        pre = PrivacyState(mode=plan.privacy)
+        if plan.privacy != "none":
+            from privacy.training_dp import DEFAULT_SCALER_Z, SCALER_SENSITIVITY
+
+            pre.scaler_sigma = DEFAULT_SCALER_Z * SCALER_SENSITIVITY
+        mean, std, n_users, names = federated_scaler(grid, plan, nodes, pre)
+        privacy = calibrate(plan, n_users, len(nodes), sampled)
+        if ledger is not None:
+            ledger.check_projected(list(names.values()), plan.dataset_id, privacy.epsilon_after(plan.num_rounds))
         model = build_model(plan.model, seed=plan.seed)
         arrays = ArrayRecord(model.state_dict())
         history: list[dict[str, Any]] = []
         start_round = 0
-        cfg0 = plan.round_config(0, mean, std)
+        strategy = _make_strategy(plan, privacy)
+        cfg0 = plan.round_config(0, mean, std, privacy)
         metrics0, _ = _evaluate(strategy, grid, 0, arrays, cfg0, plan.round_timeout_s)
-        record0 = {"round": 0, **_metric_dict(metrics0)}
+        record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": privacy.epsilon_after(0)}
         history.append(record0)
         on_round(record0)
-        save_checkpoint(run_dir, Checkpoint(0, _to_numpy(arrays), mean, std, history, plan.fingerprint()))
+        extra = {"privacy": privacy.to_json(), "units": names}
+        save_checkpoint(run_dir, Checkpoint(0, _to_numpy(arrays), mean, std, history, plan.fingerprint(), extra))
     else:
         mean, std = checkpoint.scaler_mean, checkpoint.scaler_std
         arrays = _as_torch_record(plan, checkpoint.arrays)
         history = checkpoint.history
         start_round = checkpoint.round
+        privacy = PrivacyState.from_json(checkpoint.extra["privacy"])
+        names = {int(k): v for k, v in checkpoint.extra.get("units", {}).items()}
+        extra = dict(checkpoint.extra)
+        strategy = _make_strategy(plan, privacy)
         log(INFO, "resuming %s after round %d of %d", run_dir, start_round, plan.num_rounds)
 
     for server_round in range(start_round + 1, plan.num_rounds + 1):
         started = time.perf_counter()
-        cfg = plan.round_config(server_round, mean, std)
+        cfg = plan.round_config(server_round, mean, std, privacy)
         messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
         replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
         ok = [r for r in replies if not r.has_error()]
@@ -254,11 +302,15 @@ def run_training(
             "units_trained": len(ok),
             "units_failed": failed,
             "units_failed_evaluation": eval_failed,
+            "epsilon": privacy.epsilon_after(server_round),
             "seconds": round(time.perf_counter() - started, 3),
         }
         history.append(record)
         save_checkpoint(run_dir, Checkpoint(server_round, _to_numpy(arrays), mean, std, history,
-                                            plan.fingerprint()))
+                                            plan.fingerprint(), extra))
+        if ledger is not None and privacy.mode != "none":
+            trained = [names.get(r.metadata.src_node_id, f"node-{r.metadata.src_node_id}") for r in ok]
+            ledger.record_round(plan, server_round, trained, record["epsilon"], privacy)
         _append_jsonl(run_dir / ROUNDS_FILE, record)
         if after_round is not None:
             after_round(server_round)
@@ -269,8 +321,19 @@ def run_training(
     save_checkpoint(run_dir, Checkpoint(plan.num_rounds, final, mean, std, history, plan.fingerprint(),
                                         extra={"model": plan.model, "model_version": version,
                                                "cutoff": plan.cutoff.isoformat(),
-                                               "horizon_days": plan.horizon_days}), name=MODEL_FILE)
-    return TrainingResult(final, mean, std, history, version, start_round)
+                                               "horizon_days": plan.horizon_days,
+                                               "privacy": privacy.statement(plan.num_rounds)}), name=MODEL_FILE)
+    return TrainingResult(final, mean, std, history, version, start_round, privacy.statement(plan.num_rounds),
+                          sorted(names.values()))
+
+
+def _open_ledger(plan: TrainingPlan) -> Any:
+    """The budget ledger adapter, or None when the plan names no ledger."""
+    if plan.ledger_path is None or plan.privacy == "none":
+        return None
+    from server.ledger_hook import LedgerHook
+
+    return LedgerHook(plan.ledger_path)
 
 
 def _metric_dict(metrics: MetricRecord | None) -> dict[str, Any]:

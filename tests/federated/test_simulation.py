@@ -45,7 +45,11 @@ def test_only_model_arrays_and_allowed_aggregates_leave_units(three_round_run):
         kind = reply.metadata.message_type.split(".")[0]
         kinds.add(kind)
         content = reply.content
-        assert set(content.keys()) <= {"arrays", "metrics"}
+        if kind == "query":   # the start-up query also carries the unit's own name, nothing else
+            assert set(content.keys()) == {"metrics", "identity"}
+            assert set(content["identity"].keys()) == {"unit-id"}
+        else:
+            assert set(content.keys()) <= {"arrays", "metrics"}
         if kind == "train":
             arrays = content.array_records["arrays"]
             assert {k: tuple(v.shape) for k, v in arrays.items()} == shapes

@@ -1,0 +1,35 @@
+"""Epsilon of Poisson-subsampled Gaussian mechanisms (Google's dp-accounting)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dp_accounting as dpa
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+            accountant: Literal["rdp", "pld"] = "rdp") -> float:
+    """epsilon after ``steps`` Poisson-sampled (rate ``sample_rate``) Gaussian releases."""
+    if noise_multiplier <= 0:
+        return float("inf")
+    event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(sample_rate, dpa.GaussianDpEvent(noise_multiplier)),
+                                    steps)
+    acc = dpa.pld.PLDAccountant() if accountant == "pld" else dpa.rdp.RdpAccountant()
+    return float(acc.compose(event).get_epsilon(delta))
+
+
+def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, delta: float,
+                         accountant: Literal["rdp", "pld"] = "rdp") -> float:
+    """Smallest noise multiplier whose :func:`epsilon` is at most ``target_epsilon`` (bisection)."""
+    lo, hi = 0.05, 200.0
+    if epsilon(hi, sample_rate, steps, delta, accountant) > target_epsilon:
+        raise ValueError(f"epsilon {target_epsilon} is out of reach even with noise multiplier {hi}")
+    if epsilon(lo, sample_rate, steps, delta, accountant) <= target_epsilon:
+        return lo
+    while hi / lo > 1 + 1e-5:
+        mid = (lo * hi) ** 0.5
+        if epsilon(mid, sample_rate, steps, delta, accountant) <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -25,7 +25,7 @@ cell count by 1, the matching score sum by at most 1 (scores lie in [0, 1]) and,
 ``2`` (score mode) or ``1`` (outcome mode). For a target ``(epsilon, delta)`` the release is
 rho-zCDP with ``rho = Delta^2 / (2 sigma^2)``; sigma is the smallest with
 ``rho + 2 sqrt(rho ln(1/delta)) <= epsilon`` (Bun and Steinke 2016; the same conversion as
-the segmentation, :func:`server.segmentation.epsilon_for_rho`). ``on_spend(epsilon, delta,
+the segmentation, :func:`privacy.accounting.epsilon_for_rho`). ``on_spend(epsilon, delta,
 mechanism)`` is called once per noisy release so the privacy ledger can record it.
 The pricing statistics are not noised (a user's log-price sum is unbounded without clipping);
 they stay with the coordinator and only the premium figures are released.
@@ -66,7 +66,7 @@ def sensitivity_sq(spec: FairnessSpec) -> float:
 
 
 def sigma_for(spec: FairnessSpec, dp: DPConfig) -> float:
-    from server.segmentation import rho_for_epsilon
+    from privacy.accounting import rho_for_epsilon
 
     return math.sqrt(sensitivity_sq(spec) / (2 * rho_for_epsilon(dp.epsilon, dp.delta)))
 

@@ -1,7 +1,15 @@
-"""Epsilon of Poisson-subsampled Gaussian mechanisms (Google's dp-accounting)."""
+"""Privacy accounting: every epsilon fedseg states comes from here.
+
+- Poisson-subsampled Gaussian mechanisms composed T times (DP-SGD, client-level DP): Google's
+  ``dp-accounting`` (RDP by default; PLD, tighter, on request).
+- Gaussian releases of counts and sums (segmentation, federated audits) in zero-concentrated DP:
+  a release of L2 sensitivity D with noise sigma costs rho = D^2 / (2 sigma^2), rho adds up,
+  and epsilon = rho + 2 sqrt(rho ln(1/delta)) (Bun and Steinke 2016, Prop. 1.3).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import dp_accounting as dpa
@@ -33,3 +41,14 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, 
         else:
             lo = mid
     return hi
+
+
+def rho_for_epsilon(epsilon: float, delta: float) -> float:
+    """The largest zCDP rho with ``rho + 2 sqrt(rho ln(1/delta)) <= epsilon``."""
+    log_term = math.log(1 / delta)
+    return (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2
+
+
+def epsilon_for_rho(rho: float, delta: float) -> float:
+    """``rho + 2 sqrt(rho ln(1/delta))`` (Bun and Steinke 2016, Prop. 1.3)."""
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta))

@@ -38,6 +38,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 
+from privacy.accounting import epsilon_for_rho, rho_for_epsilon
 from clients.segments import D, GRID_BINS, RFM_EDGES, grid_centers, quantile_bins, vectors_to_profile
 
 #: Count tables in the final release (sizes, churned, RFM segments, tiers, stages, warnings).
@@ -72,17 +73,6 @@ class SegmentationPlan(BaseModel):
     dataset: str = Field("", description="Bundled dataset for units without data ('cdnow', simulation only).")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
     timeout_s: float = 600.0
-
-
-def rho_for_epsilon(epsilon: float, delta: float) -> float:
-    """The largest zCDP rho with ``rho + 2 sqrt(rho ln(1/delta)) <= epsilon``."""
-    log_term = math.log(1 / delta)
-    return (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2
-
-
-def epsilon_for_rho(rho: float, delta: float) -> float:
-    """``rho + 2 sqrt(rho ln(1/delta))`` (Bun and Steinke 2016, Prop. 1.3)."""
-    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
 
 
 class NoisePlan(BaseModel):

@@ -43,6 +43,14 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed (model init, partition, data).")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<dataset>-<model>-<time>).")] = None,
     baselines: Annotated[bool, typer.Option(help="Also train the centralised model and fit BG/NBD.")] = True,
+    privacy: Annotated[str, typer.Option(help="none, client (unit-level DP, Flower wrappers) or user (user-level DP-SGD).")] = "none",
+    epsilon: Annotated[float | None, typer.Option(help="Target epsilon per end user (user) or unit (client) over all rounds.")] = None,
+    delta: Annotated[float | None, typer.Option(help="delta (default: a power of ten below 1/users).")] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="Fixed noise multiplier instead of --epsilon.")] = None,
+    sample_rate: Annotated[float, typer.Option(help="DP-SGD Poisson sampling rate per step (user mode).")] = 0.02,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-user gradient clipping norm (user mode).")] = 1.0,
+    clipping_norm: Annotated[float, typer.Option(help="Per-unit update clipping norm (client mode).")] = 1.0,
+    ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger (SQLite) to check and record spend.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
 ) -> None:
     """Train churn models across simulated units with Flower; compare with centralised and BG/NBD.
@@ -61,7 +69,9 @@ def simulate(
             units=units, partition=partition, alpha=alpha, rounds=rounds, model=model, strategy=strategy,
             proximal_mu=proximal_mu if strategy == "fedprox" else 0.0, local_epochs=local_epochs,
             learning_rate=learning_rate, batch_size=batch_size, cutoff=_date(cutoff, "--cutoff"),
-            horizon_days=horizon_days, seed=seed, out=out, baselines=baselines,
+            horizon_days=horizon_days, seed=seed, out=out, baselines=baselines, privacy=privacy,
+            epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+            max_grad_norm=max_grad_norm, clipping_norm=clipping_norm, ledger=ledger,
         )
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
@@ -70,15 +80,18 @@ def simulate(
         fail("--dataset file needs --events FILE.")
     if cfg.events_path is not None:
         cfg.dataset = "file"
+    if cfg.privacy != "none" and cfg.epsilon is None and cfg.noise_multiplier is None:
+        fail(f"--privacy {cfg.privacy} needs --epsilon (a target) or --noise-multiplier.")
 
     console.print(f"simulating {cfg.units} units on {cfg.dataset}: {cfg.model}, {cfg.strategy}, "
                   f"{cfg.rounds} rounds x {cfg.local_epochs} local epochs -> {out}", highlight=False)
 
     def show(record: dict[str, Any]) -> None:
         extra = f", {record['units_trained']} units, {record['seconds']:.1f} s" if "units_trained" in record else " (initial model)"
+        eps = f", epsilon {record['epsilon']:.3f}" if record.get("epsilon") else ""
         console.print(f"  round {record['round']:>3}/{cfg.rounds}: AUC {record.get('auc', float('nan')):.4f}  "
                       f"log loss {record.get('log_loss', float('nan')):.4f}  Brier {record.get('brier', float('nan')):.4f}"
-                      f"{extra}", highlight=False)
+                      f"{extra}{eps}", highlight=False)
 
     try:
         summary = run_simulation_job(cfg, on_round=show, verbose=verbose)
@@ -110,6 +123,11 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         console.print(f"cost of federation: {m['centralized_auc'] - m['auc']:+.4f} AUC "
                       f"(federated AUC from merged histograms {m['auc']:.4f}, exact on pooled scores "
                       f"{m['auc_exact_pooled']:.4f})", highlight=False)
+    p = summary.get("privacy") or {}
+    if p.get("mode", "none") != "none":
+        console.print(f"privacy ({p['mode']}-level): epsilon {p['epsilon']:.3f} (RDP; PLD {p['epsilon_pld']:.3f}), "
+                      f"delta {p['delta']:g}, noise multiplier {p['noise_multiplier']:.3f}, sample rate "
+                      f"{p['sample_rate']:.4g}, steps {p['steps']} [{p['unit_of_privacy']}]", highlight=False)
     console.print(f"data {summary['data']['fingerprint'][:23]}..., model {summary['model_version']}; "
                   f"{summary['timing']['total_seconds']:.0f} s; summary: {out / 'summary.json'}", highlight=False)
 

@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from fedseg import __version__
-from fedseg.config import FeatureConfig, ModelName, StrategyName
+from fedseg.config import FeatureConfig, ModelName, PrivacyMode, StrategyName
 
 PartitionScheme = Literal["auto", "iid", "dirichlet", "column"]
 DatasetName = Literal["cdnow", "synthetic", "file"]
@@ -56,6 +56,14 @@ class SimulationConfig(BaseModel):
     out: Path = Path("runs/simulate")
     baselines: bool = Field(True, description="Train the centralised model and fit BG/NBD.")
     min_fit_units: int | None = Field(None, ge=1, description="Replies needed per round (default: all units).")
+    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP) or user (user-level DP).")
+    epsilon: float | None = Field(None, gt=0, description="Target epsilon over the planned rounds (DP modes).")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default a power of ten below 1/users.")
+    noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of --epsilon.")
+    sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate (user mode).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm (user mode).")
+    clipping_norm: float = Field(1.0, gt=0, description="Per-unit update clipping norm (client mode).")
+    ledger: Path | None = Field(None, description="Privacy budget ledger file (SQLite).")
 
 
 def data_fingerprint(events: pd.DataFrame) -> str:
@@ -201,6 +209,10 @@ def run_simulation_job(
         learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu,
         min_available_units=n_units, min_fit_units=cfg.min_fit_units or n_units,
         cutoff=cutoff, horizon_days=horizon, seed=cfg.seed, output_dir=out / "server",
+        privacy=cfg.privacy, target_epsilon=cfg.epsilon if cfg.privacy != "none" else None,
+        noise_multiplier=cfg.noise_multiplier, delta=cfg.delta, sample_rate=cfg.sample_rate,
+        max_grad_norm=cfg.max_grad_norm, clipping_norm=cfg.clipping_norm, ledger_path=cfg.ledger,
+        dataset_id=cfg.dataset if cfg.dataset != "file" else str(cfg.events_path),
     )
     results: list[TrainingResult] = []
     backend = quiet_flower(verbose)
@@ -227,6 +239,7 @@ def run_simulation_job(
             "rounds": result.history,
         },
         "model_version": result.model_version,
+        "privacy": result.privacy,
         "config": json.loads(cfg.model_dump_json()),
         "plan": json.loads(plan.model_dump_json()),
         "data": {

@@ -68,7 +68,7 @@ def test_dp_noise_is_accounted_and_changes_counts(tmp_path):
                              on_spend=lambda e, d, m: spent.append((e, d, m)))
     assert spent and spent[0][:2] == (1.0, 1e-6) and "gaussian" in spent[0][2]
     # sigma from the documented sensitivity: Delta^2 = 1 attribute x 2 tables
-    from server.segmentation import epsilon_for_rho
+    from privacy.accounting import epsilon_for_rho
     rho = 2 / (2 * rep.dp_noise_sigma**2)
     assert abs(epsilon_for_rho(rho, 1e-6) - 1.0) < 1e-9
     clean = federated_fairness(paths, spec)

@@ -22,7 +22,8 @@ from clients.segments import (
     value_tier,
 )
 from fedseg.config import FeatureConfig
-from server.segmentation import SegmentationPlan, epsilon_for_rho, noise_plan, rho_for_epsilon
+from privacy.accounting import epsilon_for_rho, rho_for_epsilon
+from server.segmentation import SegmentationPlan, noise_plan
 from simulations.cdnow import load_cdnow
 
 COLUMNS = {"recency": "recency_days", "frequency": "frequency", "monetary": "monetary_total"}

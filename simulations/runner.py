@@ -140,6 +140,7 @@ def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
     assigned unit, users seen only after the cutoff are spread by a hash of their id.
     """
     from clients.features import build_features
+    from simulations import partition
 
     out.mkdir(parents=True, exist_ok=True)
     events, users, cutoff, horizon = load_dataset(cfg)
@@ -148,20 +149,19 @@ def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
     unit_of_user = assign_units(events, features, cfg)
     n_units = int(unit_of_user.max()) + 1
 
+    # Users seen only after the cutoff have no features: spread them by a hash of their id.
+    late = pd.Index(events["user_id"].unique()).difference(unit_of_user.index)
+    if len(late):
+        hashed = pd.util.hash_pandas_object(pd.Series(late, dtype=object).astype(str), index=False).to_numpy()
+        unit_of_user = pd.concat([unit_of_user, pd.Series((hashed % n_units).astype(np.int64), index=late)])
     unit_dir = out / "units"
     unit_dir.mkdir(exist_ok=True)
     files: list[Path] = []
-    unit_index = events["user_id"].map(unit_of_user)
-    unassigned = unit_index.isna()
-    if unassigned.any():
-        hashed = pd.util.hash_pandas_object(events.loc[unassigned, "user_id"].astype(str), index=False)
-        unit_index.loc[unassigned] = (hashed.to_numpy() % n_units).astype(float)
-    unit_index = unit_index.astype(int).to_numpy()
     unit_stats = []
-    for k in range(n_units):
-        unit_events = events.loc[unit_index == k].drop(columns=["unit_id"], errors="ignore")
+    for k, unit_events in enumerate(partition.split_events(events, unit_of_user)):
+        unit_events = unit_events.drop(columns=["unit_id"], errors="ignore")
         path = unit_dir / f"events_unit_{k}.parquet"
-        unit_events.reset_index(drop=True).to_parquet(path, index=False)
+        unit_events.to_parquet(path, index=False)
         if users is not None:
             users.loc[users["user_id"].isin(unit_events["user_id"].unique())].to_parquet(
                 unit_dir / f"users_unit_{k}.parquet", index=False)

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -237,8 +238,6 @@ def run_training(
             "settings changed); use a new --out directory or delete the old run."
         )
     ledger = _open_ledger(plan)
-    if ledger is not None and plan.target_epsilon is not None and checkpoint is None:
-        ledger.check_projected_all(plan.dataset_id, plan.target_epsilon)
     nodes = wait_for_units(grid, plan.min_available_units, plan.connect_timeout_s)
     sampled = max(int(len(nodes) * plan.fraction_fit), plan.min_fit_units)
     if checkpoint is None:
@@ -249,8 +248,13 @@ def run_training(
             pre.scaler_sigma = DEFAULT_SCALER_Z * SCALER_SENSITIVITY
         mean, std, n_users, names = federated_scaler(grid, plan, nodes, pre)
         privacy = calibrate(plan, n_users, len(nodes), sampled)
+        run_id = uuid.uuid4().hex[:12]
         if ledger is not None:
-            ledger.check_projected(list(names.values()), plan.dataset_id, privacy.epsilon_after(plan.num_rounds))
+            # The start-up query has been released: record it, then refuse the run if its planned
+            # total would overspend any unit's budget (before any training release).
+            _ledger_release(ledger, plan, privacy, run_id, names.values(), 0, privacy.epsilon_after(0))
+            for unit in names.values():
+                ledger.check(unit, plan.dataset_id, run_id, privacy.epsilon_after(plan.num_rounds))
         model = build_model(plan.model, seed=plan.seed)
         arrays = ArrayRecord(model.state_dict())
         history: list[dict[str, Any]] = []
@@ -261,7 +265,7 @@ def run_training(
         record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": privacy.epsilon_after(0)}
         history.append(record0)
         on_round(record0)
-        extra = {"privacy": privacy.to_json(), "units": names}
+        extra = {"privacy": privacy.to_json(), "units": names, "run_id": run_id}
         save_checkpoint(run_dir, Checkpoint(0, _to_numpy(arrays), mean, std, history, plan.fingerprint(), extra))
     else:
         mean, std = checkpoint.scaler_mean, checkpoint.scaler_std
@@ -271,12 +275,22 @@ def run_training(
         privacy = PrivacyState.from_json(checkpoint.extra["privacy"])
         names = {int(k): v for k, v in checkpoint.extra.get("units", {}).items()}
         extra = dict(checkpoint.extra)
+        run_id = extra.get("run_id", "unknown")
         strategy = _make_strategy(plan, privacy)
         log(INFO, "resuming %s after round %d of %d", run_dir, start_round, plan.num_rounds)
 
     for server_round in range(start_round + 1, plan.num_rounds + 1):
         started = time.perf_counter()
         cfg = plan.round_config(server_round, mean, std, privacy)
+        epsilon = privacy.epsilon_after(server_round)
+        if ledger is not None:
+            # Write-ahead: the release is recorded before any unit computes it. A round re-run
+            # after a crash is a new release and counts as one more round of training.
+            done = max(ledger.releases(run_id, u, plan.dataset_id) for u in names.values())
+            epsilon = privacy.epsilon_after(max(done + 1, server_round))
+            for unit in names.values():
+                ledger.check(unit, plan.dataset_id, run_id, epsilon)
+            _ledger_release(ledger, plan, privacy, run_id, names.values(), max(done + 1, server_round), epsilon)
         messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
         replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
         ok = [r for r in replies if not r.has_error()]
@@ -302,15 +316,12 @@ def run_training(
             "units_trained": len(ok),
             "units_failed": failed,
             "units_failed_evaluation": eval_failed,
-            "epsilon": privacy.epsilon_after(server_round),
+            "epsilon": epsilon,
             "seconds": round(time.perf_counter() - started, 3),
         }
         history.append(record)
         save_checkpoint(run_dir, Checkpoint(server_round, _to_numpy(arrays), mean, std, history,
                                             plan.fingerprint(), extra))
-        if ledger is not None and privacy.mode != "none":
-            trained = [names.get(r.metadata.src_node_id, f"node-{r.metadata.src_node_id}") for r in ok]
-            ledger.record_round(plan, server_round, trained, record["epsilon"], privacy)
         _append_jsonl(run_dir / ROUNDS_FILE, record)
         if after_round is not None:
             after_round(server_round)
@@ -328,12 +339,23 @@ def run_training(
 
 
 def _open_ledger(plan: TrainingPlan) -> Any:
-    """The budget ledger adapter, or None when the plan names no ledger."""
+    """The budget ledger, or None when the plan names none (or spends nothing)."""
     if plan.ledger_path is None or plan.privacy == "none":
         return None
-    from server.ledger_hook import LedgerHook
+    from privacy.ledger import BudgetLedger
 
-    return LedgerHook(plan.ledger_path)
+    return BudgetLedger(plan.ledger_path)
+
+
+def _ledger_release(ledger: Any, plan: TrainingPlan, privacy: PrivacyState, run_id: str, units: Any,
+                    release_no: int, epsilon: float) -> None:
+    details = {"noise_multiplier": privacy.noise_multiplier, "sample_rate": privacy.sample_rate,
+               "steps_per_round": privacy.steps_per_round, "rounds_planned": plan.num_rounds,
+               "output_dir": str(plan.output_dir)}
+    for unit in units:
+        ledger.record(run_id, unit, plan.dataset_id, release_no, epsilon, privacy.delta,
+                      f"{privacy.mode}-level DP ({'DP-SGD' if privacy.mode == 'user' else 'Gaussian, clipped updates'})",
+                      details)
 
 
 def _metric_dict(metrics: MetricRecord | None) -> dict[str, Any]:

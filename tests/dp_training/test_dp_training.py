@@ -67,7 +67,6 @@ def test_default_delta_is_below_one_over_n():
     assert default_delta(23570) == 1e-5 and default_delta(100_000) == 1e-6
 
 
-@pytest.mark.slow
 def test_user_level_run_on_flower_spends_what_it_states(cdnow_dp_units, tmp_path):
     from server.training import TrainingPlan
     from tests.federated.conftest import run_flower

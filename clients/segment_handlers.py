@@ -49,12 +49,20 @@ def grid_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, A
 
 
 def lloyd_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Sums and counts per centroid for each of ``restarts`` candidate centroid sets."""
     vectors = activity_vectors(_features(events, users, cfg))
-    sums, counts, inertia = lloyd_statistics(vectors, _centroids(cfg))
-    out = {"sums": add_noise(sums, float(cfg.get("sigma-sums", 0.0))).ravel().tolist(),
-           "counts": add_noise(counts, float(cfg.get("sigma-counts", 0.0))).tolist()}
+    k, restarts = int(cfg["k"]), int(cfg.get("restarts", 1))
+    candidates = np.asarray(cfg["centroids"], dtype=float).reshape(restarts, k, D)
+    sums, counts, inertias = [], [], []
+    for centroids in candidates:
+        s, c, i = lloyd_statistics(vectors, centroids)
+        sums.append(s)
+        counts.append(c)
+        inertias.append(i)
+    out = {"sums": add_noise(np.asarray(sums), float(cfg.get("sigma-sums", 0.0))).ravel().tolist(),
+           "counts": add_noise(np.asarray(counts), float(cfg.get("sigma-counts", 0.0))).ravel().tolist()}
     if float(cfg.get("sigma-sums", 0.0)) == 0.0:
-        out["inertia"] = inertia  # only without noise: an exact inertia is not a DP release
+        out["inertia"] = inertias  # only without noise: an exact inertia is not a DP release
     return out
 
 

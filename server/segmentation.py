@@ -62,7 +62,11 @@ class SegmentationPlan(BaseModel):
     horizon_days: int = Field(273, ge=1, description="Label window for churn rate per segment.")
     previous_cutoff: dt.date | None = Field(None, description="Earlier cutoff for the transition matrix.")
     k: int | None = Field(None, ge=2, le=12, description="Segments; None: federated elbow over 2..8.")
-    iterations: int = Field(8, ge=1, description="Federated Lloyd iterations.")
+    iterations: int | None = Field(None, ge=1, description="Federated Lloyd iterations (at most); default 20 "
+                                   "without noise (stops early at convergence), 6 with (each costs budget).")
+    restarts: int | None = Field(None, ge=1, le=8, description="Candidate initialisations refined side by side, "
+                                 "best final inertia kept; default 4 without noise, 1 with (each restart would "
+                                 "multiply the noise).")
     epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user; None: no noise.")
     delta: float = Field(1e-6, gt=0, lt=1)
     budget: SegmentationBudget = SegmentationBudget()
@@ -72,6 +76,10 @@ class SegmentationPlan(BaseModel):
     seed: int = 0
     dataset: str = Field("", description="Bundled dataset for units without data ('cdnow', simulation only).")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
+
+    @property
+    def lloyd_iterations(self) -> int:
+        return self.iterations or (6 if self.epsilon else 20)
     timeout_s: float = 600.0
 
 
@@ -101,7 +109,7 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     def sigma(sens_sq: float, rho_step: float) -> float:
         return math.sqrt(sens_sq / (2 * rho_step))
 
-    per_iter = share["lloyd"] / plan.iterations
+    per_iter = share["lloyd"] / plan.lloyd_iterations
     # split a Lloyd step's rho so sums (Delta^2 = d) and counts (1) get equal sigma
     s_lloyd = sigma(D + 1, per_iter)
     out = NoisePlan(
@@ -113,7 +121,7 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
         sigma_transitions=sigma(1, share["transitions"]) if plan.previous_cutoff else 0.0,
         delta=plan.delta,
     )
-    spent = (1 / (2 * out.sigma_grid**2) + plan.iterations * (D + 1) / (2 * s_lloyd**2)
+    spent = (1 / (2 * out.sigma_grid**2) + plan.lloyd_iterations * (D + 1) / (2 * s_lloyd**2)
              + 3 / (2 * out.sigma_rfm**2) + (FINAL_TABLES + D) / (2 * out.sigma_final**2)
              + (1 / (2 * out.sigma_transitions**2) if plan.previous_cutoff else 0.0))
     out.rho = spent
@@ -150,8 +158,13 @@ def _counts(answers: list[MetricRecord], key: str) -> list[float]:
     return np.maximum(_sum(answers, key), 0.0).tolist()
 
 
-def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int) -> tuple[int, np.ndarray, dict[int, float]]:
-    """Elbow over weighted k-means of the grid cell centres; returns k, initial centroids, inertias."""
+def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int, restarts: int = 1
+                      ) -> tuple[int, np.ndarray, dict[int, float]]:
+    """Elbow over weighted k-means of the grid cell centres.
+
+    Returns k, ``restarts`` distinct initial centroid sets (``[restarts, k, d]``, the best
+    weighted-k-means solutions on the grid from different seeds) and the elbow inertias.
+    """
     from sklearn.cluster import KMeans
 
     centers = grid_centers(D, GRID_BINS)
@@ -174,7 +187,18 @@ def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int) -> tuple[
         # elbow: the k farthest below the straight line from the first to the last point
         line = y[0] + (y[-1] - y[0]) * (x - x[0]) / (x[-1] - x[0])
         k = int(ks[int(np.argmax(line - y))])
-    return k, fits[k], inertias
+    if restarts == 1:
+        return k, fits[k][None], inertias
+    found = [(inertias[k], fits[k])]
+    for extra in range(1, 8 * restarts):
+        model = KMeans(n_clusters=k, n_init=1, random_state=seed + extra).fit(points, sample_weight=w)
+        centres = model.cluster_centers_
+        if all(np.abs(np.sort(centres, axis=0) - np.sort(c, axis=0)).max() > 1e-6 for _, c in found):
+            found.append((float(model.inertia_), centres))
+        if len(found) >= restarts:
+            break
+    found.sort(key=lambda item: item[0])
+    return k, np.stack([c for _, c in found[:restarts]]), inertias
 
 
 def name_segments(centroids: np.ndarray, sizes: np.ndarray) -> list[str]:
@@ -219,25 +243,32 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
 
     answers = _ask(grid, nodes, "seg_grid", _config(plan, sigma=noise.sigma_grid), t)
     histogram = _sum(answers, "grid")
-    k, centroids, inertias = choose_k_and_init(histogram, plan.k, plan.seed)
-    log(INFO, "segmentation: k=%d (elbow inertias %s)", k, {kk: round(v, 1) for kk, v in inertias.items()})
+    restarts = plan.restarts or (1 if plan.epsilon else 4)
+    if plan.epsilon and restarts > 1:
+        raise ValueError("restarts > 1 needs exact inertias; with --epsilon use one initialisation")
+    k, candidates, inertias = choose_k_and_init(histogram, plan.k, plan.seed, restarts)
+    restarts = len(candidates)
+    log(INFO, "segmentation: k=%d, %d initialisations (elbow inertias %s)", k, restarts,
+        {kk: round(v, 1) for kk, v in inertias.items()})
 
     history = []
-    for it in range(plan.iterations):
+    for it in range(plan.lloyd_iterations):
         answers = _ask(grid, nodes, "seg_lloyd", _config(
-            plan, centroids=centroids.ravel().tolist(), k=k, **{"sigma-sums": noise.sigma_lloyd_sums,
-                                                                "sigma-counts": noise.sigma_lloyd_counts}), t)
-        sums = _sum(answers, "sums").reshape(k, D)
-        counts = _sum(answers, "counts")
-        inertia = float(_sum(answers, "inertia")) if noise.epsilon == 0 else None
+            plan, centroids=candidates.ravel().tolist(), k=k, restarts=restarts,
+            **{"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts}), t)
+        sums = _sum(answers, "sums").reshape(restarts, k, D)
+        counts = _sum(answers, "counts").reshape(restarts, k)
+        inertia = _sum(answers, "inertia").tolist() if noise.epsilon == 0 else None
         moved = counts >= max(plan.min_count, 1e-9)
-        new = centroids.copy()
-        new[moved] = np.clip(sums[moved] / counts[moved, None], 0.0, 1.0)
-        shift = float(np.abs(new - centroids).max())
-        centroids = new
+        new = candidates.copy()
+        new[moved] = np.clip(sums[moved] / counts[moved][:, None], 0.0, 1.0)
+        shift = float(np.abs(new - candidates).max())
+        candidates = new
         history.append({"iteration": it + 1, "max_shift": shift, "inertia": inertia})
         if noise.epsilon == 0 and shift < 1e-9:
             break
+    best = int(np.argmin(history[-1]["inertia"])) if restarts > 1 else 0
+    centroids, counts = candidates[best], counts[best]
 
     order = np.lexsort((centroids[:, 0], centroids[:, 1]))  # stable labels: by recency, then frequency
     centroids = centroids[order]

@@ -41,8 +41,9 @@ def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN2
             values.setdefault(key.replace("-", "_"), run_config[key])
     if values.get("epsilon") in (0, 0.0):
         values["epsilon"] = None  # 0 in pyproject means no noise (TOML has no null)
-    if values.get("k") in (0,):
-        values["k"] = None
+    for key in ("k", "iterations"):
+        if values.get(key) in (0,):
+            values[key] = None  # 0 in pyproject means: the default
     if values.get("previous_cutoff") in ("",):
         values["previous_cutoff"] = None
     return SegmentationPlan.model_validate(values)

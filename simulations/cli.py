@@ -141,7 +141,7 @@ def segment(
     partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
     k: Annotated[int | None, typer.Option(help="Number of activity segments (default: federated elbow over 2..8).")] = None,
-    iterations: Annotated[int, typer.Option(help="Federated Lloyd iterations.")] = 8,
+    iterations: Annotated[int | None, typer.Option(help="Federated Lloyd iterations (default 20 without noise, 6 with).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole segmentation (default: no noise).")] = None,
     delta: Annotated[float, typer.Option(help="delta of the (epsilon, delta) guarantee.")] = 1e-6,
     cutoff: Annotated[str | None, typer.Option(help="Segment as of this day, YYYY-MM-DD (CDNOW: 1997-09-30).")] = None,

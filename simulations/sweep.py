@@ -137,7 +137,7 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
         from simulations.segment_runner import run_segment_job
 
         plan = SegmentationPlan(cutoff=cfg.cutoff or dt.date(1970, 1, 1), k=cell.get("k"),
-                                iterations=cell.get("iterations", 8), epsilon=cell.get("seg_epsilon"), seed=cfg.seed)
+                                iterations=cell.get("iterations"), epsilon=cell.get("seg_epsilon"), seed=cfg.seed)
         report = run_segment_job(cfg, plan)
         comparison = report.get("centralised_comparison", {})
         row.update({"k_found": report["k"], "ari": comparison.get("adjusted_rand_index"),

@@ -45,6 +45,10 @@ def dirichlet_partition(
     labels = np.asarray(labels)
     if len(users) != len(labels):
         raise PartitionError("user_ids and labels differ in length")
+    if not pd.Index(users).is_unique:
+        raise PartitionError("user_ids must be unique (one label per user)")
+    if n_units < 1:
+        raise PartitionError(f"n_units must be at least 1, got {n_units}")
     if alpha <= 0:
         raise PartitionError(f"alpha must be positive, got {alpha}")
     rng = np.random.default_rng(seed)
@@ -81,15 +85,29 @@ def column_partition(frame: pd.DataFrame, column: str = "unit_id") -> pd.Series:
         example = pairs.loc[shared, "user_id"].iloc[0]
         raise PartitionError(f"{int(shared.sum())} user rows belong to several units (e.g. user {example!r}); "
                              "give every user one home unit")
-    codes, names = pd.factorize(pairs[column].astype(str), sort=True)
+    values = pairs[column]
+    try:
+        codes, _ = pd.factorize(values, sort=True)  # numeric units keep numeric order (2 < 10)
+    except TypeError:  # mixed types that do not compare
+        codes, _ = pd.factorize(values.astype(str), sort=True)
     return pd.Series(codes.astype(np.int64), index=pd.Index(pairs["user_id"].to_numpy(), name="user_id"), name="unit")
 
 
-def split_events(events: pd.DataFrame, unit_of_user: pd.Series) -> list[pd.DataFrame]:
-    """Per-unit event frames; raises if any event's user has no unit (nothing is dropped)."""
+def split_events(events: pd.DataFrame, unit_of_user: pd.Series, n_units: int | None = None) -> list[pd.DataFrame]:
+    """Per-unit event frames, unit 0..K-1 (``K = n_units`` or the largest unit index + 1).
+
+    Every event goes to its user's unit, in the input order within a unit; raises if any
+    event's user has no unit, so nothing is dropped (``sum(len(f)) == len(events)``).
+    One stable sort of the unit codes, then slices: O(N log N), not one scan per unit.
+    """
     unit = events["user_id"].map(unit_of_user)
     if unit.isna().any():
         missing = events.loc[unit.isna(), "user_id"].iloc[0]
         raise PartitionError(f"user {missing!r} has events but no unit")
     unit = unit.astype(np.int64).to_numpy()
-    return [events.loc[unit == k].reset_index(drop=True) for k in range(int(unit_of_user.max()) + 1)]
+    k = int(unit_of_user.max()) + 1 if n_units is None else n_units
+    if len(unit) and (unit.min() < 0 or unit.max() >= k):
+        raise PartitionError(f"unit indices must lie in 0..{k - 1}")
+    order = np.argsort(unit, kind="stable")
+    bounds = np.searchsorted(unit[order], np.arange(k + 1))
+    return [events.iloc[order[bounds[i]:bounds[i + 1]]].reset_index(drop=True) for i in range(k)]

@@ -85,12 +85,14 @@ def show(directory: Annotated[Path, typer.Argument(help="Directory written by `f
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 220)
     if not report.certificates and not report.supernode_keys:
         _fail(f"no certificates or SuperNode keys in {report.directory}; run `fedseg keys init {directory}`")
     certs = Table(title=f"Certificates in {report.directory}")
     for col in ("file", "subject", "CA", "expires (UTC)", "days left", "SANs", "verifies vs ca.crt"):
-        certs.add_column(col)
+        certs.add_column(col, overflow="fold")
     for c in report.certificates:
         days_left = f"{c.days_left:.0f}" if c.days_left >= 0 else f"[red]expired {-c.days_left:.0f} d ago[/red]"
         check = "-" if c.verified_by_ca is None else ("yes" if c.verified_by_ca else "[red]NO[/red]")
@@ -99,7 +101,7 @@ def show(directory: Annotated[Path, typer.Argument(help="Directory written by `f
     console.print(certs)
     keys = Table(title="SuperNode public keys")
     for col in ("file", "type", "comment", "fingerprint", "private key mode"):
-        keys.add_column(col)
+        keys.add_column(col, overflow="fold")
     for k in report.supernode_keys:
         mode = k.private_key_mode or "missing"
         if k.private_key_mode and k.private_key_mode != "0o600":

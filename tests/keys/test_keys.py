@@ -1,0 +1,192 @@
+"""fedseg keys: real certificates and OpenSSH keys on disk, checked with cryptography (and openssl/ssh-keygen)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from typer.testing import CliRunner
+
+from privacy.keys import KeysError, KeysExistError, describe_keys, init_keys
+
+HOSTS = ["localhost", "127.0.0.1", "superlink.fedseg.example", "::1"]
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    return init_keys(tmp_path_factory.mktemp("keys"), hosts=HOSTS, n_units=3, validity_days=30)
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _verify(ca: x509.Certificate, leaf: x509.Certificate, name: x509.GeneralName) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    PolicyBuilder().store(Store([ca])).time(now).build_server_verifier(name).verify(leaf, [])
+
+
+def test_ca_is_a_ca_and_server_cert_has_the_sans(material):
+    ca, server = _cert(material.ca_cert), _cert(material.server_cert)
+    bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    assert ca.subject == ca.issuer == server.issuer
+    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == ["localhost", "superlink.fedseg.example"]
+    assert sorted(san.get_values_for_type(x509.IPAddress), key=str) == sorted(
+        [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")], key=str)
+    days_left = (server.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86_400
+    assert 29.9 < days_left <= 30
+    server_key = serialization.load_pem_private_key(material.server_key.read_bytes(), None)
+    assert server_key.public_key() == server.public_key()
+    assert isinstance(server_key, ec.EllipticCurvePrivateKey) and server_key.curve.name == "secp384r1"
+
+
+def test_server_cert_verifies_against_the_ca_for_every_host_only(material, tmp_path):
+    ca, server = _cert(material.ca_cert), _cert(material.server_cert)
+    _verify(ca, server, x509.DNSName("localhost"))
+    _verify(ca, server, x509.DNSName("superlink.fedseg.example"))
+    _verify(ca, server, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    _verify(ca, server, x509.IPAddress(ipaddress.ip_address("::1")))
+    with pytest.raises(VerificationError):
+        _verify(ca, server, x509.DNSName("other.example"))
+    with pytest.raises(VerificationError):
+        _verify(ca, server, x509.IPAddress(ipaddress.ip_address("10.0.0.1")))
+    other = init_keys(tmp_path / "other", n_units=0)
+    with pytest.raises(VerificationError):  # another federation's CA does not vouch for this server
+        _verify(_cert(other.ca_cert), server, x509.DNSName("localhost"))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_openssl_agrees(material, tmp_path):
+    ok = subprocess.run(["openssl", "verify", "-CAfile", str(material.ca_cert), "-verify_hostname", "localhost",
+                         "-purpose", "sslserver", str(material.server_cert)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    other = init_keys(tmp_path / "other", n_units=0)
+    bad = subprocess.run(["openssl", "verify", "-CAfile", str(other.ca_cert), str(material.server_cert)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+def test_private_keys_are_owner_only(material):
+    private = [material.ca_key, material.server_key, *(u.private_key for u in material.units)]
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in [material.ca_cert, material.server_cert, *(u.public_key for u in material.units)]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 != 0o077  # readable public files, not writable by others
+        assert not stat.S_IMODE(path.stat().st_mode) & 0o022
+    assert not list(material.directory.rglob(".*"))  # no temporary files left behind
+
+
+def test_unit_keys_are_openssh_p384_pairs(material):
+    assert [u.name for u in material.units] == ["unit_0", "unit_1", "unit_2"]
+    seen = set()
+    for unit in material.units:
+        private = serialization.load_ssh_private_key(unit.private_key.read_bytes(), password=None)
+        line = unit.public_key.read_text()
+        assert line.startswith("ecdsa-sha2-nistp384 ") and line.rstrip().endswith(unit.name)
+        public = serialization.load_ssh_public_key(line.encode())
+        assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+        assert private.public_key() == public
+        assert unit.private_key.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+        seen.add(line.split()[1])
+    assert len(seen) == 3  # a distinct key per unit
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen not installed")
+def test_ssh_keygen_reads_the_keys(material):
+    unit = material.units[0]
+    fp = subprocess.run(["ssh-keygen", "-l", "-f", str(unit.public_key)], capture_output=True, text=True, check=True)
+    assert fp.stdout.split()[:2] == ["384", unit.fingerprint]
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(unit.private_key)], capture_output=True, text=True,
+                             check=True)
+    assert derived.stdout.split()[:2] == unit.public_key.read_text().split()[:2]
+
+
+def test_existing_files_are_never_overwritten_without_force(tmp_path):
+    first = init_keys(tmp_path, units=["north", "south"])
+    before = {p: p.read_bytes() for p in first.files()}
+    with pytest.raises(KeysExistError) as err:
+        init_keys(tmp_path, units=["north", "south"])
+    assert sorted(err.value.existing) == sorted(before)
+    assert "--force" in str(err.value) and str(first.ca_key) in str(err.value)
+    assert {p: p.read_bytes() for p in first.files()} == before
+    # a single clashing unit key blocks the whole run, and nothing new is written
+    with pytest.raises(KeysExistError) as err:
+        init_keys(tmp_path / "fresh", units=["east"]) and init_keys(tmp_path / "fresh", units=["east", "west"])
+    assert [p.name for p in err.value.existing] == ["ca.key", "ca.crt", "server.key", "server.pem", "east",
+                                                    "east.pub"]
+    assert not (tmp_path / "fresh" / "supernodes" / "west").exists()
+    again = init_keys(tmp_path, units=["north", "south"], force=True)
+    assert all(p.read_bytes() != before[p] for p in again.files())
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in [again.ca_key, again.units[0].private_key])
+
+
+def test_bad_inputs_are_refused(tmp_path):
+    with pytest.raises(KeysError, match="neither an IP address nor a valid DNS name"):
+        init_keys(tmp_path, hosts=["bad host!"])
+    with pytest.raises(KeysError, match="not usable as file names"):
+        init_keys(tmp_path, units=["../escape"])
+    with pytest.raises(KeysError, match="more than once"):
+        init_keys(tmp_path, units=["a", "a"])
+    with pytest.raises(KeysError, match="not both"):
+        init_keys(tmp_path, units=["a"], n_units=2)
+    assert not list(tmp_path.iterdir())  # nothing written by refused calls
+
+
+def test_describe_reports_expiry_sans_and_chain(material, tmp_path):
+    report = describe_keys(material.directory)
+    by_name = {c.path.name: c for c in report.certificates}
+    assert by_name["ca.crt"].is_ca and by_name["ca.crt"].verified_by_ca is None
+    server = by_name["server.pem"]
+    assert server.verified_by_ca and server.dns_names == ["localhost", "superlink.fedseg.example"]
+    assert server.ip_addresses == ["127.0.0.1", "::1"]
+    assert 29 < server.days_left <= 30
+    assert [k.comment for k in report.supernode_keys] == ["unit_0", "unit_1", "unit_2"]
+    assert all(k.private_key_mode == "0o600" for k in report.supernode_keys)
+    later = describe_keys(material.directory, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=40))
+    assert {c.path.name: c.days_left for c in later.certificates}["server.pem"] < 0
+    # a server certificate from another CA placed here does not verify
+    other = init_keys(tmp_path / "other", n_units=0)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(material.ca_cert, mixed / "ca.crt")
+    shutil.copy(other.server_cert, mixed / "server.pem")
+    assert {c.path.name: c.verified_by_ca for c in describe_keys(mixed).certificates}["server.pem"] is False
+
+
+def test_cli_init_show_and_refusal(tmp_path):
+    from fedseg.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "k"
+    res = runner.invoke(app, ["keys", "init", str(out), "--unit", "north", "--unit", "south", "--host", "localhost",
+                              "--host", "10.1.2.3", "--days", "10"])
+    assert res.exit_code == 0, res.output
+    assert f"flwr supernode register {out / 'supernodes' / 'north.pub'} tls" in res.output
+    assert "--enable-supernode-auth" in res.output and "[superlink.tls]" in res.output
+    assert (out / "supernodes" / "south").exists()
+    res = runner.invoke(app, ["keys", "init", str(out), "--unit", "north"])
+    assert res.exit_code == 2 and "already exist" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["keys", "init", str(out), "--unit", "north", "--force"])
+    assert res.exit_code == 0
+    res = runner.invoke(app, ["keys", "show", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "server.pem" in res.output and "127.0.0.1" in res.output and "north.pub" in res.output
+    assert "10.1.2.3" not in res.output  # --force rewrote the server certificate with the default hosts
+    res = runner.invoke(app, ["keys", "show", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "fedseg keys init" in res.output
+    res = runner.invoke(app, ["keys", "init", str(tmp_path / "x"), "--host", "no such host"])
+    assert res.exit_code == 2 and "valid DNS name" in res.output

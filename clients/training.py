@@ -134,7 +134,9 @@ def evaluate_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.n
     rng = np.random.default_rng()
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     per_user_loss = np.minimum(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)), loss_clip)
-    pos, neg = score_histograms(probs, labels, bins or 50)
+    from privacy.training_dp import DP_EVAL_BINS
+
+    pos, neg = score_histograms(probs, labels, bins or DP_EVAL_BINS)
     return EvalStats(
         n=float(len(labels) + rng.normal(0, noise_sigma)),
         loss_sum=float(per_user_loss.sum() + rng.normal(0, loss_clip * noise_sigma)),

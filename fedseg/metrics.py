@@ -34,10 +34,12 @@ def score_histograms(probs: np.ndarray, labels: np.ndarray, bins: int = HIST_BIN
 
 def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC AUC from binned scores; ties within a bin count one half. NaN if a class is empty."""
-    pos = np.maximum(np.asarray(pos, dtype=np.float64), 0.0)  # noisy (DP) counts may be negative
-    neg = np.maximum(np.asarray(neg, dtype=np.float64), 0.0)
+    # Noisy (DP) counts may be negative; they are used as they are: clipping them at 0 would add
+    # mass to empty bins and bias the AUC towards 0.5, while the formula is linear in each count.
+    pos = np.asarray(pos, dtype=np.float64)
+    neg = np.asarray(neg, dtype=np.float64)
     n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
+    if n_pos <= 0 or n_neg <= 0:
         return float("nan")
     neg_below = np.cumsum(neg) - neg
     return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))

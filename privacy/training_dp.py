@@ -47,7 +47,7 @@ SCALER_SENSITIVITY = 5.0
 #: Noise multiplier of the scaler release (relative to its sensitivity); costs little epsilon.
 DEFAULT_SCALER_Z = 20.0
 #: Score-histogram bins in DP evaluation (coarse, so noise per bin matters less).
-DP_EVAL_BINS = 50
+DP_EVAL_BINS = 20
 #: Per-user log loss is clipped to this before summing in DP evaluation.
 DP_LOSS_CLIP = 10.0
 

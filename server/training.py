@@ -77,7 +77,7 @@ class TrainingPlan(BaseModel):
     noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of a target.")
     delta: float | None = Field(None, gt=0, lt=1, description="delta; default: a power of ten below 1/users.")
     sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate per step (user).")
-    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm (user).")
+    max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user).")
     clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
     ledger_path: Path | None = Field(None, description="Privacy budget ledger (SQLite); None: no ledger.")
     dataset_id: str = Field("default", description="Dataset name under which the ledger records spend.")

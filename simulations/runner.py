@@ -61,7 +61,7 @@ class SimulationConfig(BaseModel):
     delta: float | None = Field(None, gt=0, lt=1, description="delta; default a power of ten below 1/users.")
     noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of --epsilon.")
     sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate (user mode).")
-    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm (user mode).")
+    max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user mode).")
     clipping_norm: float = Field(1.0, gt=0, description="Per-unit update clipping norm (client mode).")
     ledger: Path | None = Field(None, description="Privacy budget ledger file (SQLite).")
 

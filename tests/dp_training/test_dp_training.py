@@ -86,7 +86,7 @@ def test_user_level_run_on_flower_spends_what_it_states(cdnow_dp_units, tmp_path
     assert {r.content["metrics"]["num-examples"] for r in train_replies} == {1}
     eval_replies = [r for r in grid.replies if r.metadata.message_type.startswith("evaluate")]
     hist = np.asarray(eval_replies[0].content["metrics"]["hist-pos"])
-    assert len(hist) == 50 and not np.allclose(hist, np.round(hist))
+    assert len(hist) == 20 and not np.allclose(hist, np.round(hist))
     epsilons = [r["epsilon"] for r in results[0].history]
     assert all(a < b for a, b in zip(epsilons, epsilons[1:]))
     assert results[0].history[-1]["auc"] > 0.65

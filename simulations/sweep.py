@@ -5,10 +5,12 @@ A sweep file (TOML) has three tables:
 - ``[sweep]``: ``name``, ``out`` (results directory);
 - ``[fixed]``: settings every cell shares (any :class:`simulations.runner.SimulationConfig`
   field, and ``task = "train" | "segment"``);
-- ``[grid]``: lists of values to cross (the cartesian product is the set of cells). Settings
-  that do not apply to a cell are dropped before cells are compared, so duplicates collapse
-  (``epsilon`` without privacy, ``alpha`` without a Dirichlet partition, ``proximal_mu``
-  without FedProx).
+- ``[grid]``: lists of values to cross (the cartesian product is the set of cells), or several
+  named sub-grids ``[grid.<name>]`` whose cells are pooled (each with its own ``[fixed]``
+  overrides under ``[grid.<name>.fixed]``). Settings that do not apply to a cell are dropped
+  before cells are compared, so duplicates collapse (``epsilon`` without privacy, ``alpha``
+  without a Dirichlet partition, ``proximal_mu`` without FedProx, training settings in
+  segmentation cells and the reverse).
 
 Each cell runs in ``<out>/cells/<cell id>/`` and its row (configuration plus metrics) is
 appended to ``<out>/results.csv`` and rewritten to ``<out>/results.parquet``. A cell whose id is
@@ -46,11 +48,24 @@ class SweepSpec(BaseModel):
     name: str = "sweep"
     out: Path = Path("runs/sweep")
     fixed: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grids: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
+    grid_fixed: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def grid(self) -> dict[str, list[Any]]:
+        """All grid keys (for display)."""
+        out: dict[str, list[Any]] = {}
+        for grid in self.grids.values():
+            out.update(grid)
+        return out
 
 
 #: Segmentation settings a sweep may set (see server.segmentation.SegmentationPlan).
 SEGMENT_KEYS = ("k", "iterations", "seg_epsilon")
+#: Training settings that mean nothing to a segmentation cell.
+TRAIN_KEYS = ("rounds", "model", "strategy", "proximal_mu", "local_epochs", "learning_rate", "batch_size",
+              "privacy", "epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "clipping_norm",
+              "baselines", "min_fit_units", "ledger")
 
 
 def load_spec(path: Path) -> SweepSpec:
@@ -62,13 +77,21 @@ def load_spec(path: Path) -> SweepSpec:
     except tomllib.TOMLDecodeError as exc:
         raise SweepError(f"{path}: not valid TOML ({exc})") from None
     head = raw.get("sweep", {})
+    grid = raw.get("grid", {})
+    if grid and all(isinstance(v, dict) for v in grid.values()):
+        grids = {name: {k: v for k, v in sub.items() if k != "fixed"} for name, sub in grid.items()}
+        grid_fixed = {name: sub.get("fixed", {}) for name, sub in grid.items()}
+    else:
+        grids, grid_fixed = {"grid": grid}, {"grid": {}}
     spec = SweepSpec(name=head.get("name", path.stem), out=Path(head.get("out", f"runs/sweep-{path.stem}")),
-                     fixed=raw.get("fixed", {}), grid=raw.get("grid", {}))
-    for key, values in spec.grid.items():
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"{path}: [grid] {key} must be a non-empty list")
+                     fixed=raw.get("fixed", {}), grids=grids, grid_fixed=grid_fixed)
+    for name, sub in spec.grids.items():
+        for key, values in sub.items():
+            if not isinstance(values, list) or not values:
+                raise SweepError(f"{path}: [grid] {name}.{key} must be a non-empty list")
     allowed = set(SimulationConfig.model_fields) | {"task", *SEGMENT_KEYS}
-    unknown = sorted((set(spec.fixed) | set(spec.grid)) - allowed)
+    fixed_keys = set(spec.fixed).union(*map(set, spec.grid_fixed.values())) if spec.grid_fixed else set(spec.fixed)
+    unknown = sorted((fixed_keys | set(spec.grid)) - allowed)
     if unknown:
         raise SweepError(f"{path}: unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     return spec
@@ -85,6 +108,9 @@ def _normalise(cell: dict[str, Any]) -> dict[str, Any]:
     if cell.get("task", "train") != "segment":
         for key in SEGMENT_KEYS:
             cell.pop(key, None)
+    else:
+        for key in TRAIN_KEYS:
+            cell.pop(key, None)
     return cell
 
 
@@ -95,14 +121,15 @@ def cell_id(cell: dict[str, Any]) -> str:
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     """The distinct cells of the sweep, in grid order."""
-    keys = list(spec.grid)
     cells, seen = [], set()
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        cell = _normalise({**spec.fixed, **dict(zip(keys, values))})
-        cid = cell_id(cell)
-        if cid not in seen:
-            seen.add(cid)
-            cells.append({"cell_id": cid, **cell})
+    for name, grid in spec.grids.items():
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            cell = _normalise({**spec.fixed, **spec.grid_fixed.get(name, {}), **dict(zip(keys, values))})
+            cid = cell_id(cell)
+            if cid not in seen:
+                seen.add(cid)
+                cells.append({"cell_id": cid, **cell})
     for cell in cells:  # validate every cell before running any
         try:
             _simulation_config(cell, Path("."))

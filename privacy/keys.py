@@ -25,9 +25,9 @@ cryptography: key generation, signing and serialisation are ``cryptography``'s.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
-import base64
 import ipaddress
 import os
 import re
@@ -45,7 +45,8 @@ CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY = "ca.crt", "ca.key", "server.pem", "se
 SUPERNODE_DIR = "supernodes"
 PRIVATE_MODE = 0o600
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_DNS_LABEL = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_LABEL = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
 
 
 class KeysError(ValueError):

@@ -30,7 +30,8 @@ The model, per user ``i`` (all draws from one seeded ``numpy.random.Generator``)
   ``events_per_user``: with
   ``T_i = e_i - u_i`` and ``Lambda_i = r_i (1 - exp(-delta_i T_i)) / delta_i``,
   ``c = (events_per_user - 1) / mean_i(Lambda_i)`` (``- 1`` for the acquiring purchase:
-  with ``first_purchase`` every user buys once at the sign-up second, as CDNOW customers do). Counts are ``Poisson(c Lambda_i / m)`` and
+  with ``first_purchase`` every user buys once at the sign-up second, as CDNOW customers do).
+  Counts are ``Poisson(c Lambda_i / m)`` and
   times are drawn by inverting the truncated-exponential CDF,
   ``t = u_i - ln(1 - U (1 - exp(-delta_i T_i))) / delta_i``.
 * **Seasonality** by thinning: an event on day ``d`` is kept with probability
@@ -110,7 +111,8 @@ class GeneratorConfig(BaseModel):
     n_units: int = Field(5, ge=1, description="Business units K; every unit gets at least one user.")
     start: dt.date = Field(dt.date(2023, 1, 1), description="First day of the period (naive UTC midnight).")
     days: int = Field(365, ge=14, description="Length of the period in days.")
-    events_per_user: float = Field(10.0, gt=0, description="Expected events per user over the period, before refunds.")
+    events_per_user: float = Field(
+        10.0, gt=0, description="Expected events per user over the period, before refunds, acquiring purchase included.")
     unit_size_alpha: float | None = Field(
         None, gt=0, description="Dirichlet concentration of unit sizes; None = equal sizes, 0.5 = strong skew.")
     behaviour_skew: float = Field(
@@ -415,7 +417,8 @@ def generate(config: GeneratorConfig | None = None, **kwargs: object) -> Synthet
         "user_id": _obj(user_ids[ev["user"]]),
         "ts": (start_ns + ev["secs"].astype("timedelta64[s]")).astype("datetime64[ns]"),
         "event_type": _obj(np.array(EVENT_TYPES, dtype=object)[ev["etype"]]),
-        "amount": np.where(np.isnan(ev["price"]), 0.0, np.round(np.nan_to_num(ev["price"]) * np.nan_to_num(ev["qty"]), 2)),
+        "amount": np.where(np.isnan(ev["price"]), 0.0,
+                           np.round(np.nan_to_num(ev["price"]) * np.nan_to_num(ev["qty"]), 2)),
         "item_id": _obj(items_obj[ev["item"]]),
         "price": ev["price"],
         "quantity": ev["qty"],

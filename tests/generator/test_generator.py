@@ -98,7 +98,9 @@ def test_realistic_shape(data):
     # churn: churned users have no events after their churn time
     churned = users.dropna(subset=["churn_ts"]).set_index("user_id")["churn_ts"]
     after = events["user_id"].map(churned)
-    assert not (events["ts"] > after + pd.Timedelta(days=1) + pd.Timedelta(days=60)).any()
+    not_refund = events["event_type"] != "refund"  # a refund may follow a purchase made before churn
+    assert not (events["ts"] > after + pd.Timedelta(days=1))[not_refund].any()
+    assert after.notna().any()
     assert (users.loc[users["churn_ts"].notna(), "lifecycle_stage"] == "churned").all()
 
 

@@ -175,7 +175,10 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             loss = train_local(model, data, mean, std, params)
         # Under DP the number of users is private: every unit weighs the same.
         weight = data.n_train if cfg.privacy == "none" else 1
-        metrics = MetricRecord({"num-examples": weight, "train-loss": loss})
+        values = {"num-examples": weight}
+        if cfg.privacy == "none":  # the local training loss is not a DP release: sent only without DP
+            values["train-loss"] = loss
+        metrics = MetricRecord(values)
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
                        reply_to=msg)
 

@@ -174,13 +174,24 @@ def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
                       files=files, unit_stats=unit_stats)
 
 
+class _DeprecationNotice(logging.Filter):
+    """Hides Flower's notice that ``run_simulation`` is deprecated (docs/federated-training.md
+    says why fedseg uses it); shown again with ``--verbose``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
+
+
 def quiet_flower(verbose: bool) -> dict[str, Any]:
     """Environment and backend settings for a quiet Ray-backed simulation."""
     import os
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        flwr_logger = logging.getLogger("flwr")
+        flwr_logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _DeprecationNotice) for f in flwr_logger.filters):
+            flwr_logger.addFilter(_DeprecationNotice())
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose}}
 

@@ -15,7 +15,8 @@ estimate).
    clipping to ``max_grad_norm`` and noise ``z * max_grad_norm``, ``steps_per_round`` steps in
    each of ``rounds`` rounds;
 3. **evaluation** of the global model on the unit's *test* users (disjoint from the training
-   users): histograms and sums with Gaussian noise, ``rounds + 1`` releases.
+   users): histograms and sums with Gaussian noise, one release per scheduled evaluation
+   (every ``eval_every`` rounds and after the last round; by default after the last only).
 
 A training user is in (1) and (2): composed as one ``ComposedDpEvent``; a test user is in (3)
 only. By parallel composition over disjoint users the run's per-user epsilon is the larger of
@@ -99,6 +100,7 @@ class UserLevelPlan(BaseModel):
     scaler_z: float = Field(DEFAULT_SCALER_Z, gt=0)
     noise_multiplier: float = Field(0.0, description="DP-SGD z (set by calibrate).")
     eval_sigma: float = Field(0.0, description="Per-entry noise of each evaluation release (set by calibrate).")
+    eval_every: int = Field(0, ge=0, description="Evaluate every this many rounds (0: after the last round only).")
     epsilon_train_rdp: float = 0.0
     epsilon_train_pld: float = 0.0
     epsilon_eval_rdp: float = 0.0
@@ -106,6 +108,14 @@ class UserLevelPlan(BaseModel):
     @property
     def steps(self) -> int:
         return self.rounds * self.steps_per_round
+
+    def evaluates_after(self, server_round: int) -> bool:
+        """Whether the schedule evaluates after ``server_round`` (always after the last)."""
+        return server_round == self.rounds or (self.eval_every > 0 and server_round % self.eval_every == 0)
+
+    def evaluations_done(self, rounds_done: int) -> int:
+        """Evaluation releases after ``rounds_done`` rounds."""
+        return sum(self.evaluates_after(r) for r in range(1, rounds_done + 1))
 
     def train_epsilon(self, noise_multiplier: float, steps: int | None = None, accountant: AccountantName = "rdp") -> float:
         """epsilon of a training user after ``steps`` DP-SGD steps (default: the whole plan)."""
@@ -125,7 +135,7 @@ class UserLevelPlan(BaseModel):
     def calibrate(self) -> "UserLevelPlan":
         """Smallest noise that keeps every user's epsilon within the target (RDP accountant)."""
         z = _bisect(lambda v: self.train_epsilon(v), self.target_epsilon)
-        releases = self.rounds + 1
+        releases = self.evaluations_done(self.rounds)
         z_eval = _bisect(lambda v: event_epsilon(dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(v), releases),
                                                  self.delta), self.target_epsilon)
         plan = self.model_copy(update={"noise_multiplier": z, "eval_sigma": 2.0 * z_eval})
@@ -139,7 +149,8 @@ class UserLevelPlan(BaseModel):
         if rounds_done <= 0:
             return event_epsilon(dpa.GaussianDpEvent(self.scaler_z), self.delta)
         train = self.train_epsilon(self.noise_multiplier, steps=rounds_done * self.steps_per_round)
-        return max(train, self.eval_epsilon(rounds_done + 1))
+        evaluations = self.evaluations_done(rounds_done)
+        return max(train, self.eval_epsilon(evaluations) if evaluations else 0.0)
 
 
 def client_level_epsilon(noise_multiplier: float, sampled_units: int, total_units: int, rounds: int,

@@ -51,6 +51,7 @@ class PrivacyState:
     clipping_norm: float = 1.0
     sampled_units: int = 0
     total_units: int = 0
+    eval_every: int = 0
     target_epsilon: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,7 +67,18 @@ class PrivacyState:
                              sample_rate=self.sample_rate, steps_per_round=self.steps_per_round,
                              rounds=self.rounds, max_grad_norm=self.max_grad_norm,
                              scaler_z=self.scaler_sigma / SCALER_SENSITIVITY,
-                             noise_multiplier=self.noise_multiplier, eval_sigma=self.eval_sigma)
+                             noise_multiplier=self.noise_multiplier, eval_sigma=self.eval_sigma,
+                             eval_every=self.eval_every)
+
+    def evaluates_after(self, server_round: int) -> bool:
+        """Whether federated evaluation runs after ``server_round`` (0: the initial model).
+
+        Without user-level DP every round is evaluated. With it, evaluation is a release about
+        the test users, so it follows the plan's schedule (by default: after the last round).
+        """
+        if self.mode != "user":
+            return True
+        return server_round > 0 and self.user_plan().evaluates_after(server_round)
 
     def epsilon_after(self, rounds_done: int, accountant: str = "rdp") -> float:
         """Epsilon spent after ``rounds_done`` rounds (per end user; per unit in client mode)."""
@@ -108,7 +120,8 @@ class PrivacyState:
                 "eval_sigma": self.eval_sigma,
                 "epsilon_training_users": self.user_plan().train_epsilon(
                     self.noise_multiplier, steps=rounds_done * self.steps_per_round),
-                "epsilon_test_users": self.user_plan().eval_epsilon(rounds_done + 1),
+                "epsilon_test_users": self.user_plan().eval_epsilon(self.user_plan().evaluations_done(rounds_done)),
+                "evaluations": self.user_plan().evaluations_done(rounds_done),
             })
         else:
             out.update({
@@ -132,7 +145,7 @@ def calibrate(plan: Any, n_users: float, total_units: int, sampled_units: int) -
     """Noise for ``plan`` (a :class:`server.training.TrainingPlan`) once the federation is known."""
     state = PrivacyState(mode=plan.privacy, rounds=plan.num_rounds, max_grad_norm=plan.max_grad_norm,
                          clipping_norm=plan.clipping_norm, total_units=total_units, sampled_units=sampled_units,
-                         target_epsilon=plan.target_epsilon)
+                         target_epsilon=plan.target_epsilon, eval_every=plan.dp_eval_every)
     if plan.privacy == "none":
         return state
     state.delta = plan.delta or default_delta(n_users)
@@ -151,10 +164,11 @@ def calibrate(plan: Any, n_users: float, total_units: int, sampled_units: int) -
     state.steps_per_round = steps_per_round
     user = UserLevelPlan(target_epsilon=plan.target_epsilon or 8.0, delta=state.delta, sample_rate=plan.sample_rate,
                          steps_per_round=steps_per_round, rounds=plan.num_rounds, max_grad_norm=plan.max_grad_norm,
-                         scaler_z=DEFAULT_SCALER_Z)
+                         scaler_z=DEFAULT_SCALER_Z, eval_every=plan.dp_eval_every)
     if plan.noise_multiplier is not None:
         user = user.model_copy(update={"noise_multiplier": plan.noise_multiplier})
-        z_eval = _bisect(lambda v: user.model_copy(update={"eval_sigma": 2 * v}).eval_epsilon(plan.num_rounds + 1),
+        z_eval = _bisect(lambda v: user.model_copy(update={"eval_sigma": 2 * v}).eval_epsilon(
+            user.evaluations_done(plan.num_rounds)),
                          user.train_epsilon(plan.noise_multiplier))
         user = user.model_copy(update={"eval_sigma": 2 * z_eval})
         state.target_epsilon = user.train_epsilon(plan.noise_multiplier)

@@ -80,6 +80,8 @@ class TrainingPlan(BaseModel):
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user).")
     clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
     ledger_path: Path | None = Field(None, description="Privacy budget ledger (SQLite); None: no ledger.")
+    dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
+                               "(0: only after the last round; each evaluation is a noisy release about test users).")
     dataset_id: str = Field("default", description="Dataset name under which the ledger records spend.")
 
     def fingerprint(self) -> str:
@@ -261,7 +263,9 @@ def run_training(
         start_round = 0
         strategy = _make_strategy(plan, privacy)
         cfg0 = plan.round_config(0, mean, std, privacy)
-        metrics0, _ = _evaluate(strategy, grid, 0, arrays, cfg0, plan.round_timeout_s)
+        metrics0 = None
+        if privacy.evaluates_after(0):
+            metrics0, _ = _evaluate(strategy, grid, 0, arrays, cfg0, plan.round_timeout_s)
         record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": privacy.epsilon_after(0)}
         history.append(record0)
         on_round(record0)
@@ -308,7 +312,9 @@ def run_training(
         if new_arrays is None:  # pragma: no cover - guarded above
             raise NotEnoughUnits(f"round {server_round}: no usable update")
         arrays = new_arrays
-        eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s)
+        eval_metrics, eval_failed = None, 0
+        if privacy.evaluates_after(server_round):
+            eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s)
         record = {
             "round": server_round,
             **_metric_dict(eval_metrics),

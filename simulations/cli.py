@@ -89,9 +89,12 @@ def simulate(
     def show(record: dict[str, Any]) -> None:
         extra = f", {record['units_trained']} units, {record['seconds']:.1f} s" if "units_trained" in record else " (initial model)"
         eps = f", epsilon {record['epsilon']:.3f}" if record.get("epsilon") else ""
-        console.print(f"  round {record['round']:>3}/{cfg.rounds}: AUC {record.get('auc', float('nan')):.4f}  "
-                      f"log loss {record.get('log_loss', float('nan')):.4f}  Brier {record.get('brier', float('nan')):.4f}"
-                      f"{extra}{eps}", highlight=False)
+        if "auc" in record:
+            figures = (f"AUC {record['auc']:.4f}  log loss {record['log_loss']:.4f}  "
+                       f"Brier {record['brier']:.4f}")
+        else:
+            figures = "trained (under user-level DP evaluation runs after the last round)"
+        console.print(f"  round {record['round']:>3}/{cfg.rounds}: {figures}{extra}{eps}", highlight=False)
 
     try:
         summary = run_simulation_job(cfg, on_round=show, verbose=verbose)

@@ -176,6 +176,7 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
         summary = run_simulation_job(cfg)
         metrics = summary["metrics"]
         row.update({key: metrics.get(key) for key in ("auc", "log_loss", "brier", "centralized_auc", "bgnbd_auc")})
+        row["auc_exact"] = metrics.get("auc_exact_pooled")
         row["rounds_json"] = json.dumps([{k: r.get(k) for k in ("round", "auc", "log_loss")}
                                          for r in metrics["rounds"]])
         if "privacy" in summary:

@@ -141,6 +141,15 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
         return handler
 
+    def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
+        """Round config, the unit's data, the scaler and the global model the message carries."""
+        cfg = _round_config(msg)
+        data = unit_data(context, cfg, unit_files)
+        mean, std = _scaler(cfg)
+        model = build_model(cfg.model)
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        return cfg, data, mean, std, model
+
     for action, step in (("seg_grid", grid_step), ("seg_lloyd", lloyd_step), ("seg_rfm", rfm_step),
                          ("seg_final", final_step)):
         app.query(action, mods=[outgoing_guard_mod])(segmentation_handler(step))
@@ -160,11 +169,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     @app.train(mods=[outgoing_guard_mod])
     def train(msg: Message, context: Context) -> Message:
-        cfg = _round_config(msg)
-        data = unit_data(context, cfg, unit_files)
-        mean, std = _scaler(cfg)
-        model = build_model(cfg.model)
-        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        cfg, data, mean, std, model = _global_model_and_data(msg, context)
         seed = cfg.seed * 100_003 + cfg.server_round * 101 + context.node_id % 97
         if cfg.privacy == "user":
             loss, _ = train_local_dpsgd(model, data, mean, std, cfg.noise_multiplier, cfg.max_grad_norm,
@@ -184,11 +189,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     @app.evaluate(mods=[outgoing_guard_mod])
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg = _round_config(msg)
-        data = unit_data(context, cfg, unit_files)
-        mean, std = _scaler(cfg)
-        model = build_model(cfg.model)
-        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        cfg, data, mean, std, model = _global_model_and_data(msg, context)
         stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma if cfg.privacy == "user" else 0.0)
         metrics = MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,

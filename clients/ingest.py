@@ -313,6 +313,22 @@ def _write_quarantine(
     frame.to_csv(target, index=False)
 
 
+def _read_checked(path: Path, encoding: str, required: tuple[str, ...], contract: str
+                  ) -> tuple[pd.DataFrame, np.ndarray, list[RowError], str]:
+    """The raw table, after the whole-file checks: rows present, required columns present."""
+    raw, lines, malformed, fmt = _read_table(path, encoding)
+    if len(raw) == 0 and not malformed:
+        raise IngestError(f"{path}: the file has a header but no rows.")
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise IngestError(
+            f"{path}: missing required column(s) {', '.join(missing)}; found "
+            f"{', '.join(map(str, raw.columns)) or 'none'}. The {contract} contract needs "
+            f"{', '.join(required)} (see README, 'Data contract')."
+        )
+    return raw, lines, malformed, fmt
+
+
 # --------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------
@@ -333,16 +349,7 @@ def read_events(
     """
     path = Path(path)
     on_error = OnError(on_error)
-    raw, lines, malformed, fmt = _read_table(path, encoding)
-    if len(raw) == 0 and not malformed:
-        raise IngestError(f"{path}: the file has a header but no rows.")
-    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in raw.columns]
-    if missing:
-        raise IngestError(
-            f"{path}: missing required column(s) {', '.join(missing)}; found "
-            f"{', '.join(map(str, raw.columns)) or 'none'}. The events contract needs "
-            f"{', '.join(REQUIRED_EVENT_COLUMNS)} (see README, 'Data contract')."
-        )
+    raw, lines, malformed, fmt = _read_checked(path, encoding, REQUIRED_EVENT_COLUMNS, "events")
     warnings = []
     unknown = [c for c in raw.columns if c not in EVENT_COLUMNS and c != "unit_id"]
     if unknown:
@@ -432,14 +439,7 @@ def read_users(
     any attribute columns (kept as strings, for audits)."""
     path = Path(path)
     on_error = OnError(on_error)
-    raw, lines, malformed, fmt = _read_table(path, encoding)
-    if len(raw) == 0 and not malformed:
-        raise IngestError(f"{path}: the file has a header but no rows.")
-    missing = [c for c in REQUIRED_USER_COLUMNS if c not in raw.columns]
-    if missing:
-        raise IngestError(
-            f"{path}: missing required column user_id; found {', '.join(map(str, raw.columns))}."
-        )
+    raw, lines, malformed, fmt = _read_checked(path, encoding, REQUIRED_USER_COLUMNS, "users")
     rej = _Rejections(len(raw))
     out = pd.DataFrame(index=raw.index)
     rej.add(_is_blank(raw["user_id"]), "user_id", "missing user_id")

@@ -48,6 +48,15 @@ def _group_reduce_sorted(keys_user: np.ndarray, n_users: int, values: np.ndarray
     return out
 
 
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (sort + neighbour comparison: faster here than ``np.unique``,
+    which in numpy 2.4 goes through a hash table before sorting)."""
+    if len(keys) == 0:
+        return keys
+    ordered = np.sort(keys)
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
+
+
 def build_features(
     events: pd.DataFrame,
     config: FeatureConfig,
@@ -94,7 +103,7 @@ def build_features(
     # Distinct purchase days, gaps between them, last purchase
     offset = int(h_day.min()) if len(h_day) else 0
     span = int(max(day.max() - offset + 1, 1)) if len(day) else 1
-    p_keys = np.unique(codes[hp] * span + (day[hp] - offset))
+    p_keys = _sorted_unique(codes[hp] * span + (day[hp] - offset))
     p_user = p_keys // span
     p_day = p_keys % span + offset
     frequency = np.bincount(p_user, minlength=n_all)
@@ -115,7 +124,7 @@ def build_features(
     last_purchase_ts = _group_reduce_sorted(codes[hp], n_all, ts[hp], "max")
 
     # Active days in windows before t_ref
-    a_keys = np.unique(h_codes * span + (h_day - offset))
+    a_keys = _sorted_unique(h_codes * span + (h_day - offset))
     a_user = a_keys // span
     a_day = a_keys % span + offset
     active = {n: np.bincount(a_user[a_day >= -n], minlength=n_all) for n in (7, 30, 90)}
@@ -141,7 +150,7 @@ def build_features(
 
     # Label
     fp = future & is_purchase
-    f_keys = np.unique(codes[fp] * span + (day[fp] - offset)) if fp.any() else np.empty(0, np.int64)
+    f_keys = _sorted_unique(codes[fp] * span + (day[fp] - offset))
     future_days = np.bincount(f_keys // span, minlength=n_all)
 
     frame = pd.DataFrame(

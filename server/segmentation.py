@@ -46,7 +46,7 @@ FINAL_TABLES = 6
 
 
 class SegmentationBudget(BaseModel):
-    """Shares of the total zCDP budget rho spent by each step (they must sum to 1)."""
+    """Relative shares of the total zCDP budget rho spent by each step (normalised to sum to 1)."""
 
     grid: float = 0.1
     lloyd: float = 0.6

@@ -176,6 +176,9 @@ def federated(
     auc_bins: Annotated[int, typer.Option(help="fairness: score histogram bins for the federated AUC.")] = 10_000,
     epsilon: Annotated[float | None, typer.Option(help="fairness: add Gaussian DP noise for this epsilon.")] = None,
     delta: Annotated[float, typer.Option(help="fairness: DP delta.")] = 1e-6,
+    ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger: check each unit's budget before the "
+                                                     "noisy release and record the spend (unit = file name).")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset name the ledger records the spend under.")] = "audit",
     price: Annotated[str | None, typer.Option(help="pricing: price column.")] = None,
     item: Annotated[str | None, typer.Option(help="pricing: item column.")] = None,
     time: Annotated[str | None, typer.Option(help="pricing: time column.")] = None,
@@ -213,8 +216,28 @@ def federated(
     if dp is not None and audit != "fairness":
         fail("--epsilon applies to --audit fairness only (pricing statistics are not noised; see docs/audit.md)")
 
+    budget_ledger, run_id, unit_names = None, "", [u.stem for u in units]
+    if ledger is not None and dp is not None:
+        import uuid
+
+        from privacy.ledger import BudgetExceeded, BudgetLedger
+
+        budget_ledger, run_id = BudgetLedger(ledger), "audit-" + uuid.uuid4().hex[:12]
+        try:
+            for name in unit_names:
+                budget_ledger.check(name, dataset, run_id, dp.epsilon)
+        except BudgetExceeded as exc:
+            fail(str(exc))
+
     def spend(eps: float, dlt: float, mech: str) -> None:
-        console.print(f"privacy: spent epsilon {eps:g} (delta {dlt:g}) on {mech}; record it in the ledger")
+        if budget_ledger is not None:
+            for name in unit_names:
+                budget_ledger.record(run_id, name, dataset, 1, eps, dlt, mech)
+            console.print(f"privacy: spent epsilon {eps:g} (delta {dlt:g}) on {mech}; recorded in {ledger} "
+                          f"(run {run_id})", highlight=False)
+        else:
+            console.print(f"privacy: spent epsilon {eps:g} (delta {dlt:g}) on {mech}; pass --ledger to record it",
+                          highlight=False)
 
     try:
         with console.status(f"federated {audit} audit over {len(units)} units ({engine})..."):

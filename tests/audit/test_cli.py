@@ -67,3 +67,25 @@ def test_cli_user_errors(tmp_path):
     r = runner.invoke(app, ["audit", "pricing", "--input", str(scored), "--price", "score", "--item", "gender",
                             "--time", "region", "--group", "gender", "--reference", "gender", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "GROUP=LEVEL" in r.output
+
+
+def test_cli_federated_dp_audit_checks_and_records_the_ledger(tmp_path):
+    from privacy.ledger import BudgetLedger
+
+    frame = scored_frame()
+    units = []
+    for k, part in enumerate((frame.iloc[::2], frame.iloc[1::2])):
+        path = tmp_path / f"shop{k}.parquet"
+        part.to_parquet(path)
+        units += ["--unit", str(path)]
+    ledger = tmp_path / "ledger.sqlite"
+    BudgetLedger(ledger).set_budget("*", "scores", 1.5, 1e-5)
+    args = ["audit", "federated", *units, "--engine", "inprocess", "--label", "churned", "--score", "score",
+            "--group", "gender", "--bootstrap", "50", "--epsilon", "1.0", "--ledger", str(ledger),
+            "--dataset", "scores"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert BudgetLedger(ledger).spent("shop0", "scores") == 1.0
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])   # 1.0 more would exceed 1.5
+    assert r.exit_code == 2 and "only 0.500 of its budget 1.5 is left" in r.output
+    assert BudgetLedger(ledger).spent("shop1", "scores") == 1.0

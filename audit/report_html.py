@@ -82,8 +82,11 @@ def fairness_html(rep: FairnessReport) -> str:
                 for ax, k in zip(axes, ("selection_rate", "tpr", "fpr")):
                     vals = [getattr(a.groups[g], k) for g in labels]
                     v = [x.value if x and x.value is not None else float("nan") for x in vals]
-                    lo = [x.value - x.ci_low if x and x.ci_low is not None else 0 for x in vals]
-                    hi = [x.ci_high - x.value if x and x.ci_high is not None else 0 for x in vals]
+                    # with DP noise a point estimate can sit outside its bootstrap interval: no negative bars
+                    lo = [max(x.value - x.ci_low, 0) if x and x.ci_low is not None and x.value is not None else 0
+                          for x in vals]
+                    hi = [max(x.ci_high - x.value, 0) if x and x.ci_high is not None and x.value is not None else 0
+                          for x in vals]
                     ax.barh(labels, v, xerr=[lo, hi], color="#4a7ab7")
                     ax.set_title(k)
                     ax.set_xlim(0, 1)
@@ -153,8 +156,8 @@ def pricing_html(rep: PricingReport) -> str:
         fig, ax = plt.subplots(figsize=(8, 0.6 + 0.3 * len(shown)))
         labels = [f"{f.attribute}={f.group} vs {f.reference} [{f.slice}]" for f in shown]
         v = [f.premium_pct for f in shown]
-        ax.errorbar(v, range(len(shown)), xerr=[[f.premium_pct - f.ci_low for f in shown],
-                                                [f.ci_high - f.premium_pct for f in shown]], fmt="o",
+        ax.errorbar(v, range(len(shown)), xerr=[[max(f.premium_pct - f.ci_low, 0) for f in shown],
+                                                [max(f.ci_high - f.premium_pct, 0) for f in shown]], fmt="o",
                     color="#4a7ab7")
         for i, f in enumerate(shown):
             if f.flagged:

@@ -120,11 +120,17 @@ def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(cfg.scaler_mean), np.asarray(cfg.scaler_std)
 
 
-def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path | None = None) -> ClientApp:
-    """A ClientApp; ``unit_files`` (one events file per partition) and ``output_dir`` (where
-    units write their local per-user outputs) serve simulations; deployed units take both from
-    their node config (``data-path``, ``output-dir``)."""
+def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path | None = None,
+                    secagg_identities: Path | None = None, train_mods: Sequence | None = None) -> ClientApp:
+    """A ClientApp; ``unit_files`` (one events file per partition), ``output_dir`` (where units
+    write their local per-user outputs) and ``secagg_identities`` (secure-aggregation identity
+    keys and registry) serve simulations; deployed units take them from their node config
+    (``data-path``, ``output-dir``, ``secagg-key``, ``secagg-registry``). ``train_mods`` are
+    extra mods placed innermost on the train handler (fault injection, instrumentation)."""
+    from privacy.secagg.flower import make_secagg_mod
+
     app = ClientApp()
+    secagg = make_secagg_mod(secagg_identities)
 
     def segmentation_handler(step):  # noqa: ANN001, ANN202
         def handler(msg: Message, context: Context) -> Message:
@@ -167,7 +173,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         identity = ConfigRecord({"unit-id": unit_name(context)})
         return Message(RecordDict({"metrics": metrics, "identity": identity}), reply_to=msg)
 
-    @app.train(mods=[outgoing_guard_mod])
+    @app.train(mods=[outgoing_guard_mod, secagg, *(train_mods or [])])
     def train(msg: Message, context: Context) -> Message:
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
         seed = cfg.seed * 100_003 + cfg.server_round * 101 + context.node_id % 97

@@ -79,6 +79,33 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
             raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
 
 
+#: What a secure-aggregation stage may send (cryptographic material, never a user's data).
+SECAGG_REPLIES: Final = {"advertise": {"advert"}, "share": {"boxes"}, "unmask": {"reveals"}}
+
+
+def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> None:
+    """Replies of the secure-aggregation stages (privacy/secagg): the protocol's own fields only;
+    the masked input is one integer vector as long as the model has parameters."""
+    import numpy as np
+
+    content = reply.content
+    if stage == "masked":
+        if set(content.keys()) != {"secagg-masked", "metrics"}:
+            raise OutgoingRefused(f"masked-input reply holds {sorted(content.keys())}")
+        arrays = content.array_records["secagg-masked"]
+        size = sum(int(np.prod(shape)) for shape in expected_shapes(model_name).values())  # type: ignore[arg-type]
+        if list(arrays.keys()) != ["y"] or tuple(arrays["y"].shape) != (size,) or np.dtype(arrays["y"].dtype) != np.uint64:
+            raise OutgoingRefused("masked input must be one uint64 vector of the model's size")
+        if set(content.metric_records["metrics"].keys()) != {"num-examples"}:
+            raise OutgoingRefused("masked-input reply may carry only num-examples")
+        return
+    allowed = SECAGG_REPLIES.get(stage)
+    if allowed is None:
+        raise OutgoingRefused(f"unknown secure-aggregation stage {stage!r}")
+    if set(content.keys()) != {"secagg"} or set(content.config_records["secagg"].keys()) != allowed:
+        raise OutgoingRefused(f"secure-aggregation {stage} reply must hold only {sorted(allowed)}")
+
+
 def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower mod: check the reply of the wrapped handler; refuse it if it holds anything else."""
     reply = call_next(msg, context)
@@ -87,8 +114,12 @@ def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCalla
     model_name = None
     if "config" in msg.content.config_records:
         model_name = msg.content.config_records["config"].get("model")
+    config = msg.content.config_records.get("config")
     try:
-        check_reply(reply, msg.metadata.message_type, model_name)
+        if config is not None and "secagg-stage" in config:
+            check_secagg_reply(reply, str(config["secagg-stage"]), model_name)
+        else:
+            check_reply(reply, msg.metadata.message_type, model_name)
     except OutgoingRefused as exc:
         return Message(Error(code=GUARD_ERROR_CODE, reason=f"outgoing guard refused the reply: {exc}"),
                        reply_to=msg)

@@ -80,6 +80,11 @@ class TrainingPlan(BaseModel):
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user).")
     clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
     ledger_path: Path | None = Field(None, description="Privacy budget ledger (SQLite); None: no ledger.")
+    secagg: bool = Field(False, description="Secure aggregation (privacy/secagg): the coordinator sees only "
+                         "the sum of the units' updates; units weigh equally.")
+    secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
+    secagg_clip_range: float = Field(1.0, gt=0, description="SecAgg: every update coordinate is clipped to "
+                                     "[-R, R] before quantisation (client mode: the clipping norm).")
     dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
                                "(0: only after the last round; each evaluation is a noisy release about test users).")
     dataset_id: str = Field("default", description="Dataset name under which the ledger records spend.")
@@ -160,7 +165,7 @@ def _make_strategy(plan: TrainingPlan, privacy: PrivacyState | None = None) -> A
                   min_available_nodes=plan.min_available_units,
                   evaluate_metrics_aggr_fn=merge_evaluation)
     strategy = FedProx(proximal_mu=plan.proximal_mu, **common) if plan.strategy == "fedprox" else FedAvg(**common)
-    if privacy is not None and privacy.mode == "client":
+    if privacy is not None and privacy.mode == "client" and not plan.secagg:
         from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
         return DifferentialPrivacyServerSideFixedClipping(
@@ -296,22 +301,28 @@ def run_training(
                 ledger.check(unit, plan.dataset_id, run_id, epsilon)
             _ledger_release(ledger, plan, privacy, run_id, names.values(), max(done + 1, server_round), epsilon)
         messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
-        replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
-        ok = [r for r in replies if not r.has_error()]
-        failed = len(messages) - len(ok)
-        for r in replies:
-            if r.has_error():
-                log(WARNING, "round %d: unit %s failed: %s", server_round, r.metadata.src_node_id, r.error.reason)
-        if len(ok) < plan.min_fit_units:
+        secagg_facts = None
+        if plan.secagg:
+            arrays, n_ok, secagg_facts = _secure_round(grid, plan, privacy, messages, arrays)
+            failed, train_metrics = len(messages) - n_ok, None
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
+            ok = [r for r in replies if not r.has_error()]
+            n_ok, failed = len(ok), len(messages) - len(ok)
+            for r in replies:
+                if r.has_error():
+                    log(WARNING, "round %d: unit %s failed: %s", server_round, r.metadata.src_node_id, r.error.reason)
+        if n_ok < plan.min_fit_units:
             raise NotEnoughUnits(
-                f"round {server_round}: {len(ok)} of {len(messages)} units replied; the plan needs "
+                f"round {server_round}: {n_ok} of {len(messages)} units replied; the plan needs "
                 f"{plan.min_fit_units}. The run stopped after round {server_round - 1}; start it again "
                 "with the same output directory to resume."
             )
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
-        if new_arrays is None:  # pragma: no cover - guarded above
-            raise NotEnoughUnits(f"round {server_round}: no usable update")
-        arrays = new_arrays
+        if not plan.secagg:
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+            if new_arrays is None:  # pragma: no cover - guarded above
+                raise NotEnoughUnits(f"round {server_round}: no usable update")
+            arrays = new_arrays
         eval_metrics, eval_failed = None, 0
         if privacy.evaluates_after(server_round):
             eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s)
@@ -319,10 +330,11 @@ def run_training(
             "round": server_round,
             **_metric_dict(eval_metrics),
             "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics else None,
-            "units_trained": len(ok),
+            "units_trained": n_ok,
             "units_failed": failed,
             "units_failed_evaluation": eval_failed,
             "epsilon": epsilon,
+            **({"secagg": secagg_facts} if secagg_facts else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
         history.append(record)
@@ -342,6 +354,27 @@ def run_training(
                                                "privacy": privacy.statement(plan.num_rounds)}), name=MODEL_FILE)
     return TrainingResult(final, mean, std, history, version, start_round, privacy.statement(plan.num_rounds),
                           sorted(names.values()))
+
+
+def _secure_round(grid: Grid, plan: TrainingPlan, privacy: PrivacyState, messages: list[Message],
+                  arrays: ArrayRecord) -> tuple[ArrayRecord, int, dict[str, Any]]:
+    """One training round through secure aggregation: the coordinator learns the sum only.
+
+    Client mode: units clip their update to the clipping norm before masking, and the
+    coordinator adds Gaussian noise ``z * C`` to the sum (the same noise Flower's wrapper adds
+    to the mean, times the number of units)."""
+    from privacy.secagg.config import SecAggConfig
+    from privacy.secagg.flower import SecAggAggregator, apply_mean_update
+
+    client = privacy.mode == "client"
+    config = SecAggConfig(threshold=plan.secagg_threshold,
+                          clip_range=privacy.clipping_norm if client else plan.secagg_clip_range)
+    aggregator = SecAggAggregator(config, min_units=plan.min_fit_units)
+    node_ids = [m.metadata.dst_node_id for m in messages]
+    total, survivors, facts = aggregator.run_round(grid, node_ids, messages[0].content, plan.round_timeout_s,
+                                                   l2_clip=privacy.clipping_norm if client else 0.0)
+    noise = privacy.noise_multiplier * privacy.clipping_norm if client else 0.0
+    return apply_mean_update(arrays, total, len(survivors), noise), len(survivors), facts
 
 
 def _open_ledger(plan: TrainingPlan) -> Any:

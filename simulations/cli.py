@@ -51,6 +51,8 @@ def simulate(
     max_grad_norm: Annotated[float, typer.Option(help="Per-user gradient clipping norm (user mode); 1 biases the churn model towards the majority class on CDNOW.")] = 5.0,
     clipping_norm: Annotated[float, typer.Option(help="Per-unit update clipping norm (client mode).")] = 1.0,
     ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger (SQLite) to check and record spend.")] = None,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the coordinator sees only the sum of updates.")] = False,
+    secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count, or a fraction of neighbours.")] = 0.6,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
 ) -> None:
     """Train churn models across simulated units with Flower; compare with centralised and BG/NBD.
@@ -71,7 +73,8 @@ def simulate(
             learning_rate=learning_rate, batch_size=batch_size, cutoff=_date(cutoff, "--cutoff"),
             horizon_days=horizon_days, seed=seed, out=out, baselines=baselines, privacy=privacy,
             epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-            max_grad_norm=max_grad_norm, clipping_norm=clipping_norm, ledger=ledger,
+            max_grad_norm=max_grad_norm, clipping_norm=clipping_norm, ledger=ledger, secagg=secagg,
+            secagg_threshold=secagg_threshold,
         )
     except ValidationError as exc:
         problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())

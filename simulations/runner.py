@@ -64,6 +64,8 @@ class SimulationConfig(BaseModel):
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user mode).")
     clipping_norm: float = Field(1.0, gt=0, description="Per-unit update clipping norm (client mode).")
     ledger: Path | None = Field(None, description="Privacy budget ledger file (SQLite).")
+    secagg: bool = Field(False, description="Secure aggregation: the coordinator sees only sums of updates.")
+    secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
 
 
 def data_fingerprint(events: pd.DataFrame) -> str:
@@ -224,13 +226,20 @@ def run_simulation_job(
         noise_multiplier=cfg.noise_multiplier, delta=cfg.delta, sample_rate=cfg.sample_rate,
         max_grad_norm=cfg.max_grad_norm, clipping_norm=cfg.clipping_norm, ledger_path=cfg.ledger,
         dataset_id=cfg.dataset if cfg.dataset != "file" else str(cfg.events_path),
+        secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
     )
+    identities = None
+    if cfg.secagg:
+        from privacy.secagg.flower import make_identities
+
+        identities = out / "secagg-identities"
+        make_identities(identities, [f"unit_{k}" for k in range(n_units)])
     results: list[TrainingResult] = []
     backend = quiet_flower(verbose)
     t_fed = time.perf_counter()
     run_simulation(
         server_app=make_server_app(plan, on_round=on_round or (lambda r: None), results=results),
-        client_app=make_client_app(files),
+        client_app=make_client_app(files, secagg_identities=identities),
         num_supernodes=n_units,
         backend_config=backend,
         verbose_logging=verbose,

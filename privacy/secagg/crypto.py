@@ -1,0 +1,82 @@
+"""Cryptographic building blocks, all from ``cryptography``.
+
+- Key agreement: X25519. A unit has two fresh key pairs per round: ``c`` (encrypts shares to a
+  neighbour) and ``s`` (its pairwise masks).
+- Key derivation: HKDF-SHA256 with an ``info`` naming purpose, round and the pair.
+- Mask expansion: ChaCha20 keyed by a 32-byte seed (zero nonce: every key is used once) gives
+  the pseudo-random stream, read as 64-bit words reduced mod 2^b.
+- Share encryption: ChaCha20-Poly1305 with the sender, receiver and round as associated data.
+- Identity: Ed25519 signatures over key advertisements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+RAW = serialization.Encoding.Raw
+
+
+def new_x25519() -> X25519PrivateKey:
+    return X25519PrivateKey.generate()
+
+
+def public_bytes(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(RAW, serialization.PublicFormat.Raw)
+
+
+def private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
+def x25519_from_private(raw: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
+def derive(secret: bytes, info: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info.encode()).derive(secret)
+
+
+def prg(seed: bytes, length: int, bits: int) -> np.ndarray:
+    """``length`` pseudo-random values in Z_(2^bits) from a 32-byte seed (ChaCha20 keystream)."""
+    encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
+    stream = encryptor.update(b"\x00" * (8 * length))
+    return np.frombuffer(stream, dtype=np.uint64) & np.uint64((1 << bits) - 1)
+
+
+def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    import os
+
+    nonce = os.urandom(12)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated)
+
+
+def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+    return ChaCha20Poly1305(key).decrypt(ciphertext[:12], ciphertext[12:], associated)
+
+
+def sign(key: Ed25519PrivateKey, payload: bytes) -> bytes:
+    return key.sign(payload)
+
+
+def verify(public: bytes, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, payload)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def new_identity() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()

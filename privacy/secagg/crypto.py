@@ -46,11 +46,30 @@ def derive(secret: bytes, info: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info.encode()).derive(secret)
 
 
+_CHUNK = 1 << 20  # bytes of keystream per call: the zero input stays in cache
+_ZEROS = bytes(_CHUNK)
+
+
+def keystream_into(seed: bytes, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (C-contiguous uint64) with the ChaCha20 keystream of a 32-byte seed, read as
+    native 64-bit words, and return it. Writing into a reused buffer avoids allocating (and
+    page-faulting) 8 bytes per value for every mask; the words are the same as :func:`prg`'s
+    before reduction."""
+    if out.dtype != np.uint64 or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous uint64 array")
+    encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
+    raw = memoryview(out.view(np.uint8).reshape(-1))
+    for start in range(0, len(raw), _CHUNK):
+        end = min(start + _CHUNK, len(raw))
+        encryptor.update_into(_ZEROS[: end - start], raw[start:end])
+    return out
+
+
 def prg(seed: bytes, length: int, bits: int) -> np.ndarray:
     """``length`` pseudo-random values in Z_(2^bits) from a 32-byte seed (ChaCha20 keystream)."""
-    encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
-    stream = encryptor.update(b"\x00" * (8 * length))
-    return np.frombuffer(stream, dtype=np.uint64) & np.uint64((1 << bits) - 1)
+    out = keystream_into(seed, np.empty(length, dtype=np.uint64))
+    out &= np.uint64((1 << bits) - 1)
+    return out
 
 
 def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:

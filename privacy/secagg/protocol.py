@@ -161,16 +161,21 @@ class UnitSession:
             if payload["from"] != sender or payload["to"] != self.unit:
                 raise SecAggError(f"share from {sender!r} is addressed wrongly")
             self.held[sender] = (int(payload["b"], 16), int(payload["s"], 16))
-        bits = self.config.modulus_bits
-        modulus_mask = np.uint64((1 << bits) - 1)
+        # uint64 arithmetic wraps mod 2^64, and 2^b divides 2^64: accumulate in place and reduce
+        # mod 2^b once at the end (same result as reducing after every mask, no temporaries).
         y = quantize.encode(x, self.config.clip_range, self.q_bits)
-        y = (y + crypto.prg(self.b_seed, len(y), bits)) & modulus_mask
+        mask = np.empty_like(y)
+        y += crypto.keystream_into(self.b_seed, mask)
         for v in self.neighbours:
             if v not in u2:
                 continue
             seed = crypto.derive(crypto.agree(self.s_key, self.adverts[v].s_pk), _pair_info("mask", self.round_id, self.unit, v))
-            mask = crypto.prg(seed, len(y), bits)
-            y = (y + mask) & modulus_mask if self.unit < v else (y - mask) & modulus_mask
+            crypto.keystream_into(seed, mask)
+            if self.unit < v:
+                y += mask
+            else:
+                y -= mask
+        y &= np.uint64((1 << self.config.modulus_bits) - 1)
         return y
 
     # 4 -----------------------------------------------------------------------------------
@@ -239,11 +244,12 @@ class CoordinatorSession:
         threshold = self.config.threshold_for(n)
         degree = self.config.degree_for(n)
         bits, q_bits = self.config.modulus_bits, self.config.quant_bits(n)
-        modulus_mask = np.uint64((1 << bits) - 1)
         length = len(next(iter(self.masked.values())))
+        # as in masked_input: wrap mod 2^64 in place, reduce mod 2^b once at the end
         total = np.zeros(length, dtype=np.uint64)
         for y in self.masked.values():
-            total = (total + y) & modulus_mask
+            total += y
+        mask = np.empty(length, dtype=np.uint64)
         b_shares: dict[str, dict[int, int]] = {}
         s_shares: dict[str, dict[int, int]] = {}
         for holder, revealed in reveals.items():
@@ -257,7 +263,7 @@ class CoordinatorSession:
             if len(shares) < threshold:
                 raise SecAggError(f"{len(shares)} shares of {u!r}'s self-mask; {threshold} needed")
             seed = shamir.reconstruct(dict(list(shares.items())[:threshold])).to_bytes(32, "big")
-            total = (total - crypto.prg(seed, length, bits)) & modulus_mask
+            total -= crypto.keystream_into(seed, mask)
         for v in sorted(set(self.u2) - set(self.u3)):
             shares = s_shares.get(v, {})
             if len(shares) < threshold:
@@ -268,9 +274,13 @@ class CoordinatorSession:
                 if u not in self.u3:
                     continue
                 seed = crypto.derive(crypto.agree(s_private, self.adverts[u].s_pk), _pair_info("mask", self.round_id, u, v))
-                mask = crypto.prg(seed, length, bits)
+                crypto.keystream_into(seed, mask)
                 # u added +mask if u < v, else -mask: take it back out
-                total = (total - mask) & modulus_mask if u < v else (total + mask) & modulus_mask
+                if u < v:
+                    total -= mask
+                else:
+                    total += mask
+        total &= np.uint64((1 << bits) - 1)
         m = len(self.u3)
         clip = self.config.clip_range
         return quantize.decode_sum(total, m, clip, q_bits), m, quantize.error_bound(m, clip, q_bits)

@@ -16,8 +16,12 @@ def levels(q_bits: int) -> int:
 
 def encode(x: np.ndarray, clip_range: float, q_bits: int) -> np.ndarray:
     """Quantise to integers in [0, 2^q - 1] (uint64)."""
-    scaled = (np.clip(np.asarray(x, dtype=np.float64), -clip_range, clip_range) + clip_range) / (2 * clip_range)
-    return np.rint(scaled * levels(q_bits)).astype(np.uint64)
+    scaled = np.clip(np.asarray(x, dtype=np.float64), -clip_range, clip_range)  # a new array
+    scaled += clip_range  # in place, in the order of the formula above
+    scaled /= 2 * clip_range
+    scaled *= levels(q_bits)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.uint64)
 
 
 def decode_sum(total: np.ndarray, n: int, clip_range: float, q_bits: int) -> np.ndarray:

@@ -146,3 +146,16 @@ def test_quantisation_round_trip_within_the_stated_error(values, n, clip, bits):
     total = sum(quantize.encode(x, clip, q).astype(object) for _ in range(n))
     decoded = quantize.decode_sum(np.asarray(total, dtype=np.float64), n, clip, q)
     assert np.all(np.abs(decoded - n * np.clip(x, -clip, clip)) <= quantize.error_bound(n, clip, q) * (1 + 1e-6) + 1e-9)
+
+
+@pytest.mark.parametrize("length", [1, 131_071, 131_073, 300_001])   # around the 1 MiB chunk (131,072 words)
+def test_chunked_keystream_is_the_one_shot_chacha20_stream(length):
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    seed = bytes(range(32))
+    one_shot = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor().update(b"\x00" * (8 * length))
+    words = crypto.keystream_into(seed, np.empty(length, dtype=np.uint64))
+    assert words.tobytes() == one_shot
+    assert np.array_equal(crypto.prg(seed, length, 48), words & np.uint64((1 << 48) - 1))
+    with pytest.raises(ValueError, match="uint64"):
+        crypto.keystream_into(seed, np.empty(length, dtype=np.int64))

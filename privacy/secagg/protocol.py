@@ -20,7 +20,9 @@ One round, units U1 ⊇ U2 ⊇ U3 (those still answering at each stage):
 A unit that drops before sharing (U1 \\ U2) is in nobody's masks and simply absent from the sum.
 
 Threat model: an honest-but-curious coordinator sees every message and learns only the sum of
-U3 (at least ``t`` units). Advertisements are authenticated, so the coordinator cannot add
+U3 (at least ``t`` units): units refuse to unmask when the masking graph restricted to U3 is
+disconnected, since each connected part's sum could then be unmasked on its own
+(:func:`survivors_connected`). Advertisements are authenticated, so the coordinator cannot add
 fake units (Sybils) nor replay last round's keys. Not covered: a coordinator that tells
 different units different U3 sets (Bonawitz et al.'s consistency round is not run), and
 collusion of the coordinator with ``t`` or more units.
@@ -57,6 +59,31 @@ def neighbours(round_id: str, units: list[str], unit: str, degree: int) -> list[
     i = order.index(unit)
     half = degree // 2
     return [order[(i + d) % n] for d in range(-half, half + 1) if d != 0]
+
+
+def survivors_connected(round_id: str, units: list[str], survivors: list[str], degree: int) -> bool:
+    """Whether the masking graph restricted to ``survivors`` (U3) is connected.
+
+    Masks between two survivors are never revealed, masks towards dropped units are: so the
+    coordinator can unmask the sum of every connected component of that graph on its own. Only
+    a connected graph leaves it the sum of all survivors and nothing finer."""
+    alive = set(survivors)
+    if not alive:
+        return False
+    order = ring_order(round_id, units)
+    n = len(order)
+    position = {u: i for i, u in enumerate(order)}
+    complete, half = degree >= n - 1, degree // 2
+    start = next(iter(alive))
+    seen, stack = {start}, [start]
+    while stack:
+        u = stack.pop()
+        near = order if complete else [order[(position[u] + d) % n] for d in range(-half, half + 1)]
+        for v in near:
+            if v in alive and v not in seen:
+                seen.add(v)
+                stack.append(v)
+    return seen == alive
 
 
 def _pair_info(purpose: str, round_id: str, a: str, b: str) -> str:
@@ -184,6 +211,9 @@ class UnitSession:
         dropped after sharing. Refuses if U3 is below the threshold."""
         if len(u3) < self.threshold:
             raise SecAggError(f"only {len(u3)} masked inputs; the threshold is {self.threshold}")
+        if not survivors_connected(self.round_id, sorted(self.adverts), list(u3), self.config.degree_for(len(self.adverts))):
+            raise SecAggError("the surviving units' masking graph is split: revealing shares would expose the "
+                              "separate sums of its parts")
         survivors = set(u3)
         out = {}
         for v, (b_share, s_share) in self.held.items():
@@ -234,6 +264,9 @@ class CoordinatorSession:
         n = len(self.adverts)
         if len(self.u3) < self.config.threshold_for(n):
             raise SecAggError(f"only {len(self.u3)} masked inputs; threshold {self.config.threshold_for(n)}")
+        if not survivors_connected(self.round_id, sorted(self.adverts), self.u3, self.config.degree_for(n)):
+            raise SecAggError("the surviving units' masking graph is split (too many neighbouring units dropped); "
+                              "units would refuse to unmask, so the round is abandoned")
         return self.u3
 
     def aggregate(self, reveals: dict[str, dict[str, tuple[str, str]]]) -> tuple[np.ndarray, int, float]:

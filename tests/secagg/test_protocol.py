@@ -159,3 +159,27 @@ def test_chunked_keystream_is_the_one_shot_chacha20_stream(length):
     assert np.array_equal(crypto.prg(seed, length, 48), words & np.uint64((1 << 48) - 1))
     with pytest.raises(ValueError, match="uint64"):
         crypto.keystream_into(seed, np.empty(length, dtype=np.int64))
+
+
+def test_units_refuse_to_unmask_when_dropouts_split_the_masking_graph():
+    # 12 units on a ring, 2 neighbours each side, t = 2: dropping two opposite pairs after sharing
+    # leaves every dropped unit's mask key recoverable but splits the survivors into two arcs of
+    # 4, whose separate sums the coordinator could unmask. The round must stop instead.
+    from privacy.secagg.protocol import ring_order, survivors_connected
+
+    config = SecAggConfig(threshold=2, degree=4)
+    fed = Federation(12, config)
+    order = ring_order(fed.coordinator.round_id, sorted(fed.units))
+    dropped = {order[0], order[1], order[6], order[7]}
+    survivors = [u for u in order if u not in dropped]
+    assert not survivors_connected(fed.coordinator.round_id, order, survivors, 4)
+    with pytest.raises(SecAggError, match="masking graph is split"):
+        fed.run(drop_after=dropped)
+    # a coordinator that skips its own check still gets nothing from the units
+    with pytest.raises(SecAggError, match="masking graph is split"):
+        fed.units[survivors[0]].unmask(sorted(survivors))
+    # one dropped pair leaves the ring connected: the sum of all 10 survivors comes out
+    fed = Federation(12, config)
+    order = ring_order(fed.coordinator.round_id, sorted(fed.units))
+    total, u3, bound = fed.run(drop_after={order[0], order[1]})
+    assert len(u3) == 10 and np.abs(total - sum(fed.x[u] for u in u3)).max() <= bound

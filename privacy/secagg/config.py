@@ -16,8 +16,9 @@ class SecAggConfig(BaseModel):
 
     ``clip_range`` R bounds every coordinate of an update to [-R, R] (client-side clipping);
     ``modulus_bits`` b is the ring Z_(2^b) of masked values; each coordinate is quantised to
-    ``q = b - ceil(log2(n))`` bits so the sum of n units never wraps. Decoding error per
-    coordinate of the sum is at most ``n * R / (2^q - 1)``.
+    ``q = min(b - ceil(log2(n)), 52)`` bits so the sum of n units never wraps (52: levels stay
+    exact in float64). Decoding error per coordinate of the sum is at most
+    ``n * R * (1 / (2^q - 1) + 2^-48)`` (grid rounding plus float64 rounding).
     """
 
     threshold: float = Field(0.6, gt=0, description="Reconstruction threshold t: a count (>= 2), or a "
@@ -54,7 +55,9 @@ class SecAggConfig(BaseModel):
         return t
 
     def quant_bits(self, n: int) -> int:
+        from privacy.secagg.quantize import MAX_QUANT_BITS
+
         q = self.modulus_bits - math.ceil(math.log2(max(n, 2)))
         if q < 16:
             raise SecAggError(f"{self.modulus_bits}-bit ring leaves {q} bits per value for {n} units; raise modulus_bits")
-        return q
+        return min(q, MAX_QUANT_BITS)

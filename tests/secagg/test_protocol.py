@@ -145,7 +145,24 @@ def test_quantisation_round_trip_within_the_stated_error(values, n, clip, bits):
     x = np.asarray(values)
     total = sum(quantize.encode(x, clip, q).astype(object) for _ in range(n))
     decoded = quantize.decode_sum(np.asarray(total, dtype=np.float64), n, clip, q)
-    assert np.all(np.abs(decoded - n * np.clip(x, -clip, clip)) <= quantize.error_bound(n, clip, q) * (1 + 1e-6) + 1e-9)
+    assert np.all(np.abs(decoded - n * np.clip(x, -clip, clip)) <= quantize.error_bound(n, clip, q))
+
+
+@pytest.mark.parametrize("bits,n", [(62, 4), (62, 3), (48, 4), (55, 2)])
+def test_values_at_the_clip_edge_never_wrap_the_ring(bits, n):
+    # the largest levels must stay below 2^q: n of them then sum below 2^b. Before q was capped
+    # at 52, float(2^60 - 1) rounded up to 2^60 and four units at +R summed to 2^62 = 0 mod 2^62.
+    config = SecAggConfig(modulus_bits=bits, clip_range=0.5)
+    q = config.quant_bits(n)
+    assert q <= quantize.MAX_QUANT_BITS
+    x = np.array([0.5, 7.0, np.inf, -np.inf, -0.5, 0.49999999999999994])
+    enc = quantize.encode(x, 0.5, q)
+    assert enc.max() == quantize.levels(q)
+    total = (enc * np.uint64(n)) & np.uint64((1 << bits) - 1)
+    decoded = quantize.decode_sum(total, n, 0.5, q)
+    assert np.all(np.abs(decoded - n * np.clip(x, -0.5, 0.5)) <= quantize.error_bound(n, 0.5, q))
+    with pytest.raises(ValueError, match="NaN"):
+        quantize.encode(np.array([0.1, np.nan]), 0.5, q)
 
 
 @pytest.mark.parametrize("length", [1, 131_071, 131_073, 300_001])   # around the 1 MiB chunk (131,072 words)

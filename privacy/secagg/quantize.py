@@ -3,8 +3,9 @@
 ``encode(x) = round((clip(x, -R, R) + R) / (2R) * L)`` with ``L = 2^q - 1``; a sum of n
 encodings decodes as ``sum * 2R / L - n R``. Each rounding is off by at most half a step, so
 the decoded sum of n units is within ``n * R / L`` of the sum of the clipped values, plus the
-float64 rounding of the arithmetic itself, at most ``n * R * 2^-48`` (about 14 unit roundoffs
-of ``n R``; a few percent of the first term at the default q = 46, dominant above q = 48).
+float64 rounding of the arithmetic itself, at most ``n * R * 2^-48`` (the operations add up to
+about 14 unit roundoffs, 2^-53, of ``n R``; 2^-48 is 32 of them). The second term is a quarter
+of the first at q = 46, equal at q = 48 and dominant above.
 
 ``q`` is at most :data:`MAX_QUANT_BITS` = 52: then ``L`` and every level are exact float64
 integers and ``encode`` never exceeds ``L`` (so n encodings never wrap mod 2^b). With larger q,

@@ -205,7 +205,10 @@ def train_local_dpsgd(
             taken += 1
             dp_optimizer.zero_grad()
             if len(batch_data[-1]) == 0:
-                # An empty Poisson batch: the step still happens (noise only), as accounted.
+                # An empty Poisson batch: the step still happens (noise only), as accounted. Opacus
+                # needs a backward pass to set its (empty) per-sample gradients before it can step.
+                logits, labels = forward(dp_model, batch_data)
+                nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum").backward()
                 dp_optimizer.step()
                 continue
             logits, labels = forward(dp_model, batch_data)

@@ -38,7 +38,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from clients.dataset import global_scaler
 from fedseg.config import ModelName, PrivacyMode, RoundConfig, StrategyName, to_flower_config
@@ -88,6 +88,13 @@ class TrainingPlan(BaseModel):
     dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
                                "(0: only after the last round; each evaluation is a noisy release about test users).")
     dataset_id: str = Field("default", description="Dataset name under which the ledger records spend.")
+
+    @model_validator(mode="after")
+    def _dp_model(self) -> "TrainingPlan":
+        if self.privacy == "user" and self.model != "mlp":
+            raise ValueError(f"user-level DP (DP-SGD with Opacus) trains the MLP; model {self.model!r} uses "
+                             "torch's nn.GRU, which Opacus cannot compute per-user gradients for. Use model 'mlp'.")
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the fields that must not change when a run is resumed."""

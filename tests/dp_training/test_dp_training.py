@@ -97,3 +97,31 @@ def cdnow_dp_units(tmp_path_factory):
     from tests.federated.conftest import small_cdnow, write_units
 
     return write_units(small_cdnow(6000), 3, tmp_path_factory.mktemp("dpunits"))
+
+
+@pytest.mark.parametrize("model_name", ["mlp"])  # user-level DP trains the MLP (nn.GRU is not Opacus-compatible)
+def test_dpsgd_steps_over_empty_poisson_batches_on_a_small_unit(model_name):
+    """A unit of 60 users at q = 0.02 draws an empty batch on about 30% of steps; those steps
+    are noise-only updates (as accounted), not errors (found in a deployment run)."""
+    import torch
+
+    from clients.dataset import feature_moments, global_scaler, prepare_unit
+    from clients.training import train_local_dpsgd
+    from fedseg.config import FeatureConfig
+    from fedseg.models import build_model, uses_sequences
+    from simulations.cdnow import load_cdnow
+
+    events = load_cdnow()
+    keep = set(events["user_id"].drop_duplicates().sample(60, random_state=3))
+    data = prepare_unit(events[events["user_id"].isin(keep)].reset_index(drop=True),
+                        FeatureConfig(cutoff=dt.date(1997, 9, 30)), with_sequences=uses_sequences(model_name))
+    data.test_mask[:] = False
+    mean, std = global_scaler([feature_moments(data.static)])
+    model = build_model(model_name, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    _, taken = train_local_dpsgd(model, data, mean, std, noise_multiplier=1.0, max_grad_norm=1.0,
+                                 sample_rate=0.02, steps=60, learning_rate=0.01, seed=0)
+    assert taken == 60
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a.detach(), b) for a, b in zip(after, before))

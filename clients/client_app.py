@@ -12,13 +12,15 @@ Handlers (Flower Message API):
 Where the unit's data comes from, in this order:
 
 1. node config ``data-path`` (and optionally ``users-path``, ``on-error``): the unit's own
-   events file, read through the data contract (deployment: ``flower-supernode --node-config``);
+   events file, read through the data contract (deployment: ``flower-supernode --node-config``,
+   written from a validated :class:`clients.unit_config.UnitConfig`);
 2. files handed to :func:`make_client_app` (``fedseg simulate`` writes one file per unit and
    picks the file by the node's ``partition-id``);
 3. the bundled dataset named in the round config (``dataset = "cdnow"``), split over
    ``num-partitions`` units by a hash of the user id (``flwr run .`` with no data at all).
 
-Every reply passes :func:`clients.guard.outgoing_guard_mod`.
+Every reply passes :func:`clients.guard.outgoing_guard_mod`. A unit whose node config sets
+``epsilon-budget`` refuses runs that would exceed it (:mod:`clients.budget`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.budget import check_segmentation_budget, check_unit_budget
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
@@ -135,6 +138,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     def segmentation_handler(step):  # noqa: ANN001, ANN202
         def handler(msg: Message, context: Context) -> Message:
             config = dict(msg.content.config_records["config"])
+            check_segmentation_budget(context.node_config, config)
             cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 273)),
                               dataset=str(config.get("dataset", "")))
             events, users, _ = unit_events(context, cfg, unit_files)
@@ -150,6 +154,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
         """Round config, the unit's data, the scaler and the global model the message carries."""
         cfg = _round_config(msg)
+        check_unit_budget(context.node_config, cfg)
         data = unit_data(context, cfg, unit_files)
         mean, std = _scaler(cfg)
         model = build_model(cfg.model)
@@ -163,6 +168,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     @app.query(mods=[outgoing_guard_mod])
     def query(msg: Message, context: Context) -> Message:
         cfg = _round_config(msg)
+        if cfg.privacy == "none":  # DP runs are checked at training, once their noise is calibrated
+            check_unit_budget(context.node_config, cfg)
         data = unit_data(context, cfg, unit_files)
         train = data.static[~data.test_mask]
         if cfg.privacy == "none":

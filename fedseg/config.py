@@ -131,6 +131,10 @@ class RoundConfig(BaseModel):
     steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
     scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
     eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
+    delta: float = Field(0.0, ge=0, lt=1, description="delta of the run's (epsilon, delta) guarantee (DP modes).")
+    planned_rounds: int = Field(0, ge=0, description="Training rounds the noise was calibrated for (DP modes).")
+    epsilon_planned: float = Field(0.0, ge=0, description="The coordinator's accountant: epsilon per end user "
+                                   "(per unit in client mode) after all planned rounds; 0 when not stated.")
 
     @property
     def features(self) -> FeatureConfig:

@@ -129,9 +129,11 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     return out
 
 
-def _config(plan: SegmentationPlan, **extra: Any) -> ConfigRecord:
+def _config(plan: SegmentationPlan, noise: NoisePlan, **extra: Any) -> ConfigRecord:
+    """A step's config; ``epsilon-planned`` (0: no noise) and ``delta`` let a unit check its own budget."""
     record = ConfigRecord({"cutoff": plan.cutoff.isoformat(), "horizon-days": plan.horizon_days,
-                           "model": "mlp", "dataset": plan.dataset})
+                           "model": "mlp", "dataset": plan.dataset, "epsilon-planned": float(noise.epsilon),
+                           "delta": float(plan.delta)})
     for key, value in extra.items():
         record[key] = value
     return record
@@ -241,7 +243,7 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
     noise = noise_plan(plan)
     t = plan.timeout_s
 
-    answers = _ask(grid, nodes, "seg_grid", _config(plan, sigma=noise.sigma_grid), t)
+    answers = _ask(grid, nodes, "seg_grid", _config(plan, noise, sigma=noise.sigma_grid), t)
     histogram = _sum(answers, "grid")
     restarts = plan.restarts or (1 if plan.epsilon else 4)
     if plan.epsilon and restarts > 1:
@@ -254,7 +256,7 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
     history = []
     for it in range(plan.lloyd_iterations):
         answers = _ask(grid, nodes, "seg_lloyd", _config(
-            plan, centroids=candidates.ravel().tolist(), k=k, restarts=restarts,
+            plan, noise, centroids=candidates.ravel().tolist(), k=k, restarts=restarts,
             **{"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts}), t)
         sums = _sum(answers, "sums").reshape(restarts, k, D)
         counts = _sum(answers, "counts").reshape(restarts, k)
@@ -274,10 +276,10 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
     centroids = centroids[order]
     names = name_segments(centroids, counts[order])
 
-    answers = _ask(grid, nodes, "seg_rfm", _config(plan, sigma=noise.sigma_rfm), t)
+    answers = _ask(grid, nodes, "seg_rfm", _config(plan, noise, sigma=noise.sigma_rfm), t)
     thresholds = {name: quantile_bins(_sum(answers, name)) for name in RFM_EDGES}
 
-    final_cfg = _config(plan, centroids=centroids.ravel().tolist(), k=k, sigma=noise.sigma_final, names=names,
+    final_cfg = _config(plan, noise, centroids=centroids.ravel().tolist(), k=k, sigma=noise.sigma_final, names=names,
                         **{"thr-" + n: v for n, v in thresholds.items()},
                         **{"inactivity-days": plan.inactivity_days, "churn-threshold": plan.churn_threshold,
                            "sigma-transitions": noise.sigma_transitions})

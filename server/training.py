@@ -303,10 +303,14 @@ def run_training(
             # Write-ahead: the release is recorded before any unit computes it. A round re-run
             # after a crash is a new release and counts as one more round of training.
             done = max(ledger.releases(run_id, u, plan.dataset_id) for u in names.values())
-            epsilon = privacy.epsilon_after(max(done + 1, server_round))
+            release_no = max(done + 1, server_round)
+            epsilon = privacy.epsilon_after(release_no)
             for unit in names.values():
                 ledger.check(unit, plan.dataset_id, run_id, epsilon)
-            _ledger_release(ledger, plan, privacy, run_id, names.values(), max(done + 1, server_round), epsilon)
+            _ledger_release(ledger, plan, privacy, run_id, names.values(), release_no, epsilon)
+            if release_no > server_round:  # units check their budget against the true total
+                total = release_no + plan.num_rounds - server_round
+                cfg = cfg.model_copy(update={"planned_rounds": total, "epsilon_planned": privacy.epsilon_after(total)})
         messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
         secagg_facts = None
         if plan.secagg:

@@ -55,21 +55,15 @@ def init(
         say(f"  {u.name:<19} {u.private_key}  (0600) + .pub  {u.fingerprint}")
     d = material.directory
     address = material.hosts[0] if ":" not in material.hosts[0] else f"[{material.hosts[0]}]"
-    console.print("\n[bold]Next steps[/bold]")
-    say("1. Start the SuperLink with TLS and SuperNode authentication:")
-    say(f"   flower-superlink --ssl-ca-certfile {material.ca_cert} --ssl-certfile {material.server_cert} "
-                  f"--ssl-keyfile {material.server_key} --enable-supernode-auth "
-                  "--disable-runtime-dependency-installation")
-    say("2. Point flwr at it in $FLWR_HOME/config.toml:")
-    say(f'   [superlink.tls]\n   address = "{address}:8000"\n   root-certificates = "{material.ca_cert}"')
+    console.print("\n[bold]Next steps[/bold] (docs/deployment.md)")
+    say("1. Start the SuperLink with TLS, SuperNode authentication and persistent state:")
+    say(f"   fedseg deploy superlink {d} --host 0.0.0.0 --database superlink-state.db")
+    say("2. Point flwr at it ($FLWR_HOME/config.toml):")
+    say(f"   fedseg deploy connect fedseg {address}:8000 --ca {material.ca_cert}")
     say("3. Register every unit's public key:")
-    for u in material.units:
-        say(f"   flwr supernode register {u.public_key} tls")
-    say("4. On each unit, give it its private key and the CA certificate (never the CA key):")
-    first = material.units[0] if material.units else None
-    if first:
-        say(f"   flower-supernode --root-certificates {d / 'ca.crt'} --superlink {address}:8000 "
-                      f"--auth-supernode-private-key {first.private_key} --node-config \"unit-id={first.name}\"")
+    say(f"   fedseg deploy register {d} --connection fedseg")
+    say("4. Give each unit its own private key and ca.crt (never the CA key); on the unit:")
+    say("   fedseg deploy check unit.toml && fedseg deploy supernode unit.toml")
 
 
 @app.command("show")
@@ -108,3 +102,30 @@ def show(directory: Annotated[Path, typer.Argument(help="Directory written by `f
             mode = f"[red]{mode}[/red]"
         keys.add_row(k.path.name, k.key_type, k.comment, k.fingerprint, mode)
     console.print(keys)
+
+
+@app.command("secagg")
+def secagg(
+    directory: Annotated[Path, typer.Argument(help="Key folder; identities go to DIRECTORY/secagg/.")],
+    unit: Annotated[list[str], typer.Option("--unit", help="Unit name (repeat), as in its unit-id.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite identities that already exist.")] = False,
+) -> None:
+    """Secure-aggregation identities: an Ed25519 key per unit and the registry of public keys.
+
+    Each unit gets its own secagg/<unit>.key (0600) and every unit gets secagg/registry.json;
+    units sign their per-round key advertisements with it (docs/secure-aggregation.md)."""
+    from privacy.secagg.flower import make_identities
+
+    folder = directory / "secagg"
+    targets = [folder / f"{u}.key" for u in unit] + [folder / "registry.json"]
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        _fail("already exist (use --force to replace them, and redistribute the registry): "
+              + ", ".join(map(str, existing)))
+    if len(set(unit)) != len(unit):
+        _fail("a unit is named twice")
+    paths = make_identities(folder, unit)
+    for name, path in paths.items():
+        typer.echo(f"  {name:<19} {path}  (0600: give it to that unit only)")
+    typer.echo(f"  registry            {folder / 'registry.json'}  (give it to every unit)")
+    typer.echo("In each unit.toml: secagg-key = \"<its .key>\" and secagg-registry = \"<registry.json>\".")

@@ -21,12 +21,17 @@ from server.training import TrainingPlan, TrainingResult, log_round, run_trainin
 _RENAMES = {"num-server-rounds": "num_rounds"}
 #: run-config keys that are not training-plan fields.
 _NOT_PLAN = ("task", "segment-")
+#: optional plan fields that pyproject spells as 0 or "" when unset.
+_UNSET_WHEN_EMPTY = ("target_epsilon", "noise_multiplier", "delta", "ledger_path")
 
 
 def plan_from_run_config(run_config: dict[str, Any]) -> TrainingPlan:
     """A validated training plan from Flower's run config (kebab-case keys)."""
     values = {_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()
               if not k.startswith(_NOT_PLAN)}
+    for key in _UNSET_WHEN_EMPTY:  # TOML has no null: 0 or "" in pyproject mean "not set"
+        if values.get(key) in (0, 0.0, ""):
+            values.pop(key)
     return TrainingPlan.model_validate(values)
 
 

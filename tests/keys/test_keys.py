@@ -175,8 +175,8 @@ def test_cli_init_show_and_refusal(tmp_path):
     res = runner.invoke(app, ["keys", "init", str(out), "--unit", "north", "--unit", "south", "--host", "localhost",
                               "--host", "10.1.2.3", "--days", "10"])
     assert res.exit_code == 0, res.output
-    assert f"flwr supernode register {out / 'supernodes' / 'north.pub'} tls" in res.output
-    assert "--enable-supernode-auth" in res.output and "[superlink.tls]" in res.output
+    assert f"fedseg deploy register {out} --connection fedseg" in res.output
+    assert f"fedseg deploy superlink {out}" in res.output and "fedseg deploy supernode unit.toml" in res.output
     assert (out / "supernodes" / "south").exists()
     res = runner.invoke(app, ["keys", "init", str(out), "--unit", "north"])
     assert res.exit_code == 2 and "already exist" in res.output and "Traceback" not in res.output
@@ -190,3 +190,29 @@ def test_cli_init_show_and_refusal(tmp_path):
     assert res.exit_code == 2 and "fedseg keys init" in res.output
     res = runner.invoke(app, ["keys", "init", str(tmp_path / "x"), "--host", "no such host"])
     assert res.exit_code == 2 and "valid DNS name" in res.output
+
+
+def test_cli_secagg_identities_are_per_unit_and_never_overwritten(tmp_path):
+    import json
+    import stat
+
+    from fedseg.cli import app
+    from privacy.secagg.flower import load_identity
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["keys", "secagg", str(tmp_path), "--unit", "north", "--unit", "south"])
+    assert res.exit_code == 0, res.output
+    registry = json.loads((tmp_path / "secagg" / "registry.json").read_text())
+    assert sorted(registry) == ["north", "south"]
+    for unit in ("north", "south"):
+        key_path = tmp_path / "secagg" / f"{unit}.key"
+        assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+        key, reg = load_identity(key_path, tmp_path / "secagg" / "registry.json")
+        from cryptography.hazmat.primitives import serialization
+
+        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        assert reg[unit] == public
+    before = (tmp_path / "secagg" / "north.key").read_bytes()
+    res = runner.invoke(app, ["keys", "secagg", str(tmp_path), "--unit", "north"])
+    assert res.exit_code == 2 and "already exist" in res.output
+    assert (tmp_path / "secagg" / "north.key").read_bytes() == before

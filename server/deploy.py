@@ -1,0 +1,132 @@
+"""Commands for Flower's Deployment Engine, built from fedseg's key folder and unit configs.
+
+Nothing here is a network layer: the SuperLink, the SuperNodes and ``flwr`` are Flower's own
+processes. This module only assembles their command lines and the ``flwr`` connection file
+so a partner does not have to, and refuses insecure set-ups unless asked explicitly.
+
+- :func:`superlink_args`: ``flower-superlink`` with TLS (the key folder's CA, certificate and
+  key), SuperNode authentication, a SQLite state database (so a restarted SuperLink keeps the
+  registered units) and runtime dependency installation off (otherwise every run would
+  ``uv sync`` the project's dependencies, which on this machine pulls a CUDA torch).
+- :func:`write_connection`: a named SuperLink connection in ``$FLWR_HOME/config.toml``, which
+  ``flwr run . <name>`` and ``flwr supernode register ... <name>`` use.
+- :func:`register_units`: ``flwr supernode register`` for every unit public key in the folder.
+
+The unit side (``flower-supernode``) is :meth:`clients.unit_config.UnitConfig.supernode_args`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from privacy.keys import CA_CERT, SERVER_CERT, SERVER_KEY, SUPERNODE_DIR
+
+#: Flower's SuperLink default port (Fleet, Control and Runtime APIs over one HTTP server).
+DEFAULT_PORT = 8000
+
+
+class DeployError(ValueError):
+    """A deployment step cannot run as asked; the message says what to do."""
+
+
+def flower_bin(name: str) -> str:
+    """Path of a Flower executable installed beside this Python (falls back to PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flwr_home() -> Path:
+    """``$FLWR_HOME`` or Flower's default ``~/.flwr``."""
+    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+
+
+def _key_files(keys_dir: Path) -> tuple[Path, Path, Path]:
+    files = (keys_dir / CA_CERT, keys_dir / SERVER_CERT, keys_dir / SERVER_KEY)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DeployError(f"{keys_dir}: missing {', '.join(missing)}; make them with "
+                          f"`fedseg keys init {keys_dir} --host <coordinator host>`.")
+    return files
+
+
+def superlink_args(keys_dir: Path | None, database: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                   insecure: bool = False) -> list[str]:
+    """``flower-superlink`` arguments: TLS and SuperNode authentication unless ``insecure``."""
+    args = [flower_bin("flower-superlink"), "--host", host, "--port", str(port), "--database", str(database),
+            "--disable-runtime-dependency-installation"]
+    if insecure:
+        return [*args, "--insecure"]
+    if keys_dir is None:
+        raise DeployError("a secure SuperLink needs the key folder (`fedseg keys init DIR`); "
+                          "pass --insecure only for local testing.")
+    ca, cert, key = _key_files(keys_dir)
+    return [*args, "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+            "--enable-supernode-auth"]
+
+
+def write_connection(name: str, address: str, root_certificates: Path | None, insecure: bool = False,
+                     home: Path | None = None, make_default: bool = True) -> Path:
+    """Add or replace the SuperLink connection ``name`` in ``$FLWR_HOME/config.toml``; other
+    connections in the file are kept."""
+    import tomli_w
+
+    if not insecure and (root_certificates is None or not Path(root_certificates).is_file()):
+        raise DeployError(f"root certificates {root_certificates} not found: give the federation's ca.crt "
+                          "(or --insecure for a local test SuperLink).")
+    home = home or flwr_home()
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    config = tomllib.loads(path.read_text()) if path.exists() else {}
+    superlinks = config.setdefault("superlink", {})
+    entry: dict[str, object] = {"address": address}
+    if insecure:
+        entry["insecure"] = True
+    else:
+        entry["root-certificates"] = str(Path(root_certificates).resolve())  # type: ignore[arg-type]
+    superlinks[name] = entry
+    if make_default or "default" not in superlinks:
+        superlinks["default"] = name
+    path.write_text(tomli_w.dumps(config))
+    return path
+
+
+@dataclass
+class Registration:
+    unit: str
+    public_key: Path
+    ok: bool
+    message: str
+
+
+def unit_public_keys(keys_dir: Path, units: list[str] | None = None) -> list[Path]:
+    """The ``supernodes/<unit>.pub`` files (all, or the named units)."""
+    folder = keys_dir / SUPERNODE_DIR
+    if units:
+        paths = [folder / f"{u}.pub" for u in units]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DeployError(f"no public key for: {', '.join(missing)}")
+        return paths
+    paths = sorted(folder.glob("*.pub"))
+    if not paths:
+        raise DeployError(f"{folder}: no unit public keys (*.pub); make them with `fedseg keys init`.")
+    return paths
+
+
+def register_units(keys_dir: Path, connection: str, units: list[str] | None = None,
+                   env: dict[str, str] | None = None) -> list[Registration]:
+    """``flwr supernode register <unit>.pub <connection>`` for each unit; a key that is already
+    registered is reported, not an error."""
+    out = []
+    for pub in unit_public_keys(keys_dir, units):
+        proc = subprocess.run([flower_bin("flwr"), "supernode", "register", str(pub), connection],
+                              capture_output=True, text=True, timeout=120, env=env)
+        text = (proc.stdout + proc.stderr).strip()
+        already = "already" in text.lower()
+        out.append(Registration(pub.stem, pub, proc.returncode == 0 or already, text.splitlines()[-1] if text else ""))
+    return out

@@ -1,0 +1,142 @@
+"""``fedseg deploy``: run fedseg on Flower's Deployment Engine (SuperLink, SuperNodes, ``flwr run``).
+
+Coordinator::
+
+    fedseg keys init keys --host coordinator.example.com --unit shop_north --unit shop_south
+    fedseg deploy superlink keys --host 0.0.0.0          # TLS + node authentication
+    fedseg deploy connect fedseg coordinator.example.com:8000 --ca keys/ca.crt
+    fedseg deploy register keys --connection fedseg      # every unit's public key
+    flwr run . fedseg --stream --run-config "output-dir='/srv/fedseg/run1'"
+
+Unit (each on its own premises)::
+
+    fedseg deploy check unit.toml                        # validates config, keys and data
+    fedseg deploy supernode unit.toml                    # starts flower-supernode
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedseg.console import console, err_console, fail
+
+app = typer.Typer(help="Run on Flower's Deployment Engine: SuperLink, unit SuperNodes, registration.",
+                  no_args_is_help=True)
+
+_INSECURE_WARNING = ("[bold yellow]warning:[/] --insecure: no TLS and no node authentication. Anyone who can reach "
+                     "the port can join the federation or read its traffic. Use it only on a test machine.")
+
+
+def _run(args: list[str], dry_run: bool) -> None:
+    console.print("[bold]command:[/] " + shlex.join(args), highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    os.execv(args[0], args) if os.path.isabs(args[0]) else os.execvp(args[0], args)
+
+
+@app.command("superlink")
+def superlink(
+    keys: Annotated[Path | None, typer.Argument(help="Key folder from `fedseg keys init` (ca.crt, server.pem, server.key).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the SuperLink's APIs.")] = 8000,
+    database: Annotated[Path, typer.Option(help="SuperLink state (SQLite): registered units survive a restart.")] = Path("superlink-state.db"),
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS, no authentication (testing only).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command, do not start it.")] = False,
+) -> None:
+    """Start Flower's SuperLink with TLS, SuperNode authentication and persistent state."""
+    from server.deploy import DeployError, superlink_args
+
+    if insecure:
+        err_console.print(_INSECURE_WARNING)
+    try:
+        args = superlink_args(keys, database.resolve(), host=host, port=port, insecure=insecure)
+    except DeployError as exc:
+        fail(str(exc))
+    _run(args, dry_run)
+
+
+@app.command("connect")
+def connect(
+    name: Annotated[str, typer.Argument(help="Connection name, used as `flwr run . NAME`.")],
+    address: Annotated[str, typer.Argument(help="SuperLink address host:port.")],
+    ca: Annotated[Path | None, typer.Option("--ca", help="The federation's ca.crt.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plain HTTP (testing only).")] = False,
+) -> None:
+    """Write the SuperLink connection NAME into $FLWR_HOME/config.toml for `flwr`."""
+    from server.deploy import DeployError, write_connection
+
+    if insecure:
+        err_console.print(_INSECURE_WARNING)
+    try:
+        path = write_connection(name, address, ca, insecure=insecure)
+    except DeployError as exc:
+        fail(str(exc))
+    console.print(f"connection {name!r} -> {address} written to {path}; `flwr run . {name}` uses it", highlight=False)
+
+
+@app.command("register")
+def register(
+    keys: Annotated[Path, typer.Argument(help="Key folder with supernodes/<unit>.pub.")],
+    connection: Annotated[str, typer.Option(help="SuperLink connection (see `fedseg deploy connect`).")],
+    unit: Annotated[list[str] | None, typer.Option("--unit", help="Register only these units (repeat).")] = None,
+) -> None:
+    """Register units' public keys with the SuperLink (`flwr supernode register`)."""
+    from server.deploy import DeployError, register_units
+
+    try:
+        results = register_units(keys, connection, unit or None)
+    except DeployError as exc:
+        fail(str(exc))
+    for r in results:
+        mark = "[green]ok[/]" if r.ok else "[red]failed[/]"
+        console.print(f"{mark} {r.unit}: {r.message}", highlight=False)
+    if not all(r.ok for r in results):
+        fail("some units were not registered; is the SuperLink running with --enable-supernode-auth, and does "
+             "the connection's CA match its certificate?", code=1)
+
+
+def _load(config: Path, check_data: bool):  # noqa: ANN202
+    from clients.ingest import IngestError
+    from clients.unit_config import UnitConfigError, check_unit_data, load_unit_config
+
+    try:
+        cfg = load_unit_config(config)
+    except UnitConfigError as exc:
+        fail(str(exc))
+    if cfg.insecure:
+        err_console.print(_INSECURE_WARNING)
+    if check_data:
+        try:
+            with console.status(f"checking {cfg.data_path} against the data contract"):
+                lines = check_unit_data(cfg)
+        except IngestError as exc:
+            fail(f"{config}: the unit's data does not pass the data contract:\n{exc}\n(In unit.toml, "
+                 'on-error = "quarantine" sets malformed rows aside in a quarantine file and goes on.)')
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+    return cfg
+
+
+@app.command("check")
+def check(config: Annotated[Path, typer.Argument(help="The unit's unit.toml.")]) -> None:
+    """Validate a unit's configuration, keys and data without starting anything."""
+    cfg = _load(config, check_data=True)
+    console.print(f"[green]ok[/] unit {cfg.unit_id}: ready to connect to {cfg.superlink}", highlight=False)
+
+
+@app.command("supernode")
+def supernode(
+    config: Annotated[Path, typer.Argument(help="The unit's unit.toml.")],
+    skip_data_check: Annotated[bool, typer.Option("--skip-data-check", help="Do not read the data file first.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command, do not start it.")] = False,
+) -> None:
+    """Validate the unit's configuration and data, then start its Flower SuperNode."""
+    from server.deploy import flower_bin
+
+    cfg = _load(config, check_data=not skip_data_check)
+    _run(cfg.supernode_args(flower_bin("flower-supernode")), dry_run)

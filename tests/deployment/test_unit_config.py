@@ -1,0 +1,174 @@
+"""A unit's configuration is validated before its SuperNode starts; its privacy budget is enforced
+by the unit itself. Real files, real keys from `fedseg keys init`, the real CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from clients.budget import UnitBudgetRefused, check_segmentation_budget, check_unit_budget, own_training_epsilon
+from clients.unit_config import UnitConfigError, check_unit_data, load_unit_config
+from fedseg.config import RoundConfig
+from privacy.accounting import epsilon as rdp_epsilon
+from privacy.keys import init_keys
+from server.deploy import DeployError, superlink_args, write_connection
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return init_keys(tmp_path_factory.mktemp("keys"), units=["shop_north"])
+
+
+@pytest.fixture
+def unit_dir(tmp_path, keys):
+    events = pd.DataFrame({"user_id": ["a", "b", "a"], "ts": ["2024-01-02", "2024-01-03", "2024-02-01"],
+                           "event_type": ["purchase", "visit", "purchase"], "amount": [10.0, None, 5.5]})
+    (tmp_path / "data").mkdir()
+    events.to_csv(tmp_path / "data" / "events.csv", index=False)
+    return tmp_path
+
+
+def write(unit_dir: Path, keys, **overrides: object) -> Path:  # noqa: ANN001
+    values = {"unit-id": "shop_north", "data-path": "data/events.csv", "superlink": "coordinator.example:8000",
+              "root-certificates": str(keys.ca_cert), "auth-key": str(keys.units[0].private_key)}
+    values.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {str(value).lower()}")
+    path = unit_dir / "unit.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_valid_unit_config_resolves_paths_and_builds_the_supernode_command(unit_dir, keys):
+    cfg = load_unit_config(write(unit_dir, keys, epsilon_budget=4.0))
+    assert cfg.data_path == (unit_dir / "data" / "events.csv").resolve()
+    args = cfg.supernode_args()
+    assert args[:3] == ["flower-supernode", "--superlink", "coordinator.example:8000"]
+    assert "--insecure" not in args
+    assert args[args.index("--root-certificates") + 1] == str(keys.ca_cert)
+    assert args[args.index("--auth-supernode-private-key") + 1] == str(keys.units[0].private_key)
+    node_config = args[args.index("--node-config") + 1]
+    assert 'unit-id="shop_north"' in node_config and "epsilon-budget=4.0" in node_config
+    # Flower's own parser reads the node config back to the same values.
+    from flwr.common.config import parse_config_args
+
+    parsed = parse_config_args([node_config])
+    assert parsed["data-path"] == str(cfg.data_path) and parsed["epsilon-budget"] == 4.0
+    assert check_unit_data(cfg)[0].endswith("3 rows read, 3 accepted, 0 rejected; 2 users")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"data_path": "data/missing.csv"}, "data-path = "),
+    ({"auth_key": None}, "auth-key missing"),
+    ({"root_certificates": None, "auth_key": None}, "root-certificates and auth-key missing"),
+    ({"superlink": "coordinator"}, "is not host:port"),
+    ({"unit_id": "shop north"}, "unit-id"),
+    ({"epsilon_budget": -1.0}, "epsilon-budget"),
+    ({"colour": "blue"}, "colour: unknown setting"),
+])
+def test_bad_configs_are_clear_errors_before_anything_starts(unit_dir, keys, overrides, expected):
+    with pytest.raises(UnitConfigError) as err:
+        load_unit_config(write(unit_dir, keys, **overrides))
+    assert expected in str(err.value)
+    assert str(unit_dir / "unit.toml") in str(err.value)
+
+
+def test_keys_that_are_not_keys_or_too_open_are_refused(unit_dir, keys):
+    (unit_dir / "not_a_key").write_text("hello\n")
+    os.chmod(unit_dir / "not_a_key", 0o600)
+    with pytest.raises(UnitConfigError, match="not an unencrypted OpenSSH private key"):
+        load_unit_config(write(unit_dir, keys, auth_key=str(unit_dir / "not_a_key")))
+    with pytest.raises(UnitConfigError, match="not a PEM certificate"):
+        load_unit_config(write(unit_dir, keys, root_certificates=str(unit_dir / "not_a_key")))
+    open_key = unit_dir / "open_key"
+    open_key.write_bytes(keys.units[0].private_key.read_bytes())
+    os.chmod(open_key, 0o644)
+    with pytest.raises(UnitConfigError, match="chmod 600"):
+        load_unit_config(write(unit_dir, keys, auth_key=str(open_key)))
+
+
+def test_insecure_units_need_no_keys_and_say_so(unit_dir, keys):
+    cfg = load_unit_config(write(unit_dir, keys, root_certificates=None, auth_key=None, insecure=True))
+    assert "--insecure" in cfg.supernode_args()
+    result = subprocess.run([str(BIN / "fedseg"), "deploy", "supernode", str(unit_dir / "unit.toml"), "--dry-run"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr and "--insecure" in result.stdout
+
+
+def test_cli_check_reports_bad_data_with_file_line_and_reason(unit_dir, keys):
+    config = write(unit_dir, keys)
+    ok = subprocess.run([str(BIN / "fedseg"), "deploy", "check", str(config)], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "3 rows read" in ok.stdout and "ready to connect" in ok.stdout
+    with open(unit_dir / "data" / "events.csv", "a") as f:
+        f.write("c,not-a-date,purchase,1.0\n")
+    bad = subprocess.run([str(BIN / "fedseg"), "deploy", "check", str(config)], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2
+    assert "events.csv:5: ts: unparsable timestamp 'not-a-date'" in bad.stderr
+    assert 'on-error = "quarantine"' in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_superlink_is_secure_unless_asked_and_connections_are_kept(tmp_path, keys):
+    args = superlink_args(keys.directory, tmp_path / "state.db")
+    for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile", "--enable-supernode-auth",
+                 "--disable-runtime-dependency-installation"):
+        assert flag in args
+    assert "--insecure" not in args
+    with pytest.raises(DeployError, match="fedseg keys init"):
+        superlink_args(tmp_path / "empty", tmp_path / "state.db")
+    assert "--insecure" in superlink_args(None, tmp_path / "state.db", insecure=True)
+    home = tmp_path / "home"
+    write_connection("local", "127.0.0.1:9000", None, insecure=True, home=home)
+    path = write_connection("fedseg", "coordinator:8000", keys.ca_cert, home=home)
+    import tomllib
+
+    config = tomllib.loads(path.read_text())["superlink"]
+    assert config["default"] == "fedseg" and config["local"]["insecure"] is True
+    assert config["fedseg"] == {"address": "coordinator:8000", "root-certificates": str(keys.ca_cert)}
+    with pytest.raises(DeployError, match="ca.crt"):
+        write_connection("x", "h:1", tmp_path / "nope.crt", home=home)
+
+
+def _round(**values: object) -> RoundConfig:
+    return RoundConfig(cutoff=dt.date(2024, 1, 1), horizon_days=90, **values)
+
+
+def test_a_unit_refuses_runs_beyond_its_own_budget():
+    budget = {"epsilon-budget": 4.0}
+    assert check_unit_budget({}, _round()) is None  # no budget set: no check
+    with pytest.raises(UnitBudgetRefused, match="no differential privacy"):
+        check_unit_budget(budget, _round())
+    user = dict(privacy="user", noise_multiplier=1.3, sample_rate=0.02, steps_per_round=100, delta=1e-5)
+    # The unit's own accountant: 10 rounds x 100 steps at z=1.3, q=0.02 -> about 2.7; 100 rounds -> far more.
+    own = own_training_epsilon(_round(**user, planned_rounds=10))
+    assert own == pytest.approx(rdp_epsilon(1.3, 0.02, 1000, 1e-5))
+    assert 1.0 < own < 4.0
+    assert check_unit_budget(budget, _round(**user, planned_rounds=10, epsilon_planned=own + 0.1)) == \
+        pytest.approx(own + 0.1)
+    # The coordinator understating its epsilon does not help: the unit recomputes it.
+    with pytest.raises(UnitBudgetRefused, match="this unit allows 4.0"):
+        check_unit_budget(budget, _round(**user, planned_rounds=100, epsilon_planned=1.0))
+    with pytest.raises(UnitBudgetRefused):  # stated total (with evaluation) above the budget
+        check_unit_budget(budget, _round(**user, planned_rounds=10, epsilon_planned=4.5))
+    with pytest.raises(UnitBudgetRefused):  # DP claimed but no noise
+        check_unit_budget(budget, _round(**{**user, "noise_multiplier": 0.0}, planned_rounds=10, epsilon_planned=1.0))
+    assert check_unit_budget(budget, _round(privacy="client", delta=1e-5, planned_rounds=10, epsilon_planned=3.0)) == 3.0
+    with pytest.raises(UnitBudgetRefused, match="adds no noise"):
+        check_segmentation_budget(budget, {"epsilon-planned": 0.0})
+    check_segmentation_budget(budget, {"epsilon-planned": 2.0})
+    with pytest.raises(UnitBudgetRefused):
+        check_segmentation_budget(budget, {"epsilon-planned": 8.0})

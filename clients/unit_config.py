@@ -14,7 +14,8 @@ that SuperNode needs is in ``unit.toml``::
     auth-key = "keys/supernodes/shop_north"     # this unit's SuperNode private key
     clientapp-port = 9094                       # local port of the SuperNode's runtime API
     # insecure = true                           # no TLS, no authentication: testing only
-    # secagg-key / secagg-registry              # secure-aggregation identity (privacy/secagg)
+    # secagg-key / secagg-registry              # secure-aggregation identity (fedseg keys secagg)
+    # secagg-min-threshold / secagg-min-units   # this unit's floor under the coordinator's choice
 
 Relative paths are relative to the TOML file's folder. :func:`load_unit_config` checks what
 can be checked before a SuperNode starts: every file exists and is readable, the key parses
@@ -59,6 +60,9 @@ class UnitConfig(BaseModel):
     clientapp_port: int = Field(9094, ge=1, le=65535, description="Local port of the SuperNode's runtime API.")
     secagg_key: Path | None = Field(None, description="Secure-aggregation identity key (Ed25519 PEM).")
     secagg_registry: Path | None = Field(None, description="Registry of all units' secure-aggregation public keys.")
+    secagg_min_threshold: int | None = Field(None, ge=2, description="Refuse secure-aggregation rounds whose "
+                                             "reconstruction threshold is lower.")
+    secagg_min_units: int | None = Field(None, ge=3, description="Refuse secure-aggregation rounds with fewer units.")
     max_retries: int | None = Field(None, ge=0, description="Reconnection attempts; None: keep trying.")
 
     @field_validator("unit_id")
@@ -89,9 +93,9 @@ class UnitConfig(BaseModel):
             raise ValueError("secagg-key and secagg-registry go together")
         return self
 
-    def node_config(self) -> dict[str, str | float]:
+    def node_config(self) -> dict[str, str | float | int]:
         """What the ClientApp reads from ``context.node_config``."""
-        out: dict[str, str | float] = {"unit-id": self.unit_id, "data-path": str(self.data_path),
+        out: dict[str, str | float | int] = {"unit-id": self.unit_id, "data-path": str(self.data_path),
                                        "on-error": self.on_error, "output-dir": str(self.output_dir)}
         if self.users_path is not None:
             out["users-path"] = str(self.users_path)
@@ -99,6 +103,10 @@ class UnitConfig(BaseModel):
             out["epsilon-budget"] = float(self.epsilon_budget)
         if self.secagg_key is not None and self.secagg_registry is not None:
             out["secagg-key"], out["secagg-registry"] = str(self.secagg_key), str(self.secagg_registry)
+        if self.secagg_min_threshold is not None:
+            out["secagg-min-threshold"] = self.secagg_min_threshold
+        if self.secagg_min_units is not None:
+            out["secagg-min-units"] = self.secagg_min_units
         return out
 
     def node_config_arg(self) -> str:

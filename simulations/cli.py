@@ -52,7 +52,7 @@ def simulate(
     clipping_norm: Annotated[float, typer.Option(help="Per-unit update clipping norm (client mode).")] = 1.0,
     ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger (SQLite) to check and record spend.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the coordinator sees only the sum of updates.")] = False,
-    secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count, or a fraction of neighbours.")] = 0.6,
+    secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count (>= 2), or a fraction (< 1) of each unit's degree + 1 share holders.")] = 0.6,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
 ) -> None:
     """Train churn models across simulated units with Flower; compare with centralised and BG/NBD.
@@ -77,7 +77,8 @@ def simulate(
             secagg_threshold=secagg_threshold,
         )
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join((f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
+                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
         fail(problems)
     if cfg.dataset == "file" and cfg.events_path is None:
         fail("--dataset file needs --events FILE.")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from fedseg import __version__
 from fedseg.config import FeatureConfig, ModelName, PrivacyMode, StrategyName
@@ -66,6 +66,15 @@ class SimulationConfig(BaseModel):
     ledger: Path | None = Field(None, description="Privacy budget ledger file (SQLite).")
     secagg: bool = Field(False, description="Secure aggregation: the coordinator sees only sums of updates.")
     secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
+
+    @model_validator(mode="after")
+    def _secagg_units(self) -> "SimulationConfig":
+        if self.secagg and self.units < 3:
+            raise ValueError(f"secure aggregation needs at least 3 units (got {self.units}): with 2, each "
+                             "unit could subtract its own update from the sum and read the other's")
+        if self.secagg and self.secagg_threshold >= 1 and self.secagg_threshold > self.units:
+            raise ValueError(f"secagg threshold {self.secagg_threshold:g} exceeds the {self.units} units")
+        return self
 
 
 def data_fingerprint(events: pd.DataFrame) -> str:

@@ -108,6 +108,36 @@ def _session(msg: Message, context: Context, identity_dir: Path | None) -> UnitS
     return UnitSession(unit, identity, registry, cfg)
 
 
+USED_ROUNDS_KEY = "secagg-used-rounds"
+
+
+def remember_round(context: Context, round_id: str, keep: int = 10_000) -> None:
+    """Refuse a round id this unit has advertised for before, then remember it.
+
+    Advertisements are signed over the round id, so a coordinator re-using an old id could
+    replay a unit's old advertisement (whose secret it may have reconstructed when that unit
+    dropped) to other units. The ids live in the unit's Flower context, which the SuperNode
+    keeps for the whole run."""
+    record = context.state.config_records.get(USED_ROUNDS_KEY)
+    used = list(record["rounds"]) if record is not None and "rounds" in record else []
+    if round_id in used:
+        raise SecAggError(f"secure-aggregation round id {round_id!r} was used before in this run: a replay; "
+                          "this unit refuses to advertise keys for it")
+    used.append(round_id)
+    context.state.config_records[USED_ROUNDS_KEY] = ConfigRecord({"rounds": used[-keep:]})
+
+
+def check_unit_minimums(node_config: Any, threshold: int, n_units: int) -> None:
+    """A unit's own floor under what the coordinator chooses: node config ``secagg-min-threshold``
+    (reconstruction threshold t) and ``secagg-min-units`` (units in the round)."""
+    min_t = int(node_config.get("secagg-min-threshold", 0))
+    min_n = int(node_config.get("secagg-min-units", 3))
+    if threshold < min_t:
+        raise SecAggError(f"the round's threshold {threshold} is below this unit's secagg-min-threshold {min_t}")
+    if n_units < min_n:
+        raise SecAggError(f"{n_units} units advertised; this unit needs at least {min_n} (secagg-min-units)")
+
+
 def _reply(msg: Message, values: dict[str, Any]) -> Message:
     return Message(RecordDict({STATE_KEY: ConfigRecord(values)}), reply_to=msg)
 
@@ -136,6 +166,7 @@ def _handle(msg: Message, context: Context, call_next, identity_dir: Path | None
     stage = str(config[STAGE])
     session = _session(msg, context, identity_dir)
     if stage == "advertise":
+        remember_round(context, str(config["secagg-round"]))
         advert = session.advertise(str(config["secagg-round"]))
         _save(context, session)
         return _reply(msg, {"advert": json.dumps(_advert_to_json(advert))})
@@ -143,6 +174,7 @@ def _handle(msg: Message, context: Context, call_next, identity_dir: Path | None
     if stage == "share":
         adverts = [_advert_from_json(a) for a in json.loads(str(config["secagg-adverts"]))]
         boxes = session.share_keys(adverts)
+        check_unit_minimums(context.node_config, session.threshold, len(adverts))
         _save(context, session)
         return _reply(msg, {"boxes": json.dumps({v: c.hex() for v, c in boxes.items()})})
     if stage == "masked":

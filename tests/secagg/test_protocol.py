@@ -200,3 +200,33 @@ def test_units_refuse_to_unmask_when_dropouts_split_the_masking_graph():
     order = ring_order(fed.coordinator.round_id, sorted(fed.units))
     total, u3, bound = fed.run(drop_after={order[0], order[1]})
     assert len(u3) == 10 and np.abs(total - sum(fed.x[u] for u in u3)).max() <= bound
+
+
+def test_units_refuse_replayed_round_ids_and_rounds_below_their_own_floor():
+    from flwr.app import Context, RecordDict
+
+    from privacy.secagg.flower import check_unit_minimums, remember_round
+
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    remember_round(context, "r1")
+    remember_round(context, "r2")
+    with pytest.raises(SecAggError, match="replay"):
+        remember_round(context, "r1")
+    check_unit_minimums({}, threshold=2, n_units=3)
+    with pytest.raises(SecAggError, match="at least 3"):
+        check_unit_minimums({}, threshold=2, n_units=2)
+    with pytest.raises(SecAggError, match="secagg-min-threshold 4"):
+        check_unit_minimums({"secagg-min-threshold": 4}, threshold=3, n_units=10)
+    check_unit_minimums({"secagg-min-threshold": 4, "secagg-min-units": 5}, threshold=4, n_units=5)
+
+
+def test_simulate_refuses_secure_aggregation_that_would_hide_nothing():
+    from typer.testing import CliRunner
+
+    from fedseg.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--secagg", "--units", "2", "--rounds", "1"])
+    assert result.exit_code == 2
+    assert "at least 3 units" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["simulate", "--secagg", "--units", "4", "--secagg-threshold", "5"])
+    assert result.exit_code == 2 and "exceeds the 4 units" in result.output

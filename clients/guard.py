@@ -80,7 +80,9 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
 
 
 #: What a secure-aggregation stage may send (cryptographic material, never a user's data).
-SECAGG_REPLIES: Final = {"advertise": {"advert"}, "share": {"boxes"}, "unmask": {"reveals"}}
+#: Allowed fields per stage; an unmask reply may carry the next round's key advertisement.
+SECAGG_REPLIES: Final = {"advertise": ({"advert"},), "share": ({"boxes"},),
+                         "unmask": ({"reveals"}, {"reveals", "next-advert"})}
 
 
 def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> None:
@@ -102,8 +104,8 @@ def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> No
     allowed = SECAGG_REPLIES.get(stage)
     if allowed is None:
         raise OutgoingRefused(f"unknown secure-aggregation stage {stage!r}")
-    if set(content.keys()) != {"secagg"} or set(content.config_records["secagg"].keys()) != allowed:
-        raise OutgoingRefused(f"secure-aggregation {stage} reply must hold only {sorted(allowed)}")
+    if set(content.keys()) != {"secagg"} or set(content.config_records["secagg"].keys()) not in allowed:
+        raise OutgoingRefused(f"secure-aggregation {stage} reply must hold only {sorted(allowed[-1])}")
 
 
 def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -295,6 +295,7 @@ def run_training(
         strategy = _make_strategy(plan, privacy)
         log(INFO, "resuming %s after round %d of %d", run_dir, start_round, plan.num_rounds)
 
+    aggregator = _secure_aggregator(plan, privacy) if plan.secagg else None
     for server_round in range(start_round + 1, plan.num_rounds + 1):
         started = time.perf_counter()
         cfg = plan.round_config(server_round, mean, std, privacy)
@@ -314,7 +315,7 @@ def run_training(
         messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
         secagg_facts = None
         if plan.secagg:
-            arrays, n_ok, secagg_facts = _secure_round(grid, plan, privacy, messages, arrays)
+            arrays, n_ok, secagg_facts = _secure_round(grid, plan, privacy, messages, arrays, aggregator)
             failed, train_metrics = len(messages) - n_ok, None
         else:
             replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
@@ -367,20 +368,27 @@ def run_training(
                           sorted(names.values()))
 
 
+def _secure_aggregator(plan: TrainingPlan, privacy: PrivacyState) -> Any:
+    """One secure-aggregation coordinator per run (it carries the next round's advertisements)."""
+    from privacy.secagg.config import SecAggConfig
+    from privacy.secagg.flower import SecAggAggregator
+
+    client = privacy.mode == "client"
+    config = SecAggConfig(threshold=plan.secagg_threshold,
+                          clip_range=privacy.clipping_norm if client else plan.secagg_clip_range)
+    return SecAggAggregator(config, min_units=plan.min_fit_units)
+
+
 def _secure_round(grid: Grid, plan: TrainingPlan, privacy: PrivacyState, messages: list[Message],
-                  arrays: ArrayRecord) -> tuple[ArrayRecord, int, dict[str, Any]]:
+                  arrays: ArrayRecord, aggregator: Any) -> tuple[ArrayRecord, int, dict[str, Any]]:
     """One training round through secure aggregation: the coordinator learns the sum only.
 
     Client mode: units clip their update to the clipping norm before masking, and the
     coordinator adds Gaussian noise ``z * C`` to the sum (the same noise Flower's wrapper adds
     to the mean, times the number of units)."""
-    from privacy.secagg.config import SecAggConfig
-    from privacy.secagg.flower import SecAggAggregator, apply_mean_update
+    from privacy.secagg.flower import apply_mean_update
 
     client = privacy.mode == "client"
-    config = SecAggConfig(threshold=plan.secagg_threshold,
-                          clip_range=privacy.clipping_norm if client else plan.secagg_clip_range)
-    aggregator = SecAggAggregator(config, min_units=plan.min_fit_units)
     node_ids = [m.metadata.dst_node_id for m in messages]
     total, survivors, facts = aggregator.run_round(grid, node_ids, messages[0].content, plan.round_timeout_s,
                                                    l2_clip=privacy.clipping_norm if client else 0.0)

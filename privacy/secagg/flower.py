@@ -16,6 +16,7 @@ by :func:`make_identities`). The coordinator forwards advertisements but cannot 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,14 @@ def _handle(msg: Message, context: Context, call_next, identity_dir: Path | None
                                    "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
     if stage == "unmask":
         reveals = session.unmask(json.loads(str(config["secagg-u3"])))
-        return _reply(msg, {"reveals": json.dumps(reveals)})
+        values = {"reveals": json.dumps(reveals)}
+        next_round = str(config.get("secagg-next-round", ""))
+        if next_round:  # advertise fresh keys for the next round now: saves it one exchange
+            remember_round(context, next_round)
+            fresh = _session(msg, context, identity_dir)
+            values["next-advert"] = json.dumps(_advert_to_json(fresh.advertise(next_round)))
+            _save(context, fresh)
+        return _reply(msg, values)
     raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
 
 
@@ -210,9 +218,14 @@ def _array(values: np.ndarray):  # noqa: ANN202
 class SecAggAggregator:
     """Runs one secure-aggregation training round over the Grid and returns the mean update."""
 
-    def __init__(self, config: SecAggConfig, min_units: int = 3) -> None:
+    def __init__(self, config: SecAggConfig, min_units: int = 3, piggyback: bool = True) -> None:
         self.config = config
         self.min_units = min_units
+        #: advertise the next round's keys in this round's unmask exchange (one exchange fewer
+        #: per round); units absent from it are asked separately, as in the first round.
+        self.piggyback = piggyback
+        self._next_round: str | None = None
+        self._next_adverts: dict[int, Advert] = {}
 
     def _send(self, grid: Grid, node_ids: list[int], make: Any, timeout: float) -> dict[int, Message]:
         messages = [Message(content=make(nid), message_type="train", dst_node_id=nid) for nid in node_ids]
@@ -231,16 +244,21 @@ class SecAggAggregator:
     def run_round(self, grid: Grid, node_ids: list[int], train_record: RecordDict, timeout: float,
                   l2_clip: float = 0.0) -> tuple[np.ndarray, list[str], dict[str, Any]]:
         """Sum of the surviving units' (clipped) updates, who they are, and round facts."""
-        session = CoordinatorSession(self.config)
+        session = CoordinatorSession(self.config, round_id=self._next_round) if self._next_round \
+            else CoordinatorSession(self.config)
+        ready = {nid: ad for nid, ad in self._next_adverts.items() if nid in node_ids}
+        self._next_round, self._next_adverts = None, {}
         base = dict(train_record.config_records["config"])
         cfg_json = self.config.model_dump_json()
 
         def config(extra: dict[str, Any]) -> ConfigRecord:
             return ConfigRecord({**base, "secagg-config": cfg_json, **extra})
 
-        r1 = self._send(grid, node_ids, lambda n: RecordDict({"config": config(
-            {STAGE: "advertise", "secagg-round": session.round_id})}), timeout)
-        adverts = {nid: _advert_from_json(json.loads(str(r.content[STATE_KEY]["advert"]))) for nid, r in r1.items()}
+        missing = [nid for nid in node_ids if nid not in ready]
+        r1 = self._send(grid, missing, lambda n: RecordDict({"config": config(
+            {STAGE: "advertise", "secagg-round": session.round_id})}), timeout) if missing else {}
+        adverts = {**ready,
+                   **{nid: _advert_from_json(json.loads(str(r.content[STATE_KEY]["advert"]))) for nid, r in r1.items()}}
         session.collect_adverts(list(adverts.values()), self.min_units)
         node_of = {ad.unit: nid for nid, ad in adverts.items()}
         advert_json = json.dumps([_advert_to_json(a) for a in adverts.values()])
@@ -262,12 +280,17 @@ class SecAggAggregator:
         session.collect_masked({adverts[nid].unit: r.content.array_records["secagg-masked"]["y"].numpy()
                                 for nid, r in r3.items()})
         u3_json = json.dumps(session.u3)
+        next_round = secrets.token_hex(16) if self.piggyback else ""
         r4 = self._send(grid, [node_of[u] for u in session.u3], lambda n: RecordDict({"config": config(
-            {STAGE: "unmask", "secagg-u3": u3_json})}), timeout)
+            {STAGE: "unmask", "secagg-u3": u3_json, "secagg-next-round": next_round})}), timeout)
         reveals = {adverts[nid].unit: {k: tuple(v) for k, v in json.loads(str(r.content[STATE_KEY]["reveals"])).items()}
                    for nid, r in r4.items()}
         total, m, bound = session.aggregate(reveals)
-        facts = {"advertised": len(adverts), "shared": len(session.u2), "masked": len(session.u3),
+        if next_round:
+            self._next_round = next_round
+            self._next_adverts = {nid: _advert_from_json(json.loads(str(r.content[STATE_KEY]["next-advert"])))
+                                  for nid, r in r4.items() if "next-advert" in r.content[STATE_KEY]}
+        facts = {"advertised": len(adverts), "advertised_in_advance": len(ready), "shared": len(session.u2), "masked": len(session.u3),
                  "dropped_after_sharing": sorted(set(session.u2) - set(session.u3)),
                  "dropped_before_sharing": sorted(set(a.unit for a in adverts.values()) - set(session.u2)),
                  "error_bound": bound}

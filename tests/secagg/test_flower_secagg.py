@@ -26,13 +26,19 @@ def test_secure_rounds_on_flower(tmp_path):
 
     flaky = make_client_app(files, secagg_identities=identities, train_mods=[crash_unit_4])
 
-    plan = TrainingPlan(num_rounds=2, cutoff=dt.date(1997, 9, 30), horizon_days=273, output_dir=tmp_path / "run",
+    plan = TrainingPlan(num_rounds=3, cutoff=dt.date(1997, 9, 30), horizon_days=273, output_dir=tmp_path / "run",
                         min_available_units=5, min_fit_units=3, secagg=True, secagg_threshold=3)
     results, grid = run_flower(plan, files, client_app=flaky)
     history = results[0].history
     assert history[-1]["auc"] > 0.72 > history[0]["auc"]
     assert history[1]["secagg"]["masked"] == 5
     assert history[2]["secagg"]["dropped_after_sharing"] == ["unit_4"] and history[2]["units_trained"] == 4
+    # round 1's unmask exchange carried round 2's key advertisements: no separate advertise exchange
+    assert history[1]["secagg"]["advertised_in_advance"] == 0 and history[2]["secagg"]["advertised_in_advance"] == 5
+    # round 3: the four survivors advertised in advance; unit_4, back, is asked on its own and takes part
+    assert history[3]["secagg"]["advertised_in_advance"] == 4 and history[3]["units_trained"] == 5
+    advertise_messages = [m for m in grid.sent if m.content["config"].get("secagg-stage") == "advertise"]
+    assert len(advertise_messages) == 5 + 1
     train_replies = [r for r in grid.replies if r.metadata.message_type.startswith("train") and not r.has_error()]
     assert train_replies
     for reply in train_replies:   # never a plain model update: keys, ciphertexts, masked vectors, shares

@@ -11,14 +11,17 @@ from simulations.runner import SimulationConfig
 from simulations.segment_runner import run_segment_job
 
 
-def segment(tmp_path, epsilon):  # noqa: ANN001
-    data = SimulationConfig(dataset="synthetic", synthetic_users=20_000, units=5, seed=0, out=tmp_path)
+def segment(tmp_path, epsilon, seed=0):  # noqa: ANN001
+    data = SimulationConfig(dataset="synthetic", synthetic_users=20_000, units=5, seed=seed, out=tmp_path)
     plan = SegmentationPlan(cutoff=dt.date(2000, 1, 1), k=5, epsilon=epsilon)
     return run_segment_job(data, plan)
 
 
-def test_without_noise_federated_equals_centralised_kmeans(tmp_path):
-    report = segment(tmp_path, None)
+# seed 2: with 4 starts from the grid alone, Lloyd ended in a poorer basin (ARI 0.47, inertia
+# 1.0175 x centralised); the k-means++ seedings among the 16 starts find the centralised one.
+@pytest.mark.parametrize("seed", [0, 2])
+def test_without_noise_federated_equals_centralised_kmeans(tmp_path, seed):
+    report = segment(tmp_path, None, seed)
     comparison = report["centralised_comparison"]
     assert comparison["adjusted_rand_index"] >= 0.95, comparison
     assert comparison["inertia_ratio"] <= 1.01

@@ -43,9 +43,17 @@ def privacy_utility(table: pd.DataFrame, out: Path) -> Path | None:
         stats = group.groupby("epsilon")[metric].agg(["mean", "min", "max"]).sort_index()
         ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                     marker="o", capsize=3, label=f"{mode}-level DP")
-    base = t[t["privacy"].fillna("none") == "none"][metric]
-    if len(base):
-        ax.axhline(base.mean(), color="grey", linestyle="--", label=f"no DP ({base.mean():.3f})")
+    # the no-DP reference: cells on the same data and set-up as the DP cells (not, say, the
+    # synthetic skew study in the same table), with and without secure aggregation
+    keys = [c for c in ("dataset", "units", "model", "rounds", "partition", "alpha", "strategy") if c in t]
+    dp_setups = set(t.loc[t["epsilon"].notna(), keys].astype(str).itertuples(index=False, name=None))
+    same = t[keys].astype(str).apply(tuple, axis=1).isin(dp_setups)
+    plain = t[same & (t["privacy"].fillna("none") == "none")]
+    secagg = plain["secagg"].fillna(False).astype(bool) if "secagg" in plain else pd.Series(False, index=plain.index)
+    for rows, label, style in ((plain[~secagg], "no DP", "--"), (plain[secagg], "no DP, SecAgg+", ":")):
+        if len(rows):
+            value = rows[metric].mean()
+            ax.axhline(value, color="grey", linestyle=style, label=f"{label} ({value:.3f})")
     ax.set_xscale("log")
     ax.set_xlabel("epsilon per end user (delta < 1/n)")
     ax.set_ylabel("test AUC (exact, pooled test users)" if metric == "auc_exact" else "test AUC")

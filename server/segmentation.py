@@ -4,9 +4,10 @@ Protocol (each step one round of ``query`` messages; units answer with aggregate
 unit adding its own Gaussian noise when a privacy budget is set):
 
 1. ``seg_grid``: users per cell of a fixed 4^5 grid over the bounded activity space
-   (:mod:`clients.segments`). The coordinator picks k by the elbow of weighted k-means on the
-   cell centres (k = 2..8) unless k is given, and takes that clustering as the initial
-   centroids: a federated initialisation that looks at no user, only at the (noisy) histogram.
+   (:mod:`clients.segments`). The coordinator draws points uniformly inside the cells in
+   proportion to their counts, picks k by the elbow of k-means on them (k = 2..8) unless k is
+   given, and takes that clustering as the initial centroids: a federated initialisation that
+   looks at no user, only at the (noisy) histogram.
 2. ``seg_lloyd`` x ``iterations``: per-centroid sums and counts; new centroid = sum / count,
    clipped to [0, 1]; a centroid whose noisy count is below ``min_count`` keeps its place.
 3. ``seg_rfm``: users per fixed bin of recency, frequency and monetary value; quintile
@@ -172,28 +173,47 @@ def _counts(answers: list[MetricRecord], key: str) -> list[float]:
     return np.maximum(_sum(answers, key), 0.0).tolist()
 
 
-def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int, restarts: int = 1
-                      ) -> tuple[int, np.ndarray, dict[int, float]]:
-    """Elbow over weighted k-means of the grid cell centres.
+#: Points drawn from the (noisy) grid histogram to initialise k-means.
+INIT_SAMPLE = 20_000
 
-    Returns k, ``restarts`` distinct initial centroid sets (``[restarts, k, d]``, the best
-    weighted-k-means solutions on the grid from different seeds) and the elbow inertias.
+
+def histogram_sample(histogram: np.ndarray, seed: int, n: int = INIT_SAMPLE, floor: float = 0.0) -> np.ndarray:
+    """``n`` points spread uniformly inside the grid cells, in proportion to their counts
+    (negative noisy counts read as 0): a continuous stand-in for the users that looks at nothing
+    but the released histogram (post-processing, no privacy cost).
+
+    k-means on the cell centres themselves quantises every user to 4 levels per dimension; on
+    the planted synthetic data its best solution sat in a poor basin for 4 of 16 (data, seed)
+    pairs (ARI 0.47 to 0.69 after Lloyd), the sample's for none (ARI 0.94 to 0.99)."""
+    weights = np.asarray(histogram, dtype=float)
+    weights = np.where(weights > floor, weights, 0.0)
+    if weights.sum() <= 0:
+        raise ValueError("the grid histogram is empty (or all noise); no users to segment")
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(len(weights), size=n, p=weights / weights.sum())
+    return grid_centers(D, GRID_BINS)[cells] + rng.uniform(-0.5, 0.5, size=(n, D)) / GRID_BINS
+
+
+def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int, restarts: int = 1, floor: float = 0.0
+                      ) -> tuple[int, np.ndarray, dict[int, float]]:
+    """Elbow over k-means of a sample drawn from the grid histogram (:func:`histogram_sample`).
+
+    Returns k, ``restarts`` distinct initial centroid sets (``[restarts, k, d]``: the best
+    k-means solutions on the sample from different seeds, and k-means++ seedings) and the
+    elbow inertias.
     """
     from sklearn.cluster import KMeans
 
-    centers = grid_centers(D, GRID_BINS)
-    weights = np.maximum(histogram, 0.0)
-    keep = weights > 0
-    points, w = centers[keep], weights[keep]
+    points = histogram_sample(histogram, seed, floor=floor)
     candidates = [k] if k else list(range(2, 9))
     fits, inertias = {}, {}
     for kk in candidates:
         if kk > len(points):
             break
-        model = KMeans(n_clusters=kk, n_init=10, random_state=seed).fit(points, sample_weight=w)
+        model = KMeans(n_clusters=kk, n_init=10, random_state=seed).fit(points)
         fits[kk], inertias[kk] = model.cluster_centers_, float(model.inertia_)
-    if not fits:
-        raise ValueError("too few occupied cells to initialise k-means; use fewer segments")
+    if not fits:  # pragma: no cover - the sample has INIT_SAMPLE points
+        raise ValueError("too few points to initialise k-means; use fewer segments")
     if k is None:
         ks = sorted(inertias)
         x = np.array(ks, dtype=float)
@@ -203,9 +223,8 @@ def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int, restarts:
         k = int(ks[int(np.argmax(line - y))])
     if restarts == 1:
         return k, fits[k][None], inertias
-    # Half the starts: the best distinct k-means solutions on the grid; the other half: k-means++
-    # seedings drawn from the weighted cell centres, which land in different basins (on coarse
-    # grids the converged grid solutions tend to share one poor basin).
+    # Half the starts: the best distinct k-means solutions on the sample; the other half:
+    # k-means++ seedings of the sample, which land in different basins.
     from sklearn.cluster import kmeans_plusplus
 
     n_grid = (restarts + 1) // 2
@@ -213,14 +232,14 @@ def choose_k_and_init(histogram: np.ndarray, k: int | None, seed: int, restarts:
     for extra in range(1, 8 * n_grid):
         if len(found) >= n_grid:
             break
-        model = KMeans(n_clusters=k, n_init=1, random_state=seed + extra).fit(points, sample_weight=w)
+        model = KMeans(n_clusters=k, n_init=1, random_state=seed + extra).fit(points)
         centres = model.cluster_centers_
         if all(np.abs(np.sort(centres, axis=0) - np.sort(c, axis=0)).max() > 1e-6 for _, c in found):
             found.append((float(model.inertia_), centres))
     found.sort(key=lambda item: item[0])
     starts = [c for _, c in found[:n_grid]]
     for extra in range(restarts - len(starts)):
-        centres, _ = kmeans_plusplus(points, k, sample_weight=w, random_state=seed * 1000 + extra)
+        centres, _ = kmeans_plusplus(points, k, random_state=seed * 1000 + extra)
         starts.append(centres)
     return k, np.stack(starts), inertias
 
@@ -268,7 +287,10 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
     answers = _ask(grid, nodes, "seg_grid", _config(plan, noise, sigma=noise.sigma_grid), t)
     histogram = _sum(answers, "grid")
     restarts = plan.lloyd_restarts
-    k, candidates, inertias = choose_k_and_init(histogram, plan.k, plan.seed, restarts)
+    # cells whose noisy count is below two standard deviations of the merged noise are read as
+    # empty: otherwise the noise of ~1,000 empty cells spreads a uniform haze over the space
+    floor = 2.0 * noise.sigma_grid * math.sqrt(len(nodes))
+    k, candidates, inertias = choose_k_and_init(histogram, plan.k, plan.seed, restarts, floor=floor)
     if len(candidates) != restarts:  # the noise was calibrated for `restarts` candidate sets
         raise ValueError(f"only {len(candidates)} distinct initialisations for k={k}; use --restarts {len(candidates)}")
     log(INFO, "segmentation: k=%d, %d initialisations (elbow inertias %s)", k, restarts,

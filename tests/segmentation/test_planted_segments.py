@@ -27,8 +27,11 @@ def test_without_noise_federated_equals_centralised_kmeans(tmp_path, seed):
     assert comparison["inertia_ratio"] <= 1.01
 
 
-def test_with_dp_at_the_documented_epsilon_agreement_stays_high(tmp_path):
-    report = segment(tmp_path, 8.0)
+# seed 3: before noisy cells under two noise deviations were read as empty, the histogram's
+# noise haze pulled the initialisation into a poor basin (ARI 0.49)
+@pytest.mark.parametrize("seed", [0, 3])
+def test_with_dp_at_the_documented_epsilon_agreement_stays_high(tmp_path, seed):
+    report = segment(tmp_path, 8.0, seed)
     assert report["privacy"]["epsilon"] == pytest.approx(8.0, rel=1e-6)
     comparison = report["centralised_comparison"]
     assert comparison["adjusted_rand_index"] >= 0.85, comparison

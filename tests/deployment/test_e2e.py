@@ -149,3 +149,28 @@ def test_tls_authenticated_federation_survives_a_dead_unit_and_a_coordinator_res
 
     print("\nend-to-end timings (s): " + ", ".join(f"{k}: {v:.0f}" for k, v in timings.items()))
     print("round seconds: " + ", ".join(f"{r['round']}: {r['seconds']:.1f}" for r in records))
+
+
+def test_a_unit_refuses_a_run_over_its_own_budget_and_the_others_go_on(cluster):
+    """Three units; u2's unit.toml allows epsilon 1 per user, the run plans 4: u2 refuses to train
+    (its own accountant, in its own ClientApp), the coordinator records the refusal and the round
+    completes with the two others."""
+    c = cluster
+    c.start_superlink()
+    c.connect()
+    assert c.register(*UNITS).returncode == 0
+    budgets = {"u0": 6.0, "u1": 6.0, "u2": 1.0}
+    for i, unit in enumerate(UNITS):
+        c.start_unit(unit, c.write_unit(unit, c.root / "data" / f"events_unit_{i}.parquet",
+                                        epsilon_budget=budgets[unit]))
+    wait_for(lambda: c.online_units() >= 3, 180, "three units online", [c.log(u) for u in UNITS])
+    out = c.root / "run"
+    run = c.flwr_run("run", f"num-server-rounds=1 output-dir='{out}' dataset='' cutoff='2024-10-01' "
+                            "horizon-days=90 min-available-units=3 min-fit-units=2 round-timeout-s=300.0 "
+                            "privacy='user' target-epsilon=4.0")
+    run.wait(timeout=900)
+    log = c.log("run").read_text(errors="replace")
+    assert run.returncode == 0, log[-4000:]
+    record = _rounds(out)[0]
+    assert record["units_trained"] == 2 and record["units_failed"] == 1, record
+    assert "this unit allows 1.0" in log, log[-4000:]

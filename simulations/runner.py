@@ -69,11 +69,15 @@ class SimulationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _secagg_units(self) -> "SimulationConfig":
-        if self.secagg and self.units < 3:
-            raise ValueError(f"secure aggregation needs at least 3 units (got {self.units}): with 2, each "
-                             "unit could subtract its own update from the sum and read the other's")
-        if self.secagg and self.secagg_threshold >= 1 and self.secagg_threshold > self.units:
-            raise ValueError(f"secagg threshold {self.secagg_threshold:g} exceeds the {self.units} units")
+        """The secure-aggregation settings must work for these units (checked by the protocol's
+        own configuration, before any unit starts)."""
+        if self.secagg:
+            from privacy.secagg.config import SecAggConfig, SecAggError
+
+            try:
+                SecAggConfig(threshold=self.secagg_threshold).threshold_for(self.units)
+            except SecAggError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 

@@ -38,7 +38,8 @@ class SecAggConfig(BaseModel):
 
     def degree_for(self, n: int) -> int:
         if n < 3:
-            raise SecAggError(f"secure aggregation needs at least 3 units, got {n}")
+            raise SecAggError(f"secure aggregation needs at least 3 units, got {n}: with 2, each unit could "
+                              "subtract its own update from the sum and read the other's")
         k = self.degree or 2 * math.ceil(math.log2(n))
         k += k % 2  # a circulant graph: k/2 neighbours on each side of the ring
         return min(k, n - 1)  # n - 1: everybody is a neighbour
@@ -49,6 +50,8 @@ class SecAggConfig(BaseModel):
         t = int(self.threshold) if self.threshold >= 1 else math.ceil(self.threshold * (degree + 1))
         if t < 2:
             t = 2
+        if t > n:
+            raise SecAggError(f"threshold {t} exceeds the {n} units; lower the threshold or add units")
         if t > degree + 1:
             raise SecAggError(f"threshold {t} exceeds the {degree + 1} holders of each unit's shares "
                               f"({n} units, degree {degree}); lower the threshold or add units")

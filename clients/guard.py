@@ -113,10 +113,8 @@ def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCalla
     reply = call_next(msg, context)
     if reply.has_error():
         return reply
-    model_name = None
-    if "config" in msg.content.config_records:
-        model_name = msg.content.config_records["config"].get("model")
     config = msg.content.config_records.get("config")
+    model_name = config.get("model") if config is not None else None
     try:
         if config is not None and "secagg-stage" in config:
             check_secagg_reply(reply, str(config["secagg-stage"]), model_name)

@@ -36,7 +36,9 @@ def _run(args: list[str], dry_run: bool) -> None:
     console.print("[bold]command:[/] " + shlex.join(args), highlight=False, soft_wrap=True)
     if dry_run:
         return
-    os.execv(args[0], args) if os.path.isabs(args[0]) else os.execvp(args[0], args)
+    if os.path.isabs(args[0]):
+        os.execv(args[0], args)
+    os.execvp(args[0], args)
 
 
 @app.command("superlink")

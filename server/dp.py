@@ -57,12 +57,13 @@ class PrivacyState:
 
     def round_fields(self) -> dict[str, Any]:
         """Fields of :class:`fedseg.config.RoundConfig` the units need."""
+        dp = self.mode != "none"
         return {"privacy": self.mode, "noise_multiplier": self.noise_multiplier if self.mode == "user" else 0.0,
                 "max_grad_norm": self.max_grad_norm, "sample_rate": self.sample_rate,
                 "steps_per_round": self.steps_per_round, "scaler_sigma": self.scaler_sigma,
-                "eval_sigma": self.eval_sigma, "delta": self.delta if self.mode != "none" else 0.0,
-                "planned_rounds": self.rounds if self.mode != "none" else 0,
-                "epsilon_planned": self.epsilon_after(self.rounds) if self.mode != "none" and self.rounds else 0.0}
+                "eval_sigma": self.eval_sigma, "delta": self.delta if dp else 0.0,
+                "planned_rounds": self.rounds if dp else 0,
+                "epsilon_planned": self.epsilon_after(self.rounds) if dp and self.rounds else 0.0}
 
     def user_plan(self) -> UserLevelPlan:
         return UserLevelPlan(target_epsilon=self.target_epsilon or 1.0, delta=self.delta,

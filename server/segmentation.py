@@ -305,21 +305,23 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
         counts = _sum(answers, "counts").reshape(restarts, k)
         inertia = _sum(answers, "inertia").tolist() if noise.epsilon == 0 else None
         moved = counts >= max(plan.min_count, 1e-9)
-        # With noise no inertia is released; the restarts are ranked by what the released sums
-        # and counts give for free: inertia = sum ||x||^2 - sum_c ||S_c||^2 / n_c, and the
-        # first term is the same for every restart (post-processing, no extra budget).
-        fit = [float((np.square(sums[r][moved[r]]).sum(axis=1) / counts[r][moved[r]]).sum())
-               for r in range(restarts)]
         new = candidates.copy()
         new[moved] = np.clip(sums[moved] / counts[moved][:, None], 0.0, 1.0)
         shift = float(np.abs(new - candidates).max())
         candidates = new
-        history.append({"iteration": it + 1, "max_shift": shift, "inertia": inertia, "fit": fit})
+        history.append({"iteration": it + 1, "max_shift": shift, "inertia": inertia})
         if noise.epsilon == 0 and shift < 1e-9:
             break
-    last = history[-1]
-    best = 0 if restarts == 1 else (int(np.argmin(last["inertia"])) if last["inertia"] is not None
-                                    else int(np.argmax(last["fit"])))
+    if restarts == 1:
+        best = 0
+    elif inertia is not None:
+        best = int(np.argmin(inertia))
+    else:
+        # No inertia is released under noise; the restarts are ranked by what the last released
+        # sums and counts give for free: inertia = sum ||x||^2 - sum_c ||S_c||^2 / n_c, and the
+        # first term is the same for every restart (post-processing, no extra budget).
+        best = int(np.argmax([(np.square(sums[r][moved[r]]).sum(axis=1) / counts[r][moved[r]]).sum()
+                              for r in range(restarts)]))
     centroids, counts = candidates[best], counts[best]
 
     order = np.lexsort((centroids[:, 0], centroids[:, 1]))  # stable labels: by recency, then frequency

@@ -21,18 +21,21 @@ from server.training import TrainingPlan, TrainingResult, log_round, run_trainin
 _RENAMES = {"num-server-rounds": "num_rounds"}
 #: run-config keys that are not training-plan fields.
 _NOT_PLAN = ("task", "segment-")
-#: optional plan fields that pyproject spells as 0 or "" when unset.
+#: optional fields that pyproject spells as 0 or "" when unset (TOML has no null).
 _UNSET_WHEN_EMPTY = ("target_epsilon", "noise_multiplier", "delta", "ledger_path")
+_SEGMENT_UNSET_WHEN_EMPTY = ("epsilon", "k", "iterations", "previous_cutoff")
+
+
+def _unset_empty(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``values`` with the ``keys`` that hold 0 or "" set to None (the field's "not set")."""
+    return {k: (None if k in keys and v in (0, "") else v) for k, v in values.items()}
 
 
 def plan_from_run_config(run_config: dict[str, Any]) -> TrainingPlan:
     """A validated training plan from Flower's run config (kebab-case keys)."""
     values = {_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()
               if not k.startswith(_NOT_PLAN)}
-    for key in _UNSET_WHEN_EMPTY:  # TOML has no null: 0 or "" in pyproject mean "not set"
-        if values.get(key) in (0, 0.0, ""):
-            values.pop(key)
-    return TrainingPlan.model_validate(values)
+    return TrainingPlan.model_validate(_unset_empty(values, _UNSET_WHEN_EMPTY))
 
 
 def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN201
@@ -44,14 +47,8 @@ def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN2
     for key in ("cutoff", "horizon-days", "seed", "dataset"):
         if key in run_config:
             values.setdefault(key.replace("-", "_"), run_config[key])
-    if values.get("epsilon") in (0, 0.0):
-        values["epsilon"] = None  # 0 in pyproject means no noise (TOML has no null)
-    for key in ("k", "iterations"):
-        if values.get(key) in (0,):
-            values[key] = None  # 0 in pyproject means: the default
-    if values.get("previous_cutoff") in ("",):
-        values["previous_cutoff"] = None
-    return SegmentationPlan.model_validate(values)
+    # epsilon 0: no noise; k and iterations 0: the default; previous-cutoff "": none
+    return SegmentationPlan.model_validate(_unset_empty(values, _SEGMENT_UNSET_WHEN_EMPTY))
 
 
 def make_server_app(

@@ -139,6 +139,15 @@ def check_unit_minimums(node_config: Any, threshold: int, n_units: int) -> None:
         raise SecAggError(f"{n_units} units advertised; this unit needs at least {min_n} (secagg-min-units)")
 
 
+def _advertise(context: Context, session: UnitSession, round_id: str) -> str:
+    """Fresh signed keys for ``round_id`` (refused if the id was used before), kept in the
+    unit's context; the advertisement as JSON."""
+    remember_round(context, round_id)
+    advert = session.advertise(round_id)
+    _save(context, session)
+    return json.dumps(_advert_to_json(advert))
+
+
 def _reply(msg: Message, values: dict[str, Any]) -> Message:
     return Message(RecordDict({STATE_KEY: ConfigRecord(values)}), reply_to=msg)
 
@@ -167,10 +176,7 @@ def _handle(msg: Message, context: Context, call_next, identity_dir: Path | None
     stage = str(config[STAGE])
     session = _session(msg, context, identity_dir)
     if stage == "advertise":
-        remember_round(context, str(config["secagg-round"]))
-        advert = session.advertise(str(config["secagg-round"]))
-        _save(context, session)
-        return _reply(msg, {"advert": json.dumps(_advert_to_json(advert))})
+        return _reply(msg, {"advert": _advertise(context, session, str(config["secagg-round"]))})
     session = _load(context, session)
     if stage == "share":
         adverts = [_advert_from_json(a) for a in json.loads(str(config["secagg-adverts"]))]
@@ -198,10 +204,7 @@ def _handle(msg: Message, context: Context, call_next, identity_dir: Path | None
         values = {"reveals": json.dumps(reveals)}
         next_round = str(config.get("secagg-next-round", ""))
         if next_round:  # advertise fresh keys for the next round now: saves it one exchange
-            remember_round(context, next_round)
-            fresh = _session(msg, context, identity_dir)
-            values["next-advert"] = json.dumps(_advert_to_json(fresh.advertise(next_round)))
-            _save(context, fresh)
+            values["next-advert"] = _advertise(context, _session(msg, context, identity_dir), next_round)
         return _reply(msg, values)
     raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
 

@@ -24,16 +24,11 @@ from pathlib import Path
 import pytest
 
 from privacy.keys import init_keys
+from tests.deployment.cluster import free_port
 
 pytestmark = pytest.mark.deployment
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -101,7 +96,7 @@ def test_superlink_accepts_registered_unit_and_refuses_others(tmp_path):
     registered, unregistered = keys.units
     home = tmp_path / "flwr_home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "NO_COLOR": "1"}
     (home / "config.toml").write_text(
@@ -118,7 +113,7 @@ def test_superlink_accepts_registered_unit_and_refuses_others(tmp_path):
     def supernode(key: Path, name: str, extra: list[str]) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}.log"
         proc = spawn([str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}",
-                      "--auth-supernode-private-key", str(key), "--port", str(_free_port()), "--max-retries", "0",
+                      "--auth-supernode-private-key", str(key), "--port", str(free_port()), "--max-retries", "0",
                       *extra], log)
         return proc, log
 

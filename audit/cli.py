@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from fedseg.errors import FedsegError
 from fedseg.console import console, fail
 
 app = typer.Typer(help="Fairness and pricing audits (pooled or federated) with a signed, hash-chained trail.",
@@ -175,10 +176,12 @@ def federated(
     min_group_size: Annotated[int, typer.Option(help="fairness: suppress smaller groups.")] = 30,
     auc_bins: Annotated[int, typer.Option(help="fairness: score histogram bins for the federated AUC.")] = 10_000,
     epsilon: Annotated[float | None, typer.Option(help="fairness: add Gaussian DP noise for this epsilon.")] = None,
-    delta: Annotated[float, typer.Option(help="fairness: DP delta.")] = 1e-6,
-    ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger: check each unit's budget before the "
-                                                     "noisy release and record the spend (unit = file name).")] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset name the ledger records the spend under.")] = "audit",
+    delta: Annotated[float | None, typer.Option(help="fairness: DP delta (default: the largest power of ten at most "
+                                                     "1/(10 x rows over all units)); needs --epsilon.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="The units' privacy ledger: each unit (named by its file name) "
+                                                     "accepts the noisy release against its budget and records it.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset id the units record the spend under (default: a "
+                                                     "fingerprint of each unit's file).")] = None,
     price: Annotated[str | None, typer.Option(help="pricing: price column.")] = None,
     item: Annotated[str | None, typer.Option(help="pricing: item column.")] = None,
     time: Annotated[str | None, typer.Option(help="pricing: time column.")] = None,
@@ -212,45 +215,55 @@ def federated(
         fail(f"--audit {audit!r}: use fairness or pricing")
     from audit.federated import DPConfig, federated_fairness, federated_pricing
 
-    dp = DPConfig(epsilon=epsilon, delta=delta) if epsilon is not None else None
+    if delta is not None and epsilon is None:
+        fail("--delta without --epsilon: the audit adds no noise; give --epsilon for differential privacy")
+    dp = None
+    if epsilon is not None:
+        from audit.federated import unit_rows
+        from privacy.accounting import default_delta
+
+        dp = DPConfig(epsilon=epsilon, delta=delta if delta is not None else
+                      default_delta(sum(unit_rows(u) for u in units)))
     if dp is not None and audit != "fairness":
         fail("--epsilon applies to --audit fairness only (pricing statistics are not noised; see docs/audit.md)")
 
-    budget_ledger, run_id, unit_names = None, "", [u.stem for u in units]
-    if ledger is not None and dp is not None:
-        import uuid
+    accounts = None
+    if dp is not None:
+        from clients.unit_privacy import events_fingerprint
+        from privacy.budget import ContextStore, LedgerStore, UnitPrivacy
+        from privacy.ledger import BudgetLedger
 
-        from privacy.ledger import BudgetExceeded, BudgetLedger
+        def account(path: Path) -> UnitPrivacy:
+            from flwr.app import RecordDict
 
-        budget_ledger, run_id = BudgetLedger(ledger), "audit-" + uuid.uuid4().hex[:12]
-        try:
-            for name in unit_names:
-                budget_ledger.check(name, dataset, run_id, dp.epsilon)
-        except BudgetExceeded as exc:
-            fail(str(exc))
+            from audit.stats import read_table
 
-    def spend(eps: float, dlt: float, mech: str) -> None:
-        if budget_ledger is not None:
-            for name in unit_names:
-                budget_ledger.record(run_id, name, dataset, 1, eps, dlt, mech)
-            console.print(f"privacy: spent epsilon {eps:g} (delta {dlt:g}) on {mech}; recorded in {ledger} "
-                          f"(run {run_id})", highlight=False)
-        else:
-            console.print(f"privacy: spent epsilon {eps:g} (delta {dlt:g}) on {mech}; pass --ledger to record it",
-                          highlight=False)
+            name = dataset or events_fingerprint(read_table(path))
+            if ledger is None:
+                return UnitPrivacy(path.stem, name, ContextStore(RecordDict(), path.stem, name))
+            book = BudgetLedger(ledger)
+            return UnitPrivacy(path.stem, name, LedgerStore(book, path.stem, name), book.budget(path.stem, name))
+
+        accounts = [account(u) for u in units]
 
     try:
         with console.status(f"federated {audit} audit over {len(units)} units ({engine})..."):
             if engine == "flower":
                 from audit.flower_app import run_federated_audit
 
-                rep = run_federated_audit(units, spec, dp=dp, on_spend=spend)
+                rep = run_federated_audit(units, spec, dp=dp, ledger_path=ledger, dataset_id=dataset)
             elif audit == "fairness":
-                rep = federated_fairness(units, spec, dp=dp, on_spend=spend)
+                rep = federated_fairness(units, spec, dp=dp, accounts=accounts)
             else:
                 rep = federated_pricing(units, spec)
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
     except ValueError as exc:
         fail(str(exc))
+    if dp is not None:
+        where = f"recorded by each unit in {ledger}" if ledger else "pass --ledger to keep it in the units' ledger"
+        console.print(f"privacy: each unit spent epsilon {dp.epsilon:g} (delta {dp.delta:g}) per end user on its noisy "
+                      f"statistics; {where}", highlight=False)
     _finish(rep, out, trail, signing_key)
 
 

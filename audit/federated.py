@@ -13,20 +13,21 @@ The server sums them; the report is built by the same functions as the pooled au
 no noise the federated report equals the pooled report (tests check this on unit files).
 Small-cell suppression is applied to the combined figures (``min_group_size`` / ``min_count``).
 
-Optional DP noise (fairness only): Gaussian noise ``N(0, sigma^2)`` on every combined count,
-score sum and histogram entry before anything is derived (the bootstrap then resamples the
-noisy table, negative cells taken as 0 there; its intervals do not include the DP noise).
-Cells are not clipped, so derived counts stay unbiased; the noise on a derived count is
-``sigma * sqrt(cells summed)``: with DP, use a coarse ``score_bins`` (e.g. 20) to keep it small. Unit of privacy: one end user, who
-holds ONE row of the scored table. Adding or removing that user changes, per attribute, one
-cell count by 1, the matching score sum by at most 1 (scores lie in [0, 1]) and, with
-``auc_bins``, one histogram entry by 1; so the L2 sensitivity over all ``A`` audited attributes
-(intersections included) is ``Delta = sqrt(A * m)`` with ``m = 3`` (score mode with auc_bins),
-``2`` (score mode) or ``1`` (outcome mode). For a target ``(epsilon, delta)`` the release is
-rho-zCDP with ``rho = Delta^2 / (2 sigma^2)``; sigma is the smallest with
-``rho + 2 sqrt(rho ln(1/delta)) <= epsilon`` (Bun and Steinke 2016; the same conversion as
-the segmentation, :func:`privacy.accounting.epsilon_for_rho`). ``on_spend(epsilon, delta,
-mechanism)`` is called once per noisy release so the privacy ledger can record it.
+Optional DP noise (fairness only), added by **each unit** to its own statistics before they
+leave it, so the guarantee holds against the coordinator: Gaussian noise ``N(0, sigma^2)`` on
+every count, score sum and histogram entry (the server adds nothing; the combined table carries
+noise of standard deviation ``sigma * sqrt(units)``; the bootstrap then resamples the noisy table,
+negative cells taken as 0 there, and its intervals do not include the DP noise). Cells are not
+clipped, so derived counts stay unbiased; the noise on a derived count is ``sigma * sqrt(cells
+summed)``: with DP, use a coarse ``score_bins`` (e.g. 20) to keep it small. Unit of privacy: one
+end user, who holds ONE row of the scored table. Adding or removing that user changes, per
+attribute, one cell count by 1, the matching score sum by at most 1 (scores lie in [0, 1]) and,
+with ``auc_bins``, one histogram entry by 1; so the L2 sensitivity over all ``A`` audited
+attributes (intersections included) is ``Delta = sqrt(A * m)`` with ``m = 3`` (score mode with
+auc_bins), ``2`` (score mode) or ``1`` (outcome mode). For a target ``(epsilon, delta)`` sigma is
+the smallest with the accountant's epsilon (:mod:`privacy.accounting`, RDP) at most epsilon.
+Before adding the noise each unit charges the release to its own privacy account
+(:class:`privacy.budget.UnitPrivacy`: the same ledger as training and segmentation).
 The pricing statistics are not noised (a user's log-price sum is unbounded without clipping);
 they stay with the coordinator and only the premium figures are released.
 """
@@ -36,7 +37,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,11 @@ from audit.fairness import FairnessReport, FairnessSpec, FairnessStats, combine_
 from audit.pricing import (ComparisonFit, PricingReport, PricingSpec, SliceFit, build_report, combine_meats,
                            combine_tables, fit, local_meat, local_tables, prepare)
 from audit.stats import read_table
-
-OnSpend = Callable[[float, float, str], None]
-
+from privacy.accounting import Release
+from privacy.budget import UnitPrivacy
 
 class DPConfig(BaseModel):
-    """Target of the Gaussian mechanism on the combined fairness statistics."""
+    """Target of the Gaussian mechanism each unit applies to its fairness statistics."""
 
     epsilon: float = Field(gt=0)
     delta: float = Field(1e-6, gt=0, lt=1)
@@ -65,10 +65,16 @@ def sensitivity_sq(spec: FairnessSpec) -> float:
     return float(len(spec.attributes()) * per)
 
 
-def sigma_for(spec: FairnessSpec, dp: DPConfig) -> float:
-    from privacy.accounting import rho_for_epsilon
+def release_for(spec: FairnessSpec, dp: DPConfig) -> Release:
+    """The Gaussian release one unit makes: noise multiplier calibrated to ``dp`` by the accountant."""
+    from privacy.accounting import gaussian_noise_multiplier
 
-    return math.sqrt(sensitivity_sq(spec) / (2 * rho_for_epsilon(dp.epsilon, dp.delta)))
+    return Release(noise_multiplier=gaussian_noise_multiplier(dp.epsilon, dp.delta), task="audit")
+
+
+def sigma_for(spec: FairnessSpec, dp: DPConfig) -> float:
+    """Per-entry noise standard deviation a unit adds: ``z * Delta``."""
+    return release_for(spec, dp).noise_multiplier * math.sqrt(sensitivity_sq(spec))
 
 
 def _noised(stats: FairnessStats, sigma: float, rng: np.random.Generator) -> FairnessStats:
@@ -83,16 +89,10 @@ def _noised(stats: FairnessStats, sigma: float, rng: np.random.Generator) -> Fai
     return FairnessStats(n_rows=stats.n_rows, attributes=out)
 
 
-def combine_fairness(units: Sequence[FairnessStats], spec: FairnessSpec, dp: DPConfig | None = None,
-                     on_spend: OnSpend | None = None) -> FairnessReport:
-    """Server side: sum the units' statistics, optionally add DP noise, build the report."""
+def combine_fairness(units: Sequence[FairnessStats], spec: FairnessSpec, dp: DPConfig | None = None) -> FairnessReport:
+    """Server side: sum the units' (already noised, under DP) statistics and build the report."""
     stats = combine_stats(list(units))
-    sigma = None
-    if dp is not None:
-        sigma = sigma_for(spec, dp)
-        stats = _noised(stats, sigma, np.random.default_rng(dp.seed))
-        if on_spend is not None:
-            on_spend(dp.epsilon, dp.delta, f"gaussian(sigma={sigma:.4g}, fairness audit)")
+    sigma = sigma_for(spec, dp) * math.sqrt(len(units)) if dp is not None else None
     return report_from_stats(stats, spec, units=len(units), dp_noise_sigma=sigma)
 
 
@@ -150,9 +150,21 @@ def meat_from_bytes(data: bytes) -> dict[str, dict[str, np.ndarray]]:
 # ---------------------------------------------------------------- unit side
 
 
-def unit_fairness(path: str | Path, spec: FairnessSpec) -> FairnessStats:
-    """A unit's fairness statistics from its file."""
-    return local_stats(read_table(path), spec)
+def unit_fairness(path: str | Path, spec: FairnessSpec, dp: DPConfig | None = None,
+                  account: UnitPrivacy | None = None, run_id: str = "") -> FairnessStats:
+    """A unit's fairness statistics from its file; under ``dp`` the unit charges the release to its
+    own ``account`` first, then adds its own noise."""
+    stats = local_stats(read_table(path), spec)
+    if dp is None:
+        return stats
+    if account is not None:
+        account.charge(run_id, "audit", release_for(spec, dp))
+    return _noised(stats, sigma_for(spec, dp), np.random.default_rng(dp.seed))
+
+
+def unit_rows(path: str | Path) -> int:
+    """Rows (end users) in a unit's scored table: what its delta rule is checked against."""
+    return len(read_table(path))
 
 
 def unit_pricing_tables(path: str | Path, spec: PricingSpec) -> tuple[bytes, int, int]:
@@ -171,9 +183,18 @@ def unit_pricing_meat(path: str | Path, spec: PricingSpec, fits: bytes) -> bytes
 
 
 def federated_fairness(paths: Sequence[str | Path], spec: FairnessSpec, dp: DPConfig | None = None,
-                       on_spend: OnSpend | None = None) -> FairnessReport:
-    """Federated fairness audit in-process: each unit's statistics, then the server combine."""
-    return combine_fairness([unit_fairness(p, spec) for p in paths], spec, dp, on_spend)
+                       accounts: Sequence[UnitPrivacy] | None = None) -> FairnessReport:
+    """Federated fairness audit in-process: each unit's (noised) statistics, then the server
+    combine. Under ``dp`` with ``accounts`` every unit first accepts the release, then charges it."""
+    import uuid
+
+    run_id = "audit-" + uuid.uuid4().hex[:12]
+    if dp is not None and accounts is not None:
+        release = release_for(spec, dp)
+        for path, account in zip(paths, accounts):  # every unit accepts before any releases
+            account.accept(run_id, "audit", dp.delta, dp.epsilon, [release], n_users=unit_rows(path))
+    return combine_fairness([unit_fairness(p, spec, dp, a, run_id)
+                             for p, a in zip(paths, accounts or [None] * len(paths))], spec, dp)
 
 
 def server_pricing_fit(tables: Sequence[bytes], spec: PricingSpec) -> tuple[dict[str, ComparisonFit], bytes]:

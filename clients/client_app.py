@@ -1,13 +1,21 @@
 """The Flower ClientApp a business unit runs on its own premises.
 
-Handlers (Flower Message API):
+Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
 
+- ``query.privacy``: the unit accepts or refuses a private run's planned releases before any is
+  made, with its own accountant and budget (:mod:`privacy.budget`);
 - ``query``: the unit's share of the global feature standardisation (count, sums, sums of
-  squares of the transformed features of its training users);
-- ``train``: load the global model, train locally for the configured epochs, send back the
-  weights and the number of training users;
+  squares of the transformed features of its training users; noisy under user-level DP);
+- ``train``: load the global model, train locally, send back the weights and the number of
+  training users (1 under DP: user counts are private);
 - ``evaluate``: score the unit's test users with the global model; send back only sums and
-  score histograms (:mod:`fedseg.metrics`).
+  score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
+- ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`).
+
+Under differential privacy the unit charges every release to its own account *before* making
+it (write-ahead), built from the parameters it actually applies, and draws its DP-SGD sample and
+noise from OS entropy (:mod:`clients.unit_privacy`): nothing the coordinator sends lets it replay
+them, and a coordinator that asks for more than it announced is refused.
 
 Where the unit's data comes from, in this order:
 
@@ -19,8 +27,7 @@ Where the unit's data comes from, in this order:
 3. the bundled dataset named in the round config (``dataset = "cdnow"``), split over
    ``num-partitions`` units by a hash of the user id (``flwr run .`` with no data at all).
 
-Every reply passes :func:`clients.guard.outgoing_guard_mod`. A unit whose node config sets
-``epsilon-budget`` refuses runs that would exceed it (:mod:`clients.budget`).
+Every reply passes :func:`clients.guard.outgoing_guard_mod`.
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.budget import check_segmentation_budget, check_unit_budget
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
-from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
+from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step, step_releases
 from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
+from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
+from fedseg import protocol
 from fedseg.config import RoundConfig, from_flower_config
 from fedseg.models import build_model, uses_sequences
+from privacy.budget import UnitPrivacy
+from privacy.training_dp import dpsgd_release, evaluation_release, scaler_release
 
 _CACHE: dict[tuple, UnitData] = {}
 _EVENTS: dict[tuple, tuple[pd.DataFrame, pd.DataFrame | None, str]] = {}
@@ -50,7 +60,7 @@ class UnitDataError(RuntimeError):
 
 
 def _round_config(msg: Message) -> RoundConfig:
-    return from_flower_config(RoundConfig, dict(msg.content.config_records["config"]))
+    return from_flower_config(RoundConfig, dict(msg.content.config_records[protocol.CONFIG]))
 
 
 def _hash_partition(events: pd.DataFrame, partition_id: int, num_partitions: int) -> pd.DataFrame:
@@ -124,70 +134,119 @@ def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path | None = None,
-                    secagg_identities: Path | None = None, train_mods: Sequence | None = None) -> ClientApp:
-    """A ClientApp; ``unit_files`` (one events file per partition), ``output_dir`` (where units
-    write their local per-user outputs) and ``secagg_identities`` (secure-aggregation identity
-    keys and registry) serve simulations; deployed units take them from their node config
-    (``data-path``, ``output-dir``, ``secagg-key``, ``secagg-registry``). ``train_mods`` are
-    extra mods placed innermost on the train handler (fault injection, instrumentation)."""
+                    secagg_identities: Path | None = None, train_mods: Sequence | None = None,
+                    ledger_path: Path | None = None, dataset_id: str | None = None,
+                    dp_research_seed: int | None = None) -> ClientApp:
+    """A ClientApp. Simulations hand it what deployed units take from their node config:
+
+    - ``unit_files``: one events file per partition (node config ``data-path``);
+    - ``output_dir``: where units write their local per-user outputs (``output-dir``);
+    - ``secagg_identities``: secure-aggregation identity keys and registry (``secagg-key``,
+      ``secagg-registry``);
+    - ``ledger_path``, ``dataset_id``: the units' privacy ledger and the name their spend is
+      recorded under (``ledger-path``, ``dataset-id``; default: a fingerprint of the events);
+    - ``dp_research_seed``: a unit-local seed for DP-SGD's sample and noise (``dp-seed``):
+      reproducible research runs only; by default they come from OS entropy.
+
+    ``train_mods`` are extra mods placed innermost on the train handler (fault injection,
+    instrumentation).
+    """
     from privacy.secagg.flower import make_secagg_mod
 
     app = ClientApp()
     secagg = make_secagg_mod(secagg_identities)
 
+    def account(context: Context, cfg: RoundConfig) -> UnitPrivacy:
+        node = context.node_config
+        name = str(node["dataset-id"]) if "dataset-id" in node else dataset_id
+        if name is None:
+            name = events_fingerprint(unit_events(context, cfg, unit_files)[0])
+        return unit_account(context, unit_name(context), name, ledger_path)
+
     def segmentation_handler(step):  # noqa: ANN001, ANN202
         def handler(msg: Message, context: Context) -> Message:
-            config = dict(msg.content.config_records["config"])
-            check_segmentation_budget(context.node_config, config)
+            config = dict(msg.content.config_records[protocol.CONFIG])
             cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 273)),
                               dataset=str(config.get("dataset", "")))
             events, users, _ = unit_events(context, cfg, unit_files)
+            releases = step_releases(step, config)
+            own = account(context, cfg)
+            if not releases:
+                own.require_private("segmentation")
+            for release in releases:
+                own.charge(str(config.get(protocol.RUN_ID, "")), "segmentation", release)
             if step is final_step:
                 out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config \
                     else output_dir
                 answer = final_step(events, users, config, out_dir, unit_name(context))
             else:
                 answer = step(events, users, config)
-            return Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=msg)
+            return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
         return handler
 
     def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
         """Round config, the unit's data, the scaler and the global model the message carries."""
         cfg = _round_config(msg)
-        check_unit_budget(context.node_config, cfg)
         data = unit_data(context, cfg, unit_files)
         mean, std = _scaler(cfg)
         model = build_model(cfg.model)
-        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+        model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         return cfg, data, mean, std, model
 
-    for action, step in (("seg_grid", grid_step), ("seg_lloyd", lloyd_step), ("seg_rfm", rfm_step),
-                         ("seg_final", final_step)):
-        app.query(action, mods=[outgoing_guard_mod])(segmentation_handler(step))
+    for message_type, step in ((protocol.SEG_GRID, grid_step), (protocol.SEG_LLOYD, lloyd_step),
+                               (protocol.SEG_RFM, rfm_step), (protocol.SEG_FINAL, final_step)):
+        app.query(message_type.removeprefix("query."), mods=[outgoing_guard_mod])(segmentation_handler(step))
+
+    @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
+    def privacy_plan(msg: Message, context: Context) -> Message:
+        plan = msg.content.config_records[protocol.PRIVACY_PLAN]
+        cfg = from_flower_config(RoundConfig, dict(msg.content.config_records[protocol.CONFIG]))
+        events = unit_events(context, cfg, unit_files)[0]
+        metrics, configs = answer_privacy_plan(account(context, cfg), plan, int(events["user_id"].nunique()))
+        records = {protocol.METRICS: MetricRecord(metrics), **{k: ConfigRecord(v) for k, v in configs.items()}}
+        return Message(RecordDict(records), reply_to=msg)
 
     @app.query(mods=[outgoing_guard_mod])
     def query(msg: Message, context: Context) -> Message:
         cfg = _round_config(msg)
-        if cfg.privacy == "none":  # DP runs are checked at training, once their noise is calibrated
-            check_unit_budget(context.node_config, cfg)
         data = unit_data(context, cfg, unit_files)
         train = data.static[~data.test_mask]
+        own = account(context, cfg)
         if cfg.privacy == "none":
+            own.require_private("training run")
             n, total, total_sq = feature_moments(train)
-        else:  # DP: bounded features, the unit's own Gaussian noise
+        elif cfg.privacy == "user":  # bounded features, the unit's own Gaussian noise
+            own.charge(cfg.run_id, "training", scaler_release(cfg.scaler_sigma))
             n, total, total_sq = bounded_moments(train, cfg.scaler_sigma)
+        else:
+            raise ValueError("client-level DP standardises with public bounds; this unit sends no feature "
+                             "statistics under it")
         metrics = MetricRecord({"n": n, "sum": total.tolist(), "sumsq": total_sq.tolist()})
         identity = ConfigRecord({"unit-id": unit_name(context)})
-        return Message(RecordDict({"metrics": metrics, "identity": identity}), reply_to=msg)
+        return Message(RecordDict({protocol.METRICS: metrics, protocol.IDENTITY: identity}), reply_to=msg)
 
     @app.train(mods=[outgoing_guard_mod, secagg, *(train_mods or [])])
     def train(msg: Message, context: Context) -> Message:
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
-        seed = cfg.seed * 100_003 + cfg.server_round * 101 + context.node_id % 97
+        own = account(context, cfg)
         if cfg.privacy == "user":
+            # The Poisson sample and the noise come from OS entropy (or a unit-local research
+            # seed), never from the run seed, the round or the node id, which the coordinator knows.
+            sampler, noise, _ = private_generators(context.node_config, dp_research_seed,
+                                                   f"{unit_name(context)}|{cfg.run_id}|{cfg.server_round}|train")
+            own.charge(cfg.run_id, "training", dpsgd_release(cfg.noise_multiplier, cfg.sample_rate,
+                                                             cfg.steps_per_round))
             loss, _ = train_local_dpsgd(model, data, mean, std, cfg.noise_multiplier, cfg.max_grad_norm,
-                                        cfg.sample_rate, cfg.steps_per_round, cfg.learning_rate, seed)
+                                        cfg.sample_rate, cfg.steps_per_round, cfg.learning_rate,
+                                        sample_generator=sampler, noise_generator=noise)
         else:
+            if cfg.privacy == "client":  # the noise is the coordinator's; the unit records the stated release
+                own.charge(cfg.run_id, "training", cfg.client_release())
+            else:
+                own.require_private("training run")
+            # Without user-level DP the shuffling seed may come from the run config: research
+            # runs are reproducible (same seed, same model).
+            seed = cfg.seed * 100_003 + cfg.server_round * 101 + int(context.node_config.get("partition-id", 0))
             params = TrainParams(epochs=cfg.local_epochs, learning_rate=cfg.learning_rate,
                                  batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu, seed=seed)
             loss = train_local(model, data, mean, std, params)
@@ -197,18 +256,28 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         if cfg.privacy == "none":  # the local training loss is not a DP release: sent only without DP
             values["train-loss"] = loss
         metrics = MetricRecord(values)
-        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
+        return Message(RecordDict({protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}),
                        reply_to=msg)
 
     @app.evaluate(mods=[outgoing_guard_mod])
     def evaluate(msg: Message, context: Context) -> Message:
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
-        stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma if cfg.privacy == "user" else 0.0)
+        own = account(context, cfg)
+        if cfg.privacy == "client":
+            raise ValueError("no federated evaluation is released under client-level DP")
+        if cfg.privacy == "user":
+            own.charge(cfg.run_id, "training", evaluation_release(cfg.eval_sigma))
+            _, _, rng = private_generators(context.node_config, dp_research_seed,
+                                           f"{unit_name(context)}|{cfg.run_id}|{cfg.server_round}|evaluate")
+            stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma, rng=rng)
+        else:
+            own.require_private("evaluation")
+            stats = evaluate_local(model, data, mean, std)
         metrics = MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
             "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),
         })
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+        return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app
 

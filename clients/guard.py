@@ -6,8 +6,8 @@ A ClientApp mod that inspects every reply before it is sent. A reply may hold on
   (:func:`fedseg.models.expected_shapes` of the model named in the incoming config);
 - MetricRecords whose keys are in the allow-list of the message type (aggregate figures:
   counts, sums, histograms), with list values no longer than :data:`MAX_LIST_LEN`;
-- at most the unit's own name (ConfigRecord ``identity`` = {``unit-id``}) in reply to the
-  start-up ``query``; nothing else.
+- ConfigRecords only where :data:`fedseg.protocol.ALLOWED_CONFIGS` names them, with exactly
+  their keys (the unit's name and dataset id, a refusal's one-line reason); nothing else.
 
 Anything else is refused: the reply is replaced by an error naming the offending key, and the
 content never leaves the unit.
@@ -23,18 +23,8 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedseg.models import expected_shapes
 from fedseg.metrics import HIST_BINS
+from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS
 
-#: Metric names a unit may send, by message type.
-ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
-    "train": frozenset({"num-examples", "train-loss"}),
-    "evaluate": frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg"}),
-    "query": frozenset({"n", "sum", "sumsq"}),
-    "query.seg_grid": frozenset({"grid"}),
-    "query.seg_lloyd": frozenset({"sums", "counts", "inertia"}),
-    "query.seg_rfm": frozenset({"recency", "frequency", "monetary"}),
-    "query.seg_final": frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
-                                  "warnings", "transitions"}),
-}
 #: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
 MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
 GUARD_ERROR_CODE: Final = 9001
@@ -71,10 +61,9 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
                 if isinstance(value, list) and len(value) > MAX_LIST_LEN:
                     raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {MAX_LIST_LEN})")
         elif isinstance(record, ConfigRecord):
-            # The only config a unit sends is its own name, in reply to the start-up query.
-            if not (kind == "query" and message_type == "query" and key == "identity"
-                    and set(record.keys()) == {"unit-id"}):
-                raise OutgoingRefused(f"config record {key!r} may not leave the unit")
+            keys = ALLOWED_CONFIGS.get(message_type, {}).get(key)
+            if keys is None or set(record.keys()) != keys:
+                raise OutgoingRefused(f"config record {key!r} may not leave the unit in a {message_type} reply")
         else:  # pragma: no cover - RecordDict holds only these three kinds
             raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
 

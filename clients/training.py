@@ -19,6 +19,10 @@ from clients.dataset import UnitData
 from fedseg.metrics import loss_sums, score_histograms
 
 
+class UnitCannotTrain(ValueError):
+    """This unit cannot train with the settings it was sent (the message names no user count)."""
+
+
 @dataclass(frozen=True)
 class TrainParams:
     """Local training settings (sent by the coordinator every round)."""
@@ -65,7 +69,7 @@ def train_local(
     """
     torch.set_num_threads(1)
     if data.n_train == 0:
-        raise ValueError("this unit has no training users at the cutoff; it cannot train")
+        raise UnitCannotTrain("this unit has no training users at the cutoff; it cannot train")
     generator = torch.Generator().manual_seed(params.seed)
     if loader is None:
         loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=params.batch_size,
@@ -115,7 +119,8 @@ class EvalStats:
 
 
 def evaluate_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.ndarray,
-                   noise_sigma: float = 0.0, bins: int | None = None, loss_clip: float = 10.0) -> EvalStats:
+                   noise_sigma: float = 0.0, bins: int | None = None, loss_clip: float = 10.0,
+                   rng: np.random.Generator | None = None) -> EvalStats:
     """Score the unit's test users; only sums and histograms come out.
 
     With ``noise_sigma > 0`` (user-level DP) the histograms have ``bins`` bins, each user's log
@@ -131,7 +136,7 @@ def evaluate_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.n
         loss_sum, brier_sum = loss_sums(probs, labels)
         pos, neg = score_histograms(probs, labels, bins or HIST_BINS)
         return EvalStats(n=len(labels), loss_sum=loss_sum, brier_sum=brier_sum, hist_pos=pos, hist_neg=neg)
-    rng = np.random.default_rng()
+    rng = rng or np.random.default_rng()  # OS entropy
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     per_user_loss = np.minimum(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)), loss_clip)
     from privacy.training_dp import DP_EVAL_BINS
@@ -156,33 +161,42 @@ def train_local_dpsgd(
     sample_rate: float,
     steps: int,
     learning_rate: float,
-    seed: int,
+    sample_generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> tuple[float, int]:
     """User-level DP-SGD with Opacus: exactly ``steps`` Poisson-sampled steps.
 
     Each user is one training example, so Opacus' per-sample clipping to ``max_grad_norm`` is
     per-user clipping; Gaussian noise ``noise_multiplier * max_grad_norm`` is added to every
     summed gradient. The loader's batch size is ``floor(q * n)``, so the sampling rate Opacus
-    uses, ``1 / ceil(n / batch)``, never exceeds the ``q`` the coordinator accounts for. Empty
+    uses, ``1 / ceil(n / batch)``, never exceeds the ``q`` the unit accounts for. Empty
     Poisson batches are stepped over, not resampled. Returns (mean loss, steps taken).
+
+    The Poisson sample is drawn with ``sample_generator`` and the noise with ``noise_generator``;
+    by default both are seeded from OS entropy (:func:`clients.unit_privacy.private_generators`),
+    never from anything the coordinator knows: amplification by subsampling assumes the sample
+    is secret. (Opacus' ``secure_mode`` would also resist floating-point attacks on the noise, but
+    it needs torchcsprng, which does not exist for this torch; docs/privacy.md.)
     """
     from opacus import PrivacyEngine
     from opacus.validators import ModuleValidator
 
     torch.set_num_threads(1)
     n = data.n_train
-    if n == 0:
-        raise ValueError("this unit has no training users at the cutoff; it cannot train")
     batch = int(np.floor(sample_rate * n))
     if batch < 1:
-        raise ValueError(f"sample rate {sample_rate} x {n} training users is below one user per step; "
-                         "raise --sample-rate or use larger units")
+        # The reason goes to the coordinator: it must not state how many users this unit has.
+        raise UnitCannotTrain(f"this unit has too few training users for sample rate {sample_rate} (below one "
+                              "expected user per step); raise --sample-rate or leave this unit out")
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ValueError(f"model is not compatible with DP-SGD: {errors}")
-    generator = torch.Generator().manual_seed(seed)
+    if sample_generator is None or noise_generator is None:
+        from clients.unit_privacy import private_generators
+
+        sample_generator, noise_generator, _ = private_generators({}, None, "dpsgd")
     loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=batch, shuffle=True,
-                        generator=generator)
+                        generator=sample_generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     import warnings
 
@@ -192,7 +206,7 @@ def train_local_dpsgd(
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         dp_model, dp_optimizer, dp_loader = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm, poisson_sampling=True,
+            max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_generator,
         )
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     loss_fn = nn.BCEWithLogitsLoss()

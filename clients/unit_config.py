@@ -8,7 +8,10 @@ that SuperNode needs is in ``unit.toml``::
     users-path = "data/users.parquet"           # optional: users with audit attributes
     on-error = "fail"                           # or "quarantine" (rejected rows kept aside)
     output-dir = "fedseg-output"                # local per-user outputs (scores, segments)
-    epsilon-budget = 8.0                        # optional: refuse runs spending more per user
+    epsilon-budget = 8.0                        # optional: total epsilon per user over all runs
+    # delta-budget = 1e-5                       # total delta (default 1e-5 with epsilon-budget)
+    # ledger-path = "fedseg-output/privacy-ledger.sqlite"  # this unit's own privacy ledger
+    # dataset-id = "shop_north_2024"            # spend is recorded per dataset (default: data fingerprint)
     superlink = "coordinator.example.com:8000"  # the SuperLink's Fleet API, host:port
     root-certificates = "keys/ca.crt"           # the federation's CA (TLS)
     auth-key = "keys/supernodes/shop_north"     # this unit's SuperNode private key
@@ -51,8 +54,17 @@ class UnitConfig(BaseModel):
     users_path: Path | None = Field(None, description="Optional users file (audit attributes).")
     on_error: Literal["fail", "quarantine"] = Field("fail", description="Malformed rows: stop, or set aside.")
     output_dir: Path = Field(Path("fedseg-output"), description="Where local per-user outputs are written.")
-    epsilon_budget: float | None = Field(None, gt=0, description="Largest epsilon per end user this unit "
-                                         "accepts for one run; runs without DP are refused when set.")
+    epsilon_budget: float | None = Field(None, gt=0, description="Total epsilon per end user this unit allows on "
+                                         "its dataset, over every run and task (its ledger adds them up); runs "
+                                         "without DP are refused when set.")
+    delta_budget: float | None = Field(None, gt=0, lt=1, description="Total delta allowed on the dataset (deltas of "
+                                       "runs add up); default 1e-5 when epsilon-budget is set.")
+    ledger_path: Path | None = Field(None, description="This unit's privacy ledger (SQLite); default "
+                                     "<output-dir>/privacy-ledger.sqlite.")
+    dataset_id: str | None = Field(None, description="Name the unit's privacy spend is recorded under; default: a "
+                                   "fingerprint of the events file's content.")
+    dp_seed: int | None = Field(None, description="RESEARCH ONLY: a local seed for DP-SGD's sample and noise "
+                                "(reproducible runs). Leave unset in production: they then come from OS entropy.")
     superlink: str = Field(description="SuperLink Fleet API address, host:port.")
     root_certificates: Path | None = Field(None, description="CA certificate of the federation (TLS).")
     auth_key: Path | None = Field(None, description="SuperNode authentication private key (OpenSSH PEM).")
@@ -99,8 +111,15 @@ class UnitConfig(BaseModel):
                                        "on-error": self.on_error, "output-dir": str(self.output_dir)}
         if self.users_path is not None:
             out["users-path"] = str(self.users_path)
+        out["ledger-path"] = str(self.ledger_path or self.output_dir / "privacy-ledger.sqlite")
         if self.epsilon_budget is not None:
             out["epsilon-budget"] = float(self.epsilon_budget)
+        if self.delta_budget is not None:
+            out["delta-budget"] = float(self.delta_budget)
+        if self.dataset_id is not None:
+            out["dataset-id"] = self.dataset_id
+        if self.dp_seed is not None:
+            out["dp-seed"] = int(self.dp_seed)
         if self.secagg_key is not None and self.secagg_registry is not None:
             out["secagg-key"], out["secagg-registry"] = str(self.secagg_key), str(self.secagg_registry)
         if self.secagg_min_threshold is not None:
@@ -181,7 +200,7 @@ def load_unit_config(path: str | Path, check_files: bool = True) -> UnitConfig:
     values = {k.replace("-", "_"): v for k, v in raw.items()}
     base = source.resolve().parent
     for key in ("data_path", "users_path", "output_dir", "root_certificates", "auth_key", "secagg_key",
-                "secagg_registry"):
+                "secagg_registry", "ledger_path"):
         if isinstance(values.get(key), str):
             values[key] = (base / values[key]).resolve()
     try:

@@ -55,5 +55,13 @@ _mount()
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point: a :class:`fedseg.errors.FedsegError` is one line and its exit code."""
+    from fedseg.errors import FedsegError
+
+    try:
+        app()
+    except FedsegError as exc:
+        from fedseg.console import err_console
+
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None

@@ -8,9 +8,12 @@ through these models so a wrong value is a clear error at start, not a failure m
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from privacy.accounting import Release
 
 #: Per-user features the churn models read, in this order (see :mod:`clients.features`).
 MODEL_FEATURES: Final = (
@@ -125,16 +128,25 @@ class RoundConfig(BaseModel):
     scaler_mean: list[float] | None = None
     scaler_std: list[float] | None = None
     privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
-    noise_multiplier: float = Field(0.0, ge=0, description="DP-SGD noise multiplier z (user mode).")
+    noise_multiplier: float = Field(0.0, ge=0, description="DP-SGD noise multiplier z (user mode); z of the noise "
+                                    "on the sum of clipped updates (client mode).")
     max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm C (user mode).")
     sample_rate: float = Field(0.0, ge=0, le=1, description="DP-SGD Poisson sampling rate q (user mode).")
     steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
     scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
     eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
     delta: float = Field(0.0, ge=0, lt=1, description="delta of the run's (epsilon, delta) guarantee (DP modes).")
-    planned_rounds: int = Field(0, ge=0, description="Training rounds the noise was calibrated for (DP modes).")
-    epsilon_planned: float = Field(0.0, ge=0, description="The coordinator's accountant: epsilon per end user "
-                                   "(per unit in client mode) after all planned rounds; 0 when not stated.")
+    unit_sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson rate at which units are sampled "
+                                    "each round (client mode).")
+    run_id: str = Field("", description="The coordinator's id of the run (stable across resumes): the key of "
+                        "the unit's privacy account.")
+
+    def client_release(self) -> "Release":
+        """The client-level release one round makes (the coordinator adds its noise; client mode)."""
+        from privacy.accounting import Release
+
+        return Release(noise_multiplier=self.noise_multiplier, sample_rate=self.unit_sample_rate,
+                       task="training (client-level, noise added by the coordinator)")
 
     @property
     def features(self) -> FeatureConfig:

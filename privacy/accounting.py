@@ -1,54 +1,151 @@
 """Privacy accounting: every epsilon fedseg states comes from here.
 
-- Poisson-subsampled Gaussian mechanisms composed T times (DP-SGD, client-level DP): Google's
-  ``dp-accounting`` (RDP by default; PLD, tighter, on request).
-- Gaussian releases of counts and sums (segmentation, federated audits) in zero-concentrated DP:
-  a release of L2 sensitivity D with noise sigma costs rho = D^2 / (2 sigma^2), rho adds up,
-  and epsilon = rho + 2 sqrt(rho ln(1/delta)) (Bun and Steinke 2016, Prop. 1.3).
+One interface for every task (training, evaluation, segmentation, audits, KPIs, effects):
+
+- a :class:`Release` describes one kind of differentially private release about a group of end
+  users: a Gaussian mechanism with noise multiplier ``z`` (noise standard deviation divided by
+  the release's L2 sensitivity to adding or removing one end user), optionally Poisson-sampled
+  at rate ``q`` (DP-SGD steps, client-level rounds), repeated ``count`` times;
+- :func:`epsilon` composes any list of releases with Google's ``dp-accounting`` (RDP by
+  default, the figure fedseg states; PLD, tighter, on request) at a given delta;
+- :func:`calibrate` is the one bisection: the smallest noise multiplier whose releases meet a
+  target epsilon;
+- :func:`default_delta` is the one default-delta rule.
+
+User groups. A release touches ``all`` users, or only the ``train`` users, or only the
+``test`` users of a unit (training and evaluation touch disjoint users). A user's epsilon
+composes the releases that touch them; the guarantee fedseg prints is the largest over the
+groups (parallel composition over disjoint users): ``max(eps(train + all), eps(test + all))``.
+
+Composition. Within one run, releases compose exactly by the accountant (RDP or PLD over
+heterogeneous events). Across runs and tasks the budget ledger adds epsilons and deltas
+(basic composition, valid for any mix of mechanisms; see :mod:`privacy.ledger`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import dp_accounting as dpa
+from absl import logging as absl_logging
+from pydantic import BaseModel, ConfigDict, Field
+
+# dp-accounting logs a warning for every RDP order it drops as non-convergent; the orders it
+# keeps still give a valid (conservative) bound, so keep the log readable.
+absl_logging.set_verbosity(absl_logging.ERROR)
+
+AccountantName = Literal["rdp", "pld"]
+Group = Literal["all", "train", "test"]
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-            accountant: Literal["rdp", "pld"] = "rdp") -> float:
+class Release(BaseModel):
+    """``count`` Gaussian releases about one group of end users, optionally Poisson-sampled.
+
+    ``noise_multiplier`` z is the noise standard deviation divided by the release's L2
+    sensitivity (add/remove one end user, or one unit in client-level DP). ``sample_rate``
+    q < 1 means each user (unit) is included independently with probability q in each release.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    noise_multiplier: float = Field(ge=0, description="z = noise std / L2 sensitivity; 0: no noise (epsilon inf).")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson sampling rate q (1: no sampling).")
+    count: int = Field(1, ge=0, description="How many times this release is made.")
+    group: Group = Field("all", description="Users it touches: all, train (training users), test (test users).")
+    task: str = Field("", description="What the release is for (training, evaluation, segmentation, audit, ...).")
+
+    def event(self) -> dpa.DpEvent:
+        """The dp-accounting event of this release."""
+        single: dpa.DpEvent = dpa.GaussianDpEvent(self.noise_multiplier)
+        if self.sample_rate < 1:
+            single = dpa.PoissonSampledDpEvent(self.sample_rate, single)
+        return single if self.count == 1 else dpa.SelfComposedDpEvent(single, self.count)
+
+
+def _accountant(name: AccountantName) -> dpa.PrivacyAccountant:
+    if name == "pld":
+        return dpa.pld.PLDAccountant()
+    if name == "rdp":
+        return dpa.rdp.RdpAccountant()
+    raise ValueError(f"unknown accountant {name!r}; choose rdp or pld")
+
+
+def _group_epsilon(releases: Sequence[Release], delta: float, accountant: AccountantName) -> float:
+    live = [r for r in releases if r.count > 0]
+    if not live:
+        return 0.0
+    if any(r.noise_multiplier <= 0 for r in live):
+        return math.inf
+    event = live[0].event() if len(live) == 1 else dpa.ComposedDpEvent([r.event() for r in live])
+    return float(_accountant(accountant).compose(event).get_epsilon(delta))
+
+
+def group_epsilons(releases: Sequence[Release], delta: float, accountant: AccountantName = "rdp"
+                   ) -> dict[str, float]:
+    """epsilon of each user group present: ``train`` and ``test`` include the ``all`` releases."""
+    groups = {r.group for r in releases}
+    if not 0 < delta < 1:
+        raise ValueError(f"delta {delta} must be in (0, 1)")
+    if groups <= {"all"}:
+        return {"all": _group_epsilon(releases, delta, accountant)}
+    return {g: _group_epsilon([r for r in releases if r.group in (g, "all")], delta, accountant)
+            for g in ("train", "test") if g in groups or "all" in groups}
+
+
+def epsilon(releases: Sequence[Release], delta: float, accountant: AccountantName = "rdp") -> float:
+    """The per-user epsilon of ``releases`` at ``delta``: the largest over user groups."""
+    return max(group_epsilons(releases, delta, accountant).values(), default=0.0)
+
+
+def sampled_gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                             accountant: AccountantName = "rdp") -> float:
     """epsilon after ``steps`` Poisson-sampled (rate ``sample_rate``) Gaussian releases."""
-    if noise_multiplier <= 0:
-        return float("inf")
-    event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(sample_rate, dpa.GaussianDpEvent(noise_multiplier)),
-                                    steps)
-    acc = dpa.pld.PLDAccountant() if accountant == "pld" else dpa.rdp.RdpAccountant()
-    return float(acc.compose(event).get_epsilon(delta))
+    return epsilon([Release(noise_multiplier=noise_multiplier, sample_rate=sample_rate, count=steps)], delta,
+                   accountant)
 
 
-def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, delta: float,
-                         accountant: Literal["rdp", "pld"] = "rdp") -> float:
-    """Smallest noise multiplier whose :func:`epsilon` is at most ``target_epsilon`` (bisection)."""
-    lo, hi = 0.05, 200.0
-    if epsilon(hi, sample_rate, steps, delta, accountant) > target_epsilon:
-        raise ValueError(f"epsilon {target_epsilon} is out of reach even with noise multiplier {hi}")
-    if epsilon(lo, sample_rate, steps, delta, accountant) <= target_epsilon:
+def calibrate(releases_for: Callable[[float], Sequence[Release]], target_epsilon: float, delta: float,
+              accountant: AccountantName = "rdp", lo: float = 0.05, hi: float = 1e4, rel_tol: float = 1e-7) -> float:
+    """Smallest noise multiplier z in [lo, hi] with ``epsilon(releases_for(z)) <= target_epsilon``.
+
+    ``releases_for`` must give releases whose epsilon decreases as z grows. Bisection on log z.
+    """
+    if not target_epsilon > 0:
+        raise ValueError(f"target epsilon {target_epsilon} must be positive")
+
+    def eps(z: float) -> float:
+        return epsilon(releases_for(z), delta, accountant)
+
+    if eps(hi) > target_epsilon:
+        raise ValueError(f"epsilon {target_epsilon} is out of reach even with noise multiplier {hi:g}; "
+                         "plan fewer rounds, steps or releases, or a larger epsilon")
+    if eps(lo) <= target_epsilon:
         return lo
-    while hi / lo > 1 + 1e-5:
-        mid = (lo * hi) ** 0.5
-        if epsilon(mid, sample_rate, steps, delta, accountant) <= target_epsilon:
+    while hi / lo > 1 + rel_tol:
+        mid = math.sqrt(lo * hi)
+        if eps(mid) <= target_epsilon:
             hi = mid
         else:
             lo = mid
     return hi
 
 
-def rho_for_epsilon(epsilon: float, delta: float) -> float:
-    """The largest zCDP rho with ``rho + 2 sqrt(rho ln(1/delta)) <= epsilon``."""
-    log_term = math.log(1 / delta)
-    return (math.sqrt(log_term + epsilon) - math.sqrt(log_term)) ** 2
+def gaussian_noise_multiplier(target_epsilon: float, delta: float, count: int = 1) -> float:
+    """z of ``count`` Gaussian releases that together cost ``target_epsilon`` at ``delta``."""
+    return calibrate(lambda z: [Release(noise_multiplier=z, count=count)], target_epsilon, delta)
 
 
-def epsilon_for_rho(rho: float, delta: float) -> float:
-    """``rho + 2 sqrt(rho ln(1/delta))`` (Bun and Steinke 2016, Prop. 1.3)."""
-    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+def default_delta(n_users: float) -> float:
+    """The default delta for a dataset of ``n_users`` end users: the largest power of ten at most
+    ``1 / (10 n)`` (so delta stays well below the 1/n at which a mechanism could reveal one
+    user's data outright; e.g. 23,570 CDNOW users -> 1e-6)."""
+    n = max(float(n_users), 1.0)
+    exponent = math.floor(math.log10(1.0 / (10.0 * n)) + 1e-12)
+    return 10.0 ** exponent
+
+
+def delta_acceptable(delta: float, n_users: int) -> bool:
+    """Whether ``delta`` meets the default-delta rule for a dataset of ``n_users`` users."""
+    return delta <= 1.0 / (10.0 * max(n_users, 1)) * (1 + 1e-9)

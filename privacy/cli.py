@@ -26,7 +26,7 @@ def epsilon_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Epsilon of a Poisson-sampled Gaussian mechanism composed T times (or the z for a target)."""
-    from privacy.accounting import epsilon, noise_multiplier_for
+    from privacy.accounting import Release, calibrate, sampled_gaussian_epsilon
 
     if not 0 < sample_rate <= 1:
         fail(f"--sample-rate {sample_rate} must be in (0, 1].")
@@ -44,13 +44,13 @@ def epsilon_command(
         if target_epsilon <= 0:
             fail(f"--target-epsilon {target_epsilon} must be > 0.")
         try:
-            z = noise_multiplier_for(target_epsilon, sample_rate, steps, delta, accountant)  # type: ignore[arg-type]
+            z = calibrate(lambda v: [Release(noise_multiplier=v, sample_rate=sample_rate, count=steps)],
+                          target_epsilon, delta, accountant)  # type: ignore[arg-type]
         except ValueError as exc:
             fail(str(exc))
-        eps = epsilon(z, sample_rate, steps, delta, accountant)  # type: ignore[arg-type]
     else:
         z = noise_multiplier
-        eps = epsilon(z, sample_rate, steps, delta, accountant)  # type: ignore[arg-type]
+    eps = sampled_gaussian_epsilon(z, sample_rate, steps, delta, accountant)  # type: ignore[arg-type]
     result = {"epsilon": eps, "delta": delta, "noise_multiplier": z, "sample_rate": sample_rate, "steps": steps,
               "mechanism": "Poisson-subsampled Gaussian, composed T times", "accountant": f"{accountant} (dp-accounting)"}
     if target_epsilon is not None:
@@ -63,39 +63,46 @@ def epsilon_command(
                   highlight=False)
 
 
+LedgerOption = Annotated[Path, typer.Option("--ledger", "--path", help="Ledger file (SQLite).")]
+
+
 @app.command("ledger")
 def ledger_command(
-    path: Annotated[Path, typer.Option(help="Ledger file.")] = DEFAULT_LEDGER,
+    ledger: LedgerOption = DEFAULT_LEDGER,
     run: Annotated[str | None, typer.Option(help="Show the releases of one run id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Budgets, spend and what is left, per unit and dataset."""
+    """Budgets, spend (epsilon and delta) and what is left, per unit and dataset, by task."""
     from rich.table import Table
 
     from privacy.ledger import BudgetLedger
 
-    if not path.exists():
-        fail(f"{path}: no ledger yet; runs with --ledger {path} create it, or `fedseg privacy budget set`.")
-    ledger = BudgetLedger(path)
+    if not ledger.exists():
+        fail(f"{ledger}: no ledger yet; runs with --ledger {ledger} create it, or `fedseg privacy budget set`.")
+    book = BudgetLedger(ledger)
     if run:
-        rows = ledger.run_rows(run)
+        rows = book.run_rows(run)
         if as_json:
             print(json.dumps(rows))
             return
         for row in rows:
             console.print(row, highlight=False)
         return
-    rows = ledger.summary()
+    rows = book.summary()
     if as_json:
         print(json.dumps([r.model_dump() for r in rows]))
         return
-    table = Table(title=f"privacy ledger {path}")
-    for col in ("unit", "dataset", "budget epsilon", "spent", "remaining", "runs"):
+    table = Table(title=f"privacy ledger {ledger} (epsilon per end user; across runs epsilons and deltas add)")
+    for col in ("unit", "dataset", "budget", "spent", "remaining", "runs by task"):
         table.add_column(col)
+
+    def pair(eps: float | None, delta: float | None) -> str:
+        return "-" if eps is None else f"{eps:.3f} (delta {delta:.2g})"
+
     for r in rows:
-        table.add_row(r.unit, r.dataset, "-" if r.budget_epsilon is None else f"{r.budget_epsilon:g}",
-                      f"{r.spent_epsilon:.3f}", "-" if r.remaining_epsilon is None else f"{r.remaining_epsilon:.3f}",
-                      str(r.runs))
+        tasks = ", ".join(f"{task} {t.runs} ({t.epsilon:.3f})" for task, t in sorted(r.releases_by_task.items()))
+        table.add_row(r.unit, r.dataset, pair(r.budget_epsilon, r.budget_delta), pair(r.spent_epsilon, r.spent_delta),
+                      pair(r.remaining_epsilon, r.remaining_delta), tasks or "-")
     console.print(table)
 
 
@@ -106,16 +113,17 @@ app.add_typer(budget_app, name="budget")
 @budget_app.command("set")
 def budget_set(
     epsilon: Annotated[float, typer.Option(help="Total epsilon per end user the unit allows on the dataset.")],
-    dataset: Annotated[str, typer.Option(help="Dataset name runs record under (fedseg simulate: the dataset name).")],
+    dataset: Annotated[str, typer.Option(help="Dataset id the units record under (simulations: the dataset name, e.g. cdnow).")],
     unit: Annotated[str, typer.Option(help="Unit name, or * for every unit without its own budget.")] = "*",
-    delta: Annotated[float, typer.Option(help="delta of the budget.")] = 1e-5,
-    path: Annotated[Path, typer.Option(help="Ledger file.")] = DEFAULT_LEDGER,
+    delta: Annotated[float, typer.Option(help="Total delta the unit allows on the dataset (deltas of runs add up).")] = 1e-5,
+    ledger: LedgerOption = DEFAULT_LEDGER,
 ) -> None:
     """Set (or replace) a unit's budget on a dataset."""
     from privacy.ledger import BudgetLedger
 
     try:
-        BudgetLedger(path).set_budget(unit, dataset, epsilon, delta)
+        BudgetLedger(ledger).set_budget(unit, dataset, epsilon, delta)
     except ValueError as exc:
         fail(str(exc))
-    console.print(f"budget of {'every unit' if unit == '*' else unit} on {dataset}: epsilon {epsilon:g}, delta {delta:g} ({path})")
+    console.print(f"budget of {'every unit' if unit == '*' else unit} on {dataset}: epsilon {epsilon:g}, "
+                  f"delta {delta:g} ({ledger})", highlight=False)

@@ -1,20 +1,26 @@
-"""The privacy budget ledger: what each unit has spent on each dataset, persistently.
+"""The privacy budget ledger: what each unit has spent on each of its datasets, across every task.
 
 SQLite (standard library), one file, every write in one transaction (WAL journal), so a crash
-leaves the ledger as it was before or after a write, never in between.
+leaves the ledger as it was before or after a write, never in between. Units keep their own
+ledger (``ledger-path`` in ``unit.toml``; in simulation ``--ledger``, shared by the simulated
+units, each under its own name) and write it themselves before every release: the coordinator
+neither reads nor writes it.
 
-Semantics (per ``(unit, dataset)``):
+Semantics, per ``(unit, dataset)``:
 
-- a **budget** (epsilon, delta) may be set per unit and dataset, or a default for all;
-- a run writes a **release** row *before* each private release goes out (write-ahead):
-  ``(run_id, release_no)`` with the run's cumulative epsilon after that release, computed by
-  the run's accountant. Writing the same ``(run_id, unit, dataset, release_no)`` twice is a
-  no-op, so a resumed run never double-counts; a release that was written but whose round
-  then failed still counts, so a crash never loses spend (a round re-run after a crash is a
-  new release: its noise was drawn again, and it is accounted as such);
-- the **spend of a run** is its largest cumulative epsilon (composition within a run is the
-  accountant's job); the **spend of a unit** on a dataset is the sum over runs (basic
-  sequential composition across runs: valid and conservative).
+- a **budget** ``(epsilon, delta)`` may be set per unit and dataset, or a default for every unit
+  (``unit = '*'``); a unit's ``unit.toml`` budget takes precedence over the file's;
+- a **run** (one training run, segmentation, federated audit, KPI report ...; ``task`` names
+  which) is accepted before its first release: the unit computes the run's planned epsilon with
+  its own accountant and refuses it, before anything is released or charged, when the budget
+  cannot cover it (:class:`BudgetExceeded`);
+- a **release** row is written *before* the release leaves the unit (write-ahead): the release
+  itself (its :class:`privacy.accounting.Release`) and the run's cumulative ``(epsilon, delta)``
+  after it, composed by the accountant over every release of the run so far. A release that
+  was written but whose reply was then lost still counts, so a crash never loses spend;
+- the **spend of a run** is the cumulative ``(epsilon, delta)`` of its last release; the
+  **spend of a unit** on a dataset is the sum over runs of epsilon and of delta (basic
+  sequential composition: valid for any mix of mechanisms, and conservative).
 """
 
 from __future__ import annotations
@@ -29,22 +35,51 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from fedseg.errors import FedsegError
+from privacy.accounting import Release
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budgets (
     unit TEXT NOT NULL, dataset TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
     PRIMARY KEY (unit, dataset));
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT NOT NULL, unit TEXT NOT NULL, dataset TEXT NOT NULL, task TEXT NOT NULL,
+    delta REAL NOT NULL, accepted_epsilon REAL NOT NULL, accepted_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, unit, dataset));
 CREATE TABLE IF NOT EXISTS releases (
     run_id TEXT NOT NULL, unit TEXT NOT NULL, dataset TEXT NOT NULL, release_no INTEGER NOT NULL,
     epsilon_cumulative REAL NOT NULL, delta REAL NOT NULL, mechanism TEXT NOT NULL,
-    details TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    details TEXT NOT NULL, recorded_at TEXT NOT NULL, task TEXT NOT NULL DEFAULT 'training',
     PRIMARY KEY (run_id, unit, dataset, release_no));
 """
 #: Unit name under which a default budget for every unit is stored.
 ANY_UNIT = "*"
+#: Slack for floating-point comparisons of epsilons (the accountant's own rounding).
+TOLERANCE = 1e-9
 
 
-class BudgetExceeded(RuntimeError):
-    """A run would spend more than a unit has left."""
+class BudgetExceeded(FedsegError):
+    """A run would spend more than a unit has left on a dataset (refused before any release)."""
+
+    exit_code = 2
+
+    def __init__(self, unit: str, dataset: str, spent: tuple[float, float], asked: tuple[float, float],
+                 budget: tuple[float, float]) -> None:
+        self.unit, self.dataset, self.spent, self.asked, self.budget = unit, dataset, spent, asked, budget
+        remaining = (max(budget[0] - spent[0], 0.0), max(budget[1] - spent[1], 0.0))
+        self.remaining = remaining
+        super().__init__(
+            f"unit {unit!r} on dataset {dataset!r}: spent epsilon {spent[0]:.3f} (delta {spent[1]:.3g}), this run "
+            f"asks {asked[0]:.3f} (delta {asked[1]:.3g}), remaining {remaining[0]:.3f} (delta {remaining[1]:.3g}) "
+            f"of the budget {budget[0]:g} (delta {budget[1]:g}); lower --epsilon, or raise the unit's budget")
+
+
+class TaskSpend(BaseModel):
+    """Spend of one task (training, segmentation, audit, ...) on a unit's dataset."""
+
+    runs: int
+    epsilon: float
+    delta: float
 
 
 class UnitSpend(BaseModel):
@@ -55,8 +90,13 @@ class UnitSpend(BaseModel):
     budget_epsilon: float | None
     budget_delta: float | None
     spent_epsilon: float
+    spent_delta: float
     remaining_epsilon: float | None
+    remaining_delta: float | None
     runs: int
+    releases_by_task: dict[str, TaskSpend]
+    composition: str = ("within a run: RDP over every release (dp-accounting); across runs and tasks: basic "
+                        "composition (epsilons add, deltas add)")
 
 
 class BudgetLedger:
@@ -68,11 +108,14 @@ class BudgetLedger:
         db = self._connect()
         try:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(releases)")}
+            if "task" not in columns:  # a ledger written before tasks were recorded: all training
+                db.execute("ALTER TABLE releases ADD COLUMN task TEXT NOT NULL DEFAULT 'training'")
         finally:
             db.close()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         return db
@@ -94,92 +137,127 @@ class BudgetLedger:
     # ---------------------------------------------------------------- budgets
     def set_budget(self, unit: str, dataset: str, epsilon: float, delta: float) -> None:
         """Set (or replace) the budget of ``unit`` on ``dataset``; ``unit='*'`` sets the default."""
-        if epsilon <= 0 or not 0 < delta < 1:
+        if not epsilon > 0 or not 0 < delta < 1:
             raise ValueError(f"a budget needs epsilon > 0 and 0 < delta < 1, got ({epsilon}, {delta})")
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO budgets VALUES (?, ?, ?, ?)", (unit, dataset, epsilon, delta))
 
     def budget(self, unit: str, dataset: str) -> tuple[float, float] | None:
         with self._tx() as db:
-            for who in (unit, ANY_UNIT):
-                row = db.execute("SELECT epsilon, delta FROM budgets WHERE unit=? AND dataset=?",
-                                 (who, dataset)).fetchone()
-                if row:
-                    return float(row[0]), float(row[1])
+            return self._budget(db, unit, dataset)
+
+    @staticmethod
+    def _budget(db: sqlite3.Connection, unit: str, dataset: str) -> tuple[float, float] | None:
+        for who in (unit, ANY_UNIT):
+            row = db.execute("SELECT epsilon, delta FROM budgets WHERE unit=? AND dataset=?", (who, dataset)).fetchone()
+            if row:
+                return float(row[0]), float(row[1])
         return None
 
     # ---------------------------------------------------------------- spend
-    def spent(self, unit: str, dataset: str, exclude_run: str | None = None) -> float:
-        """Sum over runs of each run's largest cumulative epsilon."""
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT COALESCE(SUM(m), 0) FROM (SELECT MAX(epsilon_cumulative) AS m FROM releases "
-                "WHERE unit=? AND dataset=? AND run_id IS NOT ? GROUP BY run_id)",
-                (unit, dataset, exclude_run)).fetchone()
-        return float(row[0])
+    @staticmethod
+    def _run_spends(db: sqlite3.Connection, unit: str, dataset: str) -> list[tuple[str, str, float, float]]:
+        """(run_id, task, epsilon, delta) of every run: the cumulative figures of its last release."""
+        return [(r, t, float(e), float(d)) for r, t, e, d in db.execute(
+            "SELECT r.run_id, COALESCE(a.task, r.task), r.epsilon_cumulative, r.delta FROM releases r JOIN "
+            "(SELECT run_id, MAX(release_no) AS n FROM releases WHERE unit=? AND dataset=? GROUP BY run_id) last "
+            "ON r.run_id = last.run_id AND r.release_no = last.n "
+            "LEFT JOIN runs a ON a.run_id = r.run_id AND a.unit = r.unit AND a.dataset = r.dataset "
+            "WHERE r.unit=? AND r.dataset=?", (unit, dataset, unit, dataset))]
 
-    def run_spent(self, run_id: str, unit: str, dataset: str) -> float:
+    def spent(self, unit: str, dataset: str, exclude_run: str | None = None) -> tuple[float, float]:
+        """``(epsilon, delta)`` spent by every run (but ``exclude_run``): sums over runs."""
         with self._tx() as db:
-            row = db.execute("SELECT COALESCE(MAX(epsilon_cumulative), 0) FROM releases WHERE run_id=? AND unit=? "
-                             "AND dataset=?", (run_id, unit, dataset)).fetchone()
-        return float(row[0])
+            spends = [s for s in self._run_spends(db, unit, dataset) if s[0] != exclude_run]
+        return sum(s[2] for s in spends), sum(s[3] for s in spends)
+
+    def run_releases(self, run_id: str, unit: str, dataset: str) -> list[Release]:
+        """The releases recorded for one run, in order."""
+        with self._tx() as db:
+            rows = db.execute("SELECT details FROM releases WHERE run_id=? AND unit=? AND dataset=? "
+                              "ORDER BY release_no", (run_id, unit, dataset)).fetchall()
+        out = []
+        for (details,) in rows:
+            spec = json.loads(details).get("release")
+            if spec is not None:
+                out.append(Release.model_validate(spec))
+        return out
 
     def releases(self, run_id: str, unit: str, dataset: str) -> int:
         """Highest release number written for ``run_id`` (0 if none)."""
         with self._tx() as db:
-            row = db.execute("SELECT COALESCE(MAX(release_no), -1) FROM releases WHERE run_id=? AND unit=? "
+            row = db.execute("SELECT COALESCE(MAX(release_no), 0) FROM releases WHERE run_id=? AND unit=? "
                              "AND dataset=?", (run_id, unit, dataset)).fetchone()
         return int(row[0])
 
-    def remaining(self, unit: str, dataset: str) -> float | None:
+    def remaining(self, unit: str, dataset: str) -> tuple[float, float] | None:
         budget = self.budget(unit, dataset)
-        return None if budget is None else budget[0] - self.spent(unit, dataset)
+        if budget is None:
+            return None
+        spent = self.spent(unit, dataset)
+        return budget[0] - spent[0], budget[1] - spent[1]
 
-    def check(self, unit: str, dataset: str, run_id: str | None, run_epsilon: float) -> None:
-        """Raise :class:`BudgetExceeded` if this run, at ``run_epsilon`` in total, would overspend."""
-        budget = self.budget(unit, dataset)
+    def check(self, unit: str, dataset: str, run_id: str | None, run_epsilon: float, run_delta: float,
+              budget: tuple[float, float] | None = None) -> None:
+        """Raise :class:`BudgetExceeded` if this run, at ``(run_epsilon, run_delta)`` in total, would
+        overspend ``budget`` (default: the ledger's budget for the unit; none set: no limit)."""
+        budget = budget or self.budget(unit, dataset)
         if budget is None:
             return
         others = self.spent(unit, dataset, exclude_run=run_id)
-        if others + run_epsilon > budget[0] + 1e-12:
-            left = max(budget[0] - others, 0.0)
-            raise BudgetExceeded(
-                f"unit {unit!r} on dataset {dataset!r}: this run would spend epsilon {run_epsilon:.3f} but only "
-                f"{left:.3f} of its budget {budget[0]:g} is left ({others:.3f} spent by earlier runs). "
-                "Lower --epsilon, or raise the budget with `fedseg privacy budget set`."
-            )
+        if (others[0] + run_epsilon > budget[0] + TOLERANCE or others[1] + run_delta > budget[1] * (1 + 1e-9)):
+            raise BudgetExceeded(unit, dataset, others, (run_epsilon, run_delta), budget)
+
+    def accept_run(self, run_id: str, unit: str, dataset: str, task: str, delta: float, accepted_epsilon: float) -> None:
+        """Record that a run was accepted at ``accepted_epsilon`` in total (replaces an earlier acceptance)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, unit, dataset, task, delta, accepted_epsilon, dt.datetime.now(dt.UTC).isoformat()))
+
+    def accepted(self, run_id: str, unit: str, dataset: str) -> tuple[float, float] | None:
+        """``(delta, accepted epsilon)`` of a run this unit accepted, or None."""
+        with self._tx() as db:
+            row = db.execute("SELECT delta, accepted_epsilon FROM runs WHERE run_id=? AND unit=? AND dataset=?",
+                             (run_id, unit, dataset)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
 
     def record(self, run_id: str, unit: str, dataset: str, release_no: int, epsilon_cumulative: float,
-               delta: float, mechanism: str, details: dict[str, Any] | None = None) -> bool:
+               delta: float, mechanism: str, details: dict[str, Any] | None = None, task: str = "training") -> bool:
         """Write a release (write-ahead); returns False if it was already written (no double count)."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO releases (run_id, unit, dataset, release_no, epsilon_cumulative, delta, "
+                "mechanism, details, recorded_at, task) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, unit, dataset, release_no, float(epsilon_cumulative), float(delta), mechanism,
-                 json.dumps(details or {}, sort_keys=True), dt.datetime.now(dt.UTC).isoformat()))
+                 json.dumps(details or {}, sort_keys=True), dt.datetime.now(dt.UTC).isoformat(), task))
             return cur.rowcount == 1
 
     # ---------------------------------------------------------------- views
     def summary(self) -> list[UnitSpend]:
-        """Budget, spend and remaining budget of every (unit, dataset) the ledger knows."""
+        """Budget, spend, remaining budget and spend by task of every (unit, dataset) the ledger knows."""
         with self._tx() as db:
             pairs = db.execute("SELECT DISTINCT unit, dataset FROM releases UNION "
                                "SELECT unit, dataset FROM budgets WHERE unit != ?", (ANY_UNIT,)).fetchall()
-            runs = dict(((u, d), n) for u, d, n in db.execute(
-                "SELECT unit, dataset, COUNT(DISTINCT run_id) FROM releases GROUP BY unit, dataset"))
-        out = []
-        for unit, dataset in sorted(pairs):
-            budget = self.budget(unit, dataset)
-            spent = self.spent(unit, dataset)
-            out.append(UnitSpend(unit=unit, dataset=dataset, budget_epsilon=budget[0] if budget else None,
-                                 budget_delta=budget[1] if budget else None, spent_epsilon=spent,
-                                 remaining_epsilon=(budget[0] - spent) if budget else None,
-                                 runs=runs.get((unit, dataset), 0)))
+            out = []
+            for unit, dataset in sorted(pairs):
+                budget = self._budget(db, unit, dataset)
+                spends = self._run_spends(db, unit, dataset)
+                eps, delta = sum(s[2] for s in spends), sum(s[3] for s in spends)
+                by_task: dict[str, TaskSpend] = {}
+                for _, task, e, d in spends:
+                    t = by_task.setdefault(task, TaskSpend(runs=0, epsilon=0.0, delta=0.0))
+                    t.runs, t.epsilon, t.delta = t.runs + 1, t.epsilon + e, t.delta + d
+                out.append(UnitSpend(
+                    unit=unit, dataset=dataset, budget_epsilon=budget[0] if budget else None,
+                    budget_delta=budget[1] if budget else None, spent_epsilon=eps, spent_delta=delta,
+                    remaining_epsilon=(budget[0] - eps) if budget else None,
+                    remaining_delta=(budget[1] - delta) if budget else None,
+                    runs=len(spends), releases_by_task=by_task))
         return out
 
     def run_rows(self, run_id: str) -> list[dict[str, Any]]:
         with self._tx() as db:
-            rows = db.execute("SELECT unit, dataset, release_no, epsilon_cumulative, delta, mechanism FROM releases "
-                              "WHERE run_id=? ORDER BY unit, release_no", (run_id,)).fetchall()
-        return [dict(zip(("unit", "dataset", "release_no", "epsilon_cumulative", "delta", "mechanism"), r))
+            rows = db.execute("SELECT unit, dataset, task, release_no, epsilon_cumulative, delta, mechanism "
+                              "FROM releases WHERE run_id=? ORDER BY unit, release_no", (run_id,)).fetchall()
+        return [dict(zip(("unit", "dataset", "task", "release_no", "epsilon_cumulative", "delta", "mechanism"), r))
                 for r in rows]

@@ -16,14 +16,17 @@ unit adding its own Gaussian noise when a privacy budget is set):
    returns per-segment totals (sizes, churned users, profile sums, RFM segments, value tiers,
    lifecycle stages, warnings) and the lifecycle transition counts between two cutoffs.
 
-Privacy (zCDP, add/remove one end user, users in one unit only): with per-entry noise
-``sigma`` a release of L2 sensitivity ``Delta`` costs ``rho = Delta^2 / (2 sigma^2)``; the
-grid histogram has ``Delta = 1``, a Lloyd step ``Delta^2 = d`` for sums plus 1 for counts, the
-three RFM histograms ``Delta^2 = 3``, the final totals ``Delta^2 = T + d`` (one count in each
-of ``T`` tables plus the profile sum) and the transition counts ``Delta = 1``. rho adds up;
-``epsilon = rho + 2 sqrt(rho ln(1/delta))``. The budget is split over the steps by
-:class:`SegmentationBudget`; each unit adds the full noise itself (the coordinator sees each
-unit's answer), so the merged noise has variance ``units x sigma^2``.
+Privacy (add/remove one end user, users in one unit only): every step is a Gaussian mechanism
+whose L2 sensitivity the unit itself computes (:func:`clients.segment_handlers.step_sensitivities`):
+the grid histogram ``Delta = 1``, a Lloyd step ``Delta^2 = R d`` for the sums and ``R`` for the
+counts (R candidate centroid sets), the three RFM histograms ``Delta^2 = 3``, the final totals
+``Delta^2 = T + d`` (one count in each of ``T`` tables plus the profile sum) and the transition
+counts ``Delta = 1``. Gaussian releases compose in Renyi DP as one Gaussian whose
+``1 / (2 z^2)`` is the sum of theirs (zero-concentrated DP ``rho``), so the budget is split over
+the steps as shares of ``rho`` (:class:`SegmentationBudget`), with the total ``rho`` chosen so that
+the accountant (:mod:`privacy.accounting`, RDP) gives exactly the target epsilon. Each unit adds
+the full noise itself (the coordinator sees each unit's answer), so the merged noise has variance
+``units x sigma^2``; and each unit charges every step to its own privacy account before it answers.
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from pydantic import BaseModel, Field
 
-from privacy.accounting import epsilon_for_rho, rho_for_epsilon
+from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step, step_sensitivities
 from clients.segments import D, GRID_BINS, RFM_EDGES, grid_centers, quantile_bins, vectors_to_profile
+from fedseg import protocol
+from privacy.accounting import Release, default_delta, epsilon, gaussian_noise_multiplier
+from server.grid import agree_privacy, ask, wait_for_units
 
 #: Initialisations refined side by side without noise, and with noise (where R restarts
 #: multiply a Lloyd step's squared sensitivity by R, so its noise by sqrt(R)). Measured on the
@@ -48,8 +54,6 @@ from clients.segments import D, GRID_BINS, RFM_EDGES, grid_centers, quantile_bin
 #: 0.50-0.97), the extra noise and the noisy ranking costing more than the extra starts gain.
 DEFAULT_RESTARTS = 16
 DP_RESTARTS = 1
-#: Count tables in the final release (sizes, churned, RFM segments, tiers, stages, warnings).
-FINAL_TABLES = 6
 
 
 class SegmentationBudget(BaseModel):
@@ -75,7 +79,10 @@ class SegmentationPlan(BaseModel):
                                  "best kept; default 16 without noise, 1 with (R restarts multiply the "
                                  "Lloyd noise by sqrt(R)).")
     epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user; None: no noise.")
-    delta: float = Field(1e-6, gt=0, lt=1)
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(1_000_000, ge=1, description="Upper bound on the end users over all units; sets the "
+                            "default delta (simulations know it exactly).")
     budget: SegmentationBudget = SegmentationBudget()
     min_count: float = Field(5.0, ge=0, description="Centroids with fewer (noisy) users stay put.")
     inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
@@ -83,6 +90,10 @@ class SegmentationPlan(BaseModel):
     seed: int = 0
     dataset: str = Field("", description="Bundled dataset for units without data ('cdnow', simulation only).")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
+
+    @property
+    def run_delta(self) -> float:
+        return self.delta if self.delta is not None else default_delta(self.population)
 
     @property
     def lloyd_iterations(self) -> int:
@@ -108,61 +119,65 @@ class NoisePlan(BaseModel):
     delta: float = 0.0
 
 
+def _sigma(sens_sq: float, rho_step: float) -> float:
+    return math.sqrt(sens_sq / (2 * rho_step))
+
+
 def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     """Calibrate every step's sigma to the plan's epsilon (see the module doc)."""
+    delta = plan.run_delta
     if plan.epsilon is None:
-        return NoisePlan(delta=plan.delta)
+        return NoisePlan(delta=delta)
     b = plan.budget
     total = b.grid + b.lloyd + b.rfm + b.final + (b.transitions if plan.previous_cutoff else 0.0)
-    rho = rho_for_epsilon(plan.epsilon, plan.delta)
+    # one Gaussian of noise multiplier z meets the target exactly; its rho = 1 / (2 z^2) is split
+    rho = 1.0 / (2.0 * gaussian_noise_multiplier(plan.epsilon, delta) ** 2)
     share = {k: getattr(b, k) / total * rho for k in ("grid", "lloyd", "rfm", "final", "transitions")}
-
-    def sigma(sens_sq: float, rho_step: float) -> float:
-        return math.sqrt(sens_sq / (2 * rho_step))
-
     per_iter = share["lloyd"] / plan.lloyd_iterations
-    # split a Lloyd step's rho so sums (Delta^2 = d) and counts (1) get equal sigma; a user
-    # adds to one centroid of each of the R restarts: Delta^2 = R (d + 1)
-    lloyd_sens = plan.lloyd_restarts * (D + 1)
-    s_lloyd = sigma(lloyd_sens, per_iter)
+    # a Lloyd step's sums (Delta^2 = R d) and counts (R) get equal sigma: Delta^2 = R (d + 1) in all
+    s_lloyd = _sigma(plan.lloyd_restarts * (D + 1), per_iter)
     out = NoisePlan(
-        sigma_grid=sigma(1, share["grid"]),
+        sigma_grid=_sigma(1, share["grid"]),
         sigma_lloyd_sums=s_lloyd,
         sigma_lloyd_counts=s_lloyd,
-        sigma_rfm=sigma(3, share["rfm"]),
-        sigma_final=sigma(FINAL_TABLES + D, share["final"]),
-        sigma_transitions=sigma(1, share["transitions"]) if plan.previous_cutoff else 0.0,
-        delta=plan.delta,
+        sigma_rfm=_sigma(3, share["rfm"]),
+        sigma_final=_sigma(step_sensitivities(final_step, {})[0][1], share["final"]),
+        sigma_transitions=_sigma(1, share["transitions"]) if plan.previous_cutoff else 0.0,
+        delta=delta,
     )
-    spent = (1 / (2 * out.sigma_grid**2) + plan.lloyd_iterations * lloyd_sens / (2 * s_lloyd**2)
-             + 3 / (2 * out.sigma_rfm**2) + (FINAL_TABLES + D) / (2 * out.sigma_final**2)
-             + (1 / (2 * out.sigma_transitions**2) if plan.previous_cutoff else 0.0))
-    out.rho = spent
-    out.epsilon = epsilon_for_rho(spent, plan.delta)
+    releases = planned_releases(plan, out)
+    out.rho = sum(r.count / (2 * r.noise_multiplier ** 2) for r in releases)
+    out.epsilon = epsilon(releases, delta)
     return out
 
 
-def _config(plan: SegmentationPlan, noise: NoisePlan, **extra: Any) -> ConfigRecord:
-    """A step's config; ``epsilon-planned`` (0: no noise) and ``delta`` let a unit check its own budget."""
+def planned_releases(plan: SegmentationPlan, noise: NoisePlan) -> list[Release]:
+    """Every Gaussian release of the run, built with the sensitivities the units use."""
+    steps = [(grid_step, {"sigma": noise.sigma_grid}, 1),
+             (lloyd_step, {"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts,
+                           "restarts": plan.lloyd_restarts}, plan.lloyd_iterations),
+             (rfm_step, {"sigma": noise.sigma_rfm}, 1)]
+    final = {"sigma": noise.sigma_final}
+    if plan.previous_cutoff:
+        final.update({"previous-cutoff": plan.previous_cutoff.isoformat(), "sigma-transitions": noise.sigma_transitions})
+    steps.append((final_step, final, 1))
+    from clients.segment_handlers import step_releases
+
+    return [r.model_copy(update={"count": count}) for step, cfg, count in steps for r in step_releases(step, cfg)]
+
+
+def _config(plan: SegmentationPlan, noise: NoisePlan, run_id: str, **extra: Any) -> ConfigRecord:
+    """A step's config; the run id keys each unit's privacy account."""
     record = ConfigRecord({"cutoff": plan.cutoff.isoformat(), "horizon-days": plan.horizon_days,
-                           "model": "mlp", "dataset": plan.dataset, "epsilon-planned": float(noise.epsilon),
-                           "delta": float(plan.delta)})
+                           "model": "mlp", "dataset": plan.dataset, protocol.RUN_ID: run_id})
     for key, value in extra.items():
         record[key] = value
     return record
 
 
-def _ask(grid: Grid, nodes: list[int], action: str, config: ConfigRecord, timeout: float) -> list[MetricRecord]:
-    messages = [Message(content=RecordDict({"config": config}), message_type=f"query.{action}", dst_node_id=n)
-                for n in nodes]
-    answers = []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            raise RuntimeError(f"unit {reply.metadata.src_node_id} failed {action}: {reply.error.reason}")
-        answers.append(reply.content["metrics"])
-    if not nodes or len(answers) < len(nodes):
-        raise RuntimeError(f"{action}: {len(answers)} of {len(nodes)} units answered")
-    return answers
+def _ask(grid: Grid, nodes: list[int], message_type: str, config: ConfigRecord, timeout: float) -> list[MetricRecord]:
+    answers = ask(grid, nodes, message_type, RecordDict({protocol.CONFIG: config}), timeout)
+    return [content[protocol.METRICS] for content in answers.values()]
 
 
 def _sum(answers: list[MetricRecord], key: str) -> np.ndarray:
@@ -278,13 +293,20 @@ def name_segments(centroids: np.ndarray, sizes: np.ndarray) -> list[str]:
 
 def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None = None) -> dict[str, Any]:
     """Run the protocol of the module doc; returns the aggregate ``segments.json`` content."""
-    from server.training import wait_for_units
+    import uuid
 
     nodes = nodes or wait_for_units(grid, plan.min_units, plan.timeout_s)
     noise = noise_plan(plan)
     t = plan.timeout_s
+    run_id = uuid.uuid4().hex[:12]
+    if plan.epsilon is not None:  # every unit accepts the whole plan before any step is released
+        agree_privacy(grid, nodes, run_id, "segmentation", noise.delta, noise.epsilon, planned_releases(plan, noise),
+                      _config(plan, noise, run_id), t)
 
-    answers = _ask(grid, nodes, "seg_grid", _config(plan, noise, sigma=noise.sigma_grid), t)
+    def config(**extra: Any) -> ConfigRecord:
+        return _config(plan, noise, run_id, **extra)
+
+    answers = _ask(grid, nodes, protocol.SEG_GRID, config(sigma=noise.sigma_grid), t)
     histogram = _sum(answers, "grid")
     restarts = plan.lloyd_restarts
     # cells whose noisy count is below two standard deviations of the merged noise are read as
@@ -298,8 +320,8 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
 
     history = []
     for it in range(plan.lloyd_iterations):
-        answers = _ask(grid, nodes, "seg_lloyd", _config(
-            plan, noise, centroids=candidates.ravel().tolist(), k=k, restarts=restarts,
+        answers = _ask(grid, nodes, protocol.SEG_LLOYD, config(
+            centroids=candidates.ravel().tolist(), k=k, restarts=restarts,
             **{"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts}), t)
         sums = _sum(answers, "sums").reshape(restarts, k, D)
         counts = _sum(answers, "counts").reshape(restarts, k)
@@ -328,16 +350,16 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
     centroids = centroids[order]
     names = name_segments(centroids, counts[order])
 
-    answers = _ask(grid, nodes, "seg_rfm", _config(plan, noise, sigma=noise.sigma_rfm), t)
+    answers = _ask(grid, nodes, protocol.SEG_RFM, config(sigma=noise.sigma_rfm), t)
     thresholds = {name: quantile_bins(_sum(answers, name)) for name in RFM_EDGES}
 
-    final_cfg = _config(plan, noise, centroids=centroids.ravel().tolist(), k=k, sigma=noise.sigma_final, names=names,
-                        **{"thr-" + n: v for n, v in thresholds.items()},
-                        **{"inactivity-days": plan.inactivity_days, "churn-threshold": plan.churn_threshold,
-                           "sigma-transitions": noise.sigma_transitions})
+    final_cfg = config(centroids=centroids.ravel().tolist(), k=k, sigma=noise.sigma_final, names=names,
+                    **{"thr-" + n: v for n, v in thresholds.items()},
+                    **{"inactivity-days": plan.inactivity_days, "churn-threshold": plan.churn_threshold,
+                       "sigma-transitions": noise.sigma_transitions})
     if plan.previous_cutoff:
         final_cfg["previous-cutoff"] = plan.previous_cutoff.isoformat()
-    answers = _ask(grid, nodes, "seg_final", final_cfg, t)
+    answers = _ask(grid, nodes, protocol.SEG_FINAL, final_cfg, t)
     return _report(plan, noise, k, centroids, names, thresholds, answers, history, inertias)
 
 
@@ -372,8 +394,9 @@ def _report(plan, noise, k, centroids, names, thresholds, answers, history, iner
         "warnings": max(float(_sum(answers, "warnings")), 0.0),
         "lloyd": history,
         "elbow_inertias": inertias,
-        "privacy": {"epsilon": noise.epsilon if plan.epsilon else None, "delta": plan.delta,
-                    "rho": noise.rho, "accountant": "zCDP (Gaussian mechanism), add/remove one user",
+        "privacy": {"epsilon": noise.epsilon if plan.epsilon else None, "delta": noise.delta if plan.epsilon else None,
+                    "rho": noise.rho, "accountant": "RDP (dp-accounting) over the Gaussian releases of every step, "
+                                                    "add/remove one user; units add the noise",
                     "sigmas": noise.model_dump(exclude={"rho", "epsilon", "delta"})},
         "units": len(answers),
         "cutoff": plan.cutoff.isoformat(),

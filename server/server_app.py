@@ -15,15 +15,15 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.training import TrainingPlan, TrainingResult, log_round, run_training
+from server.training import TrainingPlan, log_round, run_training
 
 #: pyproject keys whose names differ from the plan's fields.
 _RENAMES = {"num-server-rounds": "num_rounds"}
 #: run-config keys that are not training-plan fields.
 _NOT_PLAN = ("task", "segment-")
 #: optional fields that pyproject spells as 0 or "" when unset (TOML has no null).
-_UNSET_WHEN_EMPTY = ("target_epsilon", "noise_multiplier", "delta", "ledger_path")
-_SEGMENT_UNSET_WHEN_EMPTY = ("epsilon", "k", "iterations", "previous_cutoff")
+_UNSET_WHEN_EMPTY = ("target_epsilon", "noise_multiplier", "delta")
+_SEGMENT_UNSET_WHEN_EMPTY = ("epsilon", "delta", "k", "iterations", "previous_cutoff")
 
 
 def _unset_empty(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN2
 
     values = {k.removeprefix("segment-").replace("-", "_"): v for k, v in run_config.items()
               if k.startswith("segment-")}
-    for key in ("cutoff", "horizon-days", "seed", "dataset"):
+    for key in ("cutoff", "horizon-days", "seed", "dataset", "population"):
         if key in run_config:
             values.setdefault(key.replace("-", "_"), run_config[key])
     # epsilon 0: no noise; k and iterations 0: the default; previous-cutoff "": none
@@ -54,12 +54,15 @@ def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN2
 def make_server_app(
     plan: TrainingPlan | None = None,
     on_round: Callable[[dict[str, Any]], None] = log_round,
-    results: list[TrainingResult] | None = None,
+    results: list[Any] | None = None,
 ) -> ServerApp:
     """A ServerApp running ``plan`` (or the plan in the run config when None).
 
-    ``results``, if given, receives the :class:`TrainingResult` (simulations read it).
+    ``results``, if given, receives the :class:`TrainingResult`, or the :class:`FedsegError` that
+    stopped the run (simulations read it and report it as one line).
     """
+    from fedseg.errors import FedsegError
+
     app = ServerApp()
 
     @app.main()
@@ -69,7 +72,18 @@ def make_server_app(
             _segment(grid, run_config)
             return
         run_plan = plan if plan is not None else plan_from_run_config(run_config)
-        result = run_training(grid, run_plan, on_round=on_round)
+        try:
+            result = run_training(grid, run_plan, on_round=on_round)
+        except FedsegError as exc:
+            if results is None:  # deployment: one line in the run's log, no traceback
+                from logging import ERROR
+
+                from flwr.common.logger import log
+
+                log(ERROR, "error: %s", exc)
+                return
+            results.append(exc)
+            return
         if results is not None:
             results.append(result)
 

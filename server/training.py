@@ -3,21 +3,29 @@
 One run, for a :class:`TrainingPlan`:
 
 1. wait until ``min_available_units`` units are connected;
-2. **federated standardisation** (round 0): every unit answers a ``query`` with the count,
-   sums and sums of squares of its transformed features; the coordinator derives the global
-   mean and standard deviation (:func:`clients.dataset.global_scaler`) and sends them with
-   every later message. No row leaves a unit;
-3. rounds ``1..num_rounds`` of Flower's own strategy (:class:`flwr.serverapp.strategy.FedAvg`
-   or :class:`~flwr.serverapp.strategy.FedProx`): ``configure_train`` samples units, the
-   Grid delivers the messages, ``aggregate_train`` averages the weights by number of training
-   users; then federated evaluation merges the units' sums and score histograms into AUC,
-   log loss and Brier score (:mod:`fedseg.metrics`);
-4. after each round the checkpoint (weights, scaler, history) is replaced atomically, so a
-   run restarted with the same plan continues after its last completed round.
+2. under differential privacy, **agree the privacy plan**: every unit receives the list of
+   releases the run will make and accepts it with its own accountant and budget, or refuses it
+   (the run then stops with the unit's reason, before anything was released or charged;
+   :func:`server.grid.agree_privacy`);
+3. **federated standardisation** (round 0): every unit answers a ``query`` with the count,
+   sums and sums of squares of its transformed features (noisy under user-level DP); the
+   coordinator derives the global mean and standard deviation. Under client-level DP there is
+   no such query: features are standardised with public bounds;
+4. rounds ``1..num_rounds`` of Flower's own strategy (:class:`flwr.serverapp.strategy.FedAvg`
+   or :class:`~flwr.serverapp.strategy.FedProx`): ``configure_train`` samples units, the Grid
+   delivers the messages, ``aggregate_train`` averages the weights (by number of training users;
+   equally under DP); under client-level DP the coordinator's own clip-and-noise aggregation
+   (:mod:`server.dp`); with secure aggregation the masked sum (:mod:`privacy.secagg`); then
+   federated evaluation merges the units' sums and score histograms into AUC, log loss and
+   Brier score (:mod:`fedseg.metrics`) when the privacy mode allows it;
+5. before each release the coordinator writes it into the checkpoint (so a round re-sent after
+   a crash is counted), and after each round the checkpoint (weights, scaler, history) is
+   replaced atomically, so a run restarted with the same plan continues after its last
+   completed round.
 
 The loop is fedseg's own rather than ``Strategy.start`` because it checkpoints and resumes,
-records privacy spend between rounds, and tolerates units that fail mid-round as long as at
-least ``min_fit_units`` replied.
+agrees the privacy plan first, and tolerates units that fail mid-round as long as at least
+``min_fit_units`` replied.
 """
 
 from __future__ import annotations
@@ -40,15 +48,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 from pydantic import BaseModel, Field, model_validator
 
-from clients.dataset import global_scaler
+from clients.dataset import FEATURE_CAPS, global_scaler
+from fedseg import protocol
 from fedseg.config import ModelName, PrivacyMode, RoundConfig, StrategyName, to_flower_config
+from fedseg.errors import FedsegError
 from fedseg.metrics import auc_from_histograms
 from fedseg.models import build_model, model_version
+from privacy.accounting import Release, default_delta, epsilon
+from privacy.training_dp import TrainingPrivacy
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from server.dp import PrivacyState, calibrate
+from server.grid import NotEnoughUnits, agree_privacy, ask, wait_for_units
 
 MODEL_FILE = "model.npz"
 ROUNDS_FILE = "rounds.jsonl"
+#: Default upper bound on the end users of a federation whose size the coordinator cannot know
+#: (deployment): it sets the default delta, 1e-7.
+DEFAULT_POPULATION = 1_000_000
+
+__all__ = ["NotEnoughUnits", "ResumeMismatch", "TrainingPlan", "TrainingResult", "run_training"]
 
 
 class TrainingPlan(BaseModel):
@@ -63,7 +80,8 @@ class TrainingPlan(BaseModel):
     proximal_mu: float = Field(0.0, ge=0, description="FedProx weight (used with strategy fedprox).")
     min_available_units: int = Field(2, ge=1, description="Units that must be connected to start.")
     min_fit_units: int = Field(2, ge=1, description="Replies needed for a round to count.")
-    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of units asked to train each round.")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of units asked to train each round "
+                                "(client-level DP: the Poisson rate at which units are sampled).")
     dataset: str = Field("", description="Bundled dataset for units without data ('cdnow').")
     cutoff: dt.date
     horizon_days: int = Field(273, ge=1)
@@ -75,11 +93,13 @@ class TrainingPlan(BaseModel):
     target_epsilon: float | None = Field(None, gt=0, description="Calibrate the noise to this epsilon "
                                          "per end user (user) or per unit (client) over the planned rounds.")
     noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of a target.")
-    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: a power of ten below 1/users.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units; "
+                            "sets the default delta (simulations know it exactly).")
     sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate per step (user).")
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user).")
     clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
-    ledger_path: Path | None = Field(None, description="Privacy budget ledger (SQLite); None: no ledger.")
     secagg: bool = Field(False, description="Secure aggregation (privacy/secagg): the coordinator sees only "
                          "the sum of the units' updates; units weigh equally.")
     secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
@@ -87,41 +107,57 @@ class TrainingPlan(BaseModel):
                                      "[-R, R] before quantisation (client mode: the clipping norm).")
     dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
                                "(0: only after the last round; each evaluation is a noisy release about test users).")
-    dataset_id: str = Field("default", description="Dataset name under which the ledger records spend.")
 
     @model_validator(mode="after")
     def _dp_model(self) -> "TrainingPlan":
         if self.privacy == "user" and self.model != "mlp":
             raise ValueError(f"user-level DP (DP-SGD with Opacus) trains the MLP; model {self.model!r} uses "
                              "torch's nn.GRU, which Opacus cannot compute per-user gradients for. Use model 'mlp'.")
+        if self.privacy != "none" and (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(f"privacy {self.privacy!r} needs exactly one of a target epsilon and a noise multiplier")
+        if self.privacy == "none" and (self.target_epsilon is not None or self.noise_multiplier is not None):
+            raise ValueError("a target epsilon or a noise multiplier needs a privacy mode (user or client)")
         return self
+
+    @property
+    def run_delta(self) -> float:
+        """The run's delta: as given, or :func:`privacy.accounting.default_delta` of the population."""
+        return self.delta if self.delta is not None else default_delta(self.population)
+
+    def privacy_plan(self) -> TrainingPrivacy:
+        """The calibrated noise of every release of this run (:class:`privacy.training_dp.TrainingPrivacy`)."""
+        return TrainingPrivacy.plan(
+            self.privacy, rounds=self.num_rounds, delta=self.run_delta, target_epsilon=self.target_epsilon,
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, local_epochs=self.local_epochs,
+            max_grad_norm=self.max_grad_norm, clipping_norm=self.clipping_norm, eval_every=self.dp_eval_every,
+            unit_sample_rate=self.fraction_fit)
 
     def fingerprint(self) -> str:
         """Hash of the fields that must not change when a run is resumed."""
-        exclude = {"output_dir", "round_timeout_s", "connect_timeout_s", "min_available_units",
-                   "min_fit_units", "ledger_path"}
+        exclude = {"output_dir", "round_timeout_s", "connect_timeout_s", "min_available_units", "min_fit_units"}
         if self.privacy == "none":
             exclude.add("num_rounds")  # a DP run's noise is calibrated to its rounds: it cannot grow
         fixed = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
     def round_config(self, server_round: int, mean: list[float] | None, std: list[float] | None,
-                     privacy: PrivacyState | None = None) -> RoundConfig:
+                     privacy: TrainingPrivacy | None = None, run_id: str = "") -> RoundConfig:
+        dp: dict[str, Any] = {}
+        if privacy is not None and privacy.is_private:
+            dp = {"privacy": privacy.mode, "noise_multiplier": privacy.noise_multiplier,
+                  "max_grad_norm": privacy.max_grad_norm, "sample_rate": privacy.sample_rate,
+                  "steps_per_round": privacy.steps_per_round, "scaler_sigma": privacy.scaler_sigma,
+                  "eval_sigma": privacy.eval_sigma, "delta": privacy.delta,
+                  "unit_sample_rate": privacy.unit_sample_rate}
         return RoundConfig(
             model=self.model, dataset=self.dataset, cutoff=self.cutoff, horizon_days=self.horizon_days,
             local_epochs=self.local_epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0, seed=self.seed,
-            server_round=server_round, scaler_mean=mean, scaler_std=std,
-            **(privacy.round_fields() if privacy is not None else {}),
-        )
+            server_round=server_round, scaler_mean=mean, scaler_std=std, run_id=run_id, **dp)
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(FedsegError):
     """A checkpoint exists for a different plan."""
-
-
-class NotEnoughUnits(RuntimeError):
-    """Fewer units answered than the plan requires."""
 
 
 @dataclass
@@ -136,6 +172,7 @@ class TrainingResult:
     resumed_from: int
     privacy: dict[str, Any]
     units: list[str]
+    run_id: str = ""
 
 
 def _config_record(cfg: RoundConfig) -> ConfigRecord:
@@ -152,7 +189,7 @@ def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-exa
     loss = brier = 0.0
     pos = neg = None
     for content in contents:
-        m = content["metrics"]
+        m = content[protocol.METRICS]
         n += int(m["num-examples"])
         loss += float(m["loss-sum"])
         brier += float(m["brier-sum"])
@@ -165,65 +202,44 @@ def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-exa
                          "log-loss": loss / n, "brier": brier / n})
 
 
-def _make_strategy(plan: TrainingPlan, privacy: PrivacyState | None = None) -> Any:
-    """Flower's FedAvg or FedProx; in client mode wrapped by Flower's server-side clipping DP."""
+def _make_strategy(plan: TrainingPlan) -> Any:
+    """Flower's FedAvg or FedProx (client-level DP aggregates with :mod:`server.dp` instead)."""
     common = dict(fraction_train=plan.fraction_fit, fraction_evaluate=1.0,
                   min_train_nodes=plan.min_fit_units, min_evaluate_nodes=plan.min_fit_units,
                   min_available_nodes=plan.min_available_units,
                   evaluate_metrics_aggr_fn=merge_evaluation)
-    strategy = FedProx(proximal_mu=plan.proximal_mu, **common) if plan.strategy == "fedprox" else FedAvg(**common)
-    if privacy is not None and privacy.mode == "client" and not plan.secagg:
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
-
-        return DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=privacy.noise_multiplier, clipping_norm=privacy.clipping_norm,
-            num_sampled_clients=privacy.sampled_units)
-    return strategy
+    return FedProx(proximal_mu=plan.proximal_mu, **common) if plan.strategy == "fedprox" else FedAvg(**common)
 
 
-def wait_for_units(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
-    """Node ids once at least ``minimum`` units are connected; NotEnoughUnits after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while len(nodes := list(grid.get_node_ids())) < minimum:
-        if time.monotonic() > deadline:
-            raise NotEnoughUnits(f"only {len(nodes)} units connected after {timeout_s:.0f} s; "
-                                 f"{minimum} are needed")
-        time.sleep(0.2)
-    return nodes
-
-
-def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int], privacy: PrivacyState
-                     ) -> tuple[list[float], list[float], float, dict[int, str]]:
-    """Global mean/std of the transformed features from the units' sums (round 0).
-
-    Returns mean, std, the (noisy, under DP) number of training users, and each unit's name.
-    """
+def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int], cfg: RoundConfig
+                     ) -> tuple[list[float], list[float], dict[int, str]]:
+    """Global mean/std of the transformed features from the units' sums (round 0), and each unit's name."""
     from clients.dataset import scaler_from_bounded
 
-    record = RecordDict({"config": _config_record(plan.round_config(0, None, None, privacy))})
-    messages = [Message(content=record, message_type="query", dst_node_id=nid) for nid in nodes]
-    replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
+    answers = ask(grid, nodes, protocol.SCALER, RecordDict({protocol.CONFIG: _config_record(cfg)}),
+                  plan.round_timeout_s, require_all=False)
     moments, names = [], {}
-    for reply in replies:
-        if reply.has_error():
-            log(WARNING, "unit %s failed the feature-statistics query: %s", reply.metadata.src_node_id,
-                reply.error.reason)
-            continue
-        m = reply.content["metrics"]
+    for node, content in answers.items():
+        m = content[protocol.METRICS]
         moments.append((float(m["n"]), np.asarray(m["sum"]), np.asarray(m["sumsq"])))
-        identity = reply.content.config_records.get("identity")
-        names[reply.metadata.src_node_id] = str(identity["unit-id"]) if identity else f"node-{reply.metadata.src_node_id}"
+        identity = content.config_records.get(protocol.IDENTITY)
+        names[node] = str(identity["unit-id"]) if identity else f"node-{node}"
     if len(moments) < plan.min_fit_units:
         raise NotEnoughUnits(f"{len(moments)} units returned feature statistics; the plan needs "
                              f"{plan.min_fit_units}")
-    mean, std = global_scaler(moments) if privacy.mode == "none" else scaler_from_bounded(moments)
-    return mean.tolist(), std.tolist(), float(sum(m[0] for m in moments)), names
+    mean, std = global_scaler(moments) if cfg.privacy == "none" else scaler_from_bounded(moments)
+    return mean.tolist(), std.tolist(), names
+
+
+def public_scaler() -> tuple[list[float], list[float]]:
+    """Standardisation from public bounds only (client-level DP): ``x / FEATURE_CAPS``."""
+    return [0.0] * len(FEATURE_CAPS), [float(c) for c in FEATURE_CAPS]
 
 
 def _evaluate(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRecord, cfg: RoundConfig,
               timeout: float) -> tuple[MetricRecord | None, int]:
     messages = strategy.configure_evaluate(server_round, arrays, _config_record(cfg), grid)
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = sorted(grid.send_and_receive(messages, timeout=timeout), key=lambda r: r.metadata.src_node_id)
     failed = sum(1 for r in replies if r.has_error())
     return strategy.aggregate_evaluate(server_round, replies), failed
 
@@ -234,6 +250,43 @@ def log_round(record: dict[str, Any]) -> None:
         record["round"], record.get("auc", float("nan")), record.get("log_loss", float("nan")),
         record.get("brier", float("nan")), record.get("units_trained", "-"), record.get("units_failed", 0),
         record.get("seconds", 0.0))
+
+
+def _releases_json(releases: list[Release]) -> list[dict[str, Any]]:
+    return [r.model_dump() for r in releases]
+
+
+@dataclass
+class _Run:
+    """The coordinator's state of one run: what the checkpoint holds, and the releases sent."""
+
+    run_dir: Path
+    plan: TrainingPlan
+    extra: dict[str, Any]
+    history: list[dict[str, Any]]
+    sent: list[Release]
+    round: int = 0
+    arrays: ArrayRecord | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def save(self) -> None:
+        assert self.arrays is not None and self.mean is not None and self.std is not None
+        save_checkpoint(self.run_dir, Checkpoint(self.round, _to_numpy(self.arrays), self.mean, self.std,
+                                                 self.history, self.plan.fingerprint(), self.extra))
+
+    def release(self, releases: list[Release]) -> None:
+        """Count releases before they go out (write-ahead into the checkpoint once it exists): a
+        round re-sent after a crash is one more release, and is accounted as such."""
+        if not releases:
+            return
+        self.sent.extend(releases)
+        self.extra["sent"] = _releases_json(self.sent)
+        if self.arrays is not None:
+            self.save()
+
+    def epsilon(self, privacy: TrainingPrivacy) -> float:
+        return epsilon(self.sent, privacy.delta) if privacy.is_private and self.sent else 0.0
 
 
 def run_training(
@@ -251,92 +304,90 @@ def run_training(
             f"{run_dir} holds a checkpoint of a different plan (model, data, cutoff, privacy or training "
             "settings changed); use a new --out directory or delete the old run."
         )
-    ledger = _open_ledger(plan)
     nodes = wait_for_units(grid, plan.min_available_units, plan.connect_timeout_s)
-    sampled = max(int(len(nodes) * plan.fraction_fit), plan.min_fit_units)
+    strategy = _make_strategy(plan)
     if checkpoint is None:
-        pre = PrivacyState(mode=plan.privacy)
-        if plan.privacy != "none":
-            from privacy.training_dp import DEFAULT_SCALER_Z, SCALER_SENSITIVITY
-
-            pre.scaler_sigma = DEFAULT_SCALER_Z * SCALER_SENSITIVITY
-        mean, std, n_users, names = federated_scaler(grid, plan, nodes, pre)
-        privacy = calibrate(plan, n_users, len(nodes), sampled)
+        privacy = plan.privacy_plan()
         run_id = uuid.uuid4().hex[:12]
-        if ledger is not None:
-            # The start-up query has been released: record it, then refuse the run if its planned
-            # total would overspend any unit's budget (before any training release).
-            _ledger_release(ledger, plan, privacy, run_id, names.values(), 0, privacy.epsilon_after(0))
-            for unit in names.values():
-                ledger.check(unit, plan.dataset_id, run_id, privacy.epsilon_after(plan.num_rounds))
-        model = build_model(plan.model, seed=plan.seed)
-        arrays = ArrayRecord(model.state_dict())
-        history: list[dict[str, Any]] = []
-        start_round = 0
-        strategy = _make_strategy(plan, privacy)
-        cfg0 = plan.round_config(0, mean, std, privacy)
+        run = _Run(run_dir, plan, {"privacy": privacy.model_dump(), "run_id": run_id, "total_units": len(nodes)},
+                   [], [])
+    else:
+        extra = dict(checkpoint.extra)
+        privacy = TrainingPrivacy.model_validate(extra["privacy"])
+        run_id = extra["run_id"]
+        run = _Run(run_dir, plan, extra, checkpoint.history, [Release.model_validate(r) for r in extra.get("sent", [])],
+                   checkpoint.round, _as_torch_record(plan, checkpoint.arrays), checkpoint.scaler_mean,
+                   checkpoint.scaler_std)
+        log(INFO, "resuming %s after round %d of %d", run_dir, checkpoint.round, plan.num_rounds)
+    start_round = run.round
+
+    units: dict[int, dict[str, Any]] = {}
+    if privacy.is_private:
+        remaining = privacy.releases(plan.num_rounds, first=start_round + 1 if checkpoint is not None else 0)
+        stated = epsilon(run.sent + remaining, privacy.delta)
+        units = agree_privacy(grid, nodes, run_id, "training", privacy.delta, stated, remaining,
+                              _config_record(plan.round_config(0, None, None, privacy, run_id)), plan.round_timeout_s)
+        log(INFO, "privacy plan accepted by %d units: epsilon %.4f, delta %g", len(units), stated, privacy.delta)
+
+    if checkpoint is None:
+        if privacy.sends_scaler_query:
+            run.release(privacy.round_releases(0))
+            run.mean, run.std, names = federated_scaler(grid, plan, nodes,
+                                                        plan.round_config(0, None, None, privacy, run_id))
+        else:
+            run.mean, run.std = public_scaler()
+            names = {n: u["unit"] for n, u in units.items()}
+        run.arrays = ArrayRecord(build_model(plan.model, seed=plan.seed).state_dict())
+        run.extra["units"] = names
         metrics0 = None
         if privacy.evaluates_after(0):
-            metrics0, _ = _evaluate(strategy, grid, 0, arrays, cfg0, plan.round_timeout_s)
-        record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": privacy.epsilon_after(0)}
-        history.append(record0)
+            metrics0, _ = _evaluate(strategy, grid, 0, run.arrays,
+                                    plan.round_config(0, run.mean, run.std, privacy, run_id), plan.round_timeout_s)
+        record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": run.epsilon(privacy)}
+        run.history.append(record0)
         on_round(record0)
-        extra = {"privacy": privacy.to_json(), "units": names, "run_id": run_id}
-        save_checkpoint(run_dir, Checkpoint(0, _to_numpy(arrays), mean, std, history, plan.fingerprint(), extra))
-    else:
-        mean, std = checkpoint.scaler_mean, checkpoint.scaler_std
-        arrays = _as_torch_record(plan, checkpoint.arrays)
-        history = checkpoint.history
-        start_round = checkpoint.round
-        privacy = PrivacyState.from_json(checkpoint.extra["privacy"])
-        names = {int(k): v for k, v in checkpoint.extra.get("units", {}).items()}
-        extra = dict(checkpoint.extra)
-        run_id = extra.get("run_id", "unknown")
-        strategy = _make_strategy(plan, privacy)
-        log(INFO, "resuming %s after round %d of %d", run_dir, start_round, plan.num_rounds)
+        run.save()
+    names = {int(k): v for k, v in run.extra.get("units", {}).items()}
 
     aggregator = _secure_aggregator(plan, privacy) if plan.secagg else None
+    expected_units = privacy.unit_sample_rate * int(run.extra.get("total_units", len(nodes)))
     for server_round in range(start_round + 1, plan.num_rounds + 1):
         started = time.perf_counter()
-        cfg = plan.round_config(server_round, mean, std, privacy)
-        epsilon = privacy.epsilon_after(server_round)
-        if ledger is not None:
-            # Write-ahead: the release is recorded before any unit computes it. A round re-run
-            # after a crash is a new release and counts as one more round of training.
-            done = max(ledger.releases(run_id, u, plan.dataset_id) for u in names.values())
-            release_no = max(done + 1, server_round)
-            epsilon = privacy.epsilon_after(release_no)
-            for unit in names.values():
-                ledger.check(unit, plan.dataset_id, run_id, epsilon)
-            _ledger_release(ledger, plan, privacy, run_id, names.values(), release_no, epsilon)
-            if release_no > server_round:  # units check their budget against the true total
-                total = release_no + plan.num_rounds - server_round
-                cfg = cfg.model_copy(update={"planned_rounds": total, "epsilon_planned": privacy.epsilon_after(total)})
-        messages = list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
-        secagg_facts = None
+        cfg = plan.round_config(server_round, run.mean, run.std, privacy, run_id)
+        releases = privacy.round_releases(server_round)
+        run.release([r for r in releases if r.task != "evaluation"])
+        arrays = run.arrays
+        messages = _train_messages(strategy, plan, privacy, server_round, arrays, cfg, grid)
+        secagg_facts, train_metrics = None, None
         if plan.secagg:
-            arrays, n_ok, secagg_facts = _secure_round(grid, plan, privacy, messages, arrays, aggregator)
-            failed, train_metrics = len(messages) - n_ok, None
+            arrays, n_ok, secagg_facts = _secure_round(grid, plan, privacy, messages, arrays, aggregator,
+                                                       expected_units)
+            failed = len(messages) - n_ok
         else:
-            replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
+            replies = sorted(grid.send_and_receive(messages, timeout=plan.round_timeout_s),
+                             key=lambda r: r.metadata.src_node_id)  # a fixed order: the same sums every run
             ok = [r for r in replies if not r.has_error()]
             n_ok, failed = len(ok), len(messages) - len(ok)
             for r in replies:
                 if r.has_error():
                     log(WARNING, "round %d: unit %s failed: %s", server_round, r.metadata.src_node_id, r.error.reason)
-        if n_ok < plan.min_fit_units:
+        if privacy.mode != "client" and n_ok < plan.min_fit_units:
             raise NotEnoughUnits(
                 f"round {server_round}: {n_ok} of {len(messages)} units replied; the plan needs "
                 f"{plan.min_fit_units}. The run stopped after round {server_round - 1}; start it again "
                 "with the same output directory to resume."
             )
         if not plan.secagg:
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
-            if new_arrays is None:  # pragma: no cover - guarded above
-                raise NotEnoughUnits(f"round {server_round}: no usable update")
-            arrays = new_arrays
+            if privacy.mode == "client":
+                arrays = _client_dp_aggregate(arrays, ok, privacy, expected_units)
+            else:
+                new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+                if new_arrays is None:  # pragma: no cover - guarded above
+                    raise NotEnoughUnits(f"round {server_round}: no usable update")
+                arrays = new_arrays
         eval_metrics, eval_failed = None, 0
         if privacy.evaluates_after(server_round):
+            run.release([r for r in releases if r.task == "evaluation"])
             eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s)
         record = {
             "round": server_round,
@@ -345,30 +396,65 @@ def run_training(
             "units_trained": n_ok,
             "units_failed": failed,
             "units_failed_evaluation": eval_failed,
-            "epsilon": epsilon,
+            "epsilon": run.epsilon(privacy),
             **({"secagg": secagg_facts} if secagg_facts else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
-        history.append(record)
-        save_checkpoint(run_dir, Checkpoint(server_round, _to_numpy(arrays), mean, std, history,
-                                            plan.fingerprint(), extra))
+        run.history.append(record)
+        run.round, run.arrays = server_round, arrays
+        run.save()
         _append_jsonl(run_dir / ROUNDS_FILE, record)
         if after_round is not None:
             after_round(server_round)
         on_round(record)
 
-    final = _to_numpy(arrays)
-    version = model_version(arrays.to_torch_state_dict())
-    save_checkpoint(run_dir, Checkpoint(plan.num_rounds, final, mean, std, history, plan.fingerprint(),
+    final = _to_numpy(run.arrays)
+    version = model_version(run.arrays.to_torch_state_dict())
+    statement = privacy.statement(run.sent)
+    if units:
+        statement["units_accepted"] = {u["unit"]: {"dataset": u["dataset"], "epsilon": u["epsilon"]}
+                                       for u in units.values()}
+    save_checkpoint(run_dir, Checkpoint(plan.num_rounds, final, run.mean, run.std, run.history, plan.fingerprint(),
                                         extra={"model": plan.model, "model_version": version,
                                                "cutoff": plan.cutoff.isoformat(),
                                                "horizon_days": plan.horizon_days,
-                                               "privacy": privacy.statement(plan.num_rounds)}), name=MODEL_FILE)
-    return TrainingResult(final, mean, std, history, version, start_round, privacy.statement(plan.num_rounds),
-                          sorted(names.values()))
+                                               "privacy": statement}), name=MODEL_FILE)
+    return TrainingResult(final, run.mean, run.std, run.history, version, start_round, statement,
+                          sorted(names.values()), run_id)
 
 
-def _secure_aggregator(plan: TrainingPlan, privacy: PrivacyState) -> Any:
+def _train_messages(strategy: Any, plan: TrainingPlan, privacy: TrainingPrivacy, server_round: int,
+                    arrays: ArrayRecord, cfg: RoundConfig, grid: Grid) -> list[Message]:
+    """This round's train messages: Flower's strategy samples units; under client-level DP each
+    connected unit is sampled independently at the plan's rate (what the accountant assumes)."""
+    if privacy.mode != "client":
+        return list(strategy.configure_train(server_round, arrays, _config_record(cfg), grid))
+    from server.dp import sample_units
+
+    content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: _config_record(cfg)})
+    return [Message(content=content, message_type=protocol.TRAIN, dst_node_id=n)
+            for n in sample_units(sorted(grid.get_node_ids()), privacy.unit_sample_rate)]
+
+
+def _flat(record: ArrayRecord) -> np.ndarray:
+    return np.concatenate([record[k].numpy().astype(np.float64).ravel() for k in record.keys()])
+
+
+def _client_dp_aggregate(arrays: ArrayRecord, replies: list[Message], privacy: TrainingPrivacy,
+                         expected_units: float) -> ArrayRecord:
+    """Clip each unit's update, sum, add the noise, divide by the expected units (:mod:`server.dp`)."""
+    from privacy.secagg.flower import apply_mean_update
+    from server.dp import clip_to_norm, noisy_mean_update
+
+    start = _flat(arrays)
+    total = np.zeros_like(start)
+    for reply in replies:
+        total += clip_to_norm(_flat(reply.content.array_records[protocol.ARRAYS]) - start, privacy.clipping_norm)
+    mean_update = noisy_mean_update(total, privacy.noise_multiplier, privacy.clipping_norm, expected_units)
+    return apply_mean_update(arrays, mean_update, 1)
+
+
+def _secure_aggregator(plan: TrainingPlan, privacy: TrainingPrivacy) -> Any:
     """One secure-aggregation coordinator per run (it carries the next round's advertisements)."""
     from privacy.secagg.config import SecAggConfig
     from privacy.secagg.flower import SecAggAggregator
@@ -379,41 +465,25 @@ def _secure_aggregator(plan: TrainingPlan, privacy: PrivacyState) -> Any:
     return SecAggAggregator(config, min_units=plan.min_fit_units)
 
 
-def _secure_round(grid: Grid, plan: TrainingPlan, privacy: PrivacyState, messages: list[Message],
-                  arrays: ArrayRecord, aggregator: Any) -> tuple[ArrayRecord, int, dict[str, Any]]:
+def _secure_round(grid: Grid, plan: TrainingPlan, privacy: TrainingPrivacy, messages: list[Message],
+                  arrays: ArrayRecord, aggregator: Any, expected_units: float
+                  ) -> tuple[ArrayRecord, int, dict[str, Any]]:
     """One training round through secure aggregation: the coordinator learns the sum only.
 
     Client mode: units clip their update to the clipping norm before masking, and the
-    coordinator adds Gaussian noise ``z * C`` to the sum (the same noise Flower's wrapper adds
-    to the mean, times the number of units)."""
+    coordinator adds Gaussian noise ``z * C`` to the sum and divides by the expected number of
+    units (:mod:`server.dp`). Otherwise the sum is divided by the number of survivors."""
     from privacy.secagg.flower import apply_mean_update
+    from server.dp import noisy_mean_update
 
     client = privacy.mode == "client"
     node_ids = [m.metadata.dst_node_id for m in messages]
     total, survivors, facts = aggregator.run_round(grid, node_ids, messages[0].content, plan.round_timeout_s,
                                                    l2_clip=privacy.clipping_norm if client else 0.0)
-    noise = privacy.noise_multiplier * privacy.clipping_norm if client else 0.0
-    return apply_mean_update(arrays, total, len(survivors), noise), len(survivors), facts
-
-
-def _open_ledger(plan: TrainingPlan) -> Any:
-    """The budget ledger, or None when the plan names none (or spends nothing)."""
-    if plan.ledger_path is None or plan.privacy == "none":
-        return None
-    from privacy.ledger import BudgetLedger
-
-    return BudgetLedger(plan.ledger_path)
-
-
-def _ledger_release(ledger: Any, plan: TrainingPlan, privacy: PrivacyState, run_id: str, units: Any,
-                    release_no: int, epsilon: float) -> None:
-    details = {"noise_multiplier": privacy.noise_multiplier, "sample_rate": privacy.sample_rate,
-               "steps_per_round": privacy.steps_per_round, "rounds_planned": plan.num_rounds,
-               "output_dir": str(plan.output_dir)}
-    for unit in units:
-        ledger.record(run_id, unit, plan.dataset_id, release_no, epsilon, privacy.delta,
-                      f"{privacy.mode}-level DP ({'DP-SGD' if privacy.mode == 'user' else 'Gaussian, clipped updates'})",
-                      details)
+    if client:
+        mean_update = noisy_mean_update(total, privacy.noise_multiplier, privacy.clipping_norm, expected_units)
+        return apply_mean_update(arrays, mean_update, 1), len(survivors), facts
+    return apply_mean_update(arrays, total, len(survivors)), len(survivors), facts
 
 
 def _metric_dict(metrics: MetricRecord | None) -> dict[str, Any]:

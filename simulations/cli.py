@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from fedseg.console import console, fail
+from fedseg.errors import FedsegError
 
 app = typer.Typer()
 
@@ -53,6 +54,7 @@ def simulate(
     ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger (SQLite) to check and record spend.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the coordinator sees only the sum of updates.")] = False,
     secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count (>= 2), or a fraction (< 1) of each unit's degree + 1 share holders.")] = 0.6,
+    dp_research_seed: Annotated[int | None, typer.Option(help="RESEARCH ONLY: a seed each simulated unit keeps to itself for DP-SGD's sample and noise (reproducible DP runs). Without it they come from OS entropy.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
 ) -> None:
     """Train churn models across simulated units with Flower; compare with centralised and BG/NBD.
@@ -74,7 +76,7 @@ def simulate(
             horizon_days=horizon_days, seed=seed, out=out, baselines=baselines, privacy=privacy,
             epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
             max_grad_norm=max_grad_norm, clipping_norm=clipping_norm, ledger=ledger, secagg=secagg,
-            secagg_threshold=secagg_threshold,
+            secagg_threshold=secagg_threshold, dp_research_seed=dp_research_seed,
         )
     except ValidationError as exc:
         problems = "; ".join((f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
@@ -84,11 +86,6 @@ def simulate(
         fail("--dataset file needs --events FILE.")
     if cfg.events_path is not None:
         cfg.dataset = "file"
-    if cfg.privacy != "none" and cfg.epsilon is None and cfg.noise_multiplier is None:
-        fail(f"--privacy {cfg.privacy} needs --epsilon (a target) or --noise-multiplier.")
-
-    console.print(f"simulating {cfg.units} units on {cfg.dataset}: {cfg.model}, {cfg.strategy}, "
-                  f"{cfg.rounds} rounds x {cfg.local_epochs} local epochs -> {out}", highlight=False)
 
     def show(record: dict[str, Any]) -> None:
         extra = f", {record['units_trained']} units, {record['seconds']:.1f} s" if "units_trained" in record else " (initial model)"
@@ -96,15 +93,39 @@ def simulate(
         if "auc" in record:
             figures = (f"AUC {record['auc']:.4f}  log loss {record['log_loss']:.4f}  "
                        f"Brier {record['brier']:.4f}")
+        elif record["round"] == 0:
+            figures = "initial model (not evaluated: under DP evaluation is a scheduled release)"
         else:
-            figures = "trained (under user-level DP evaluation runs after the last round)"
+            figures = ("trained (no federated evaluation under client-level DP)" if cfg.privacy == "client"
+                       else "trained (under user-level DP evaluation runs after the last round)")
         console.print(f"  round {record['round']:>3}/{cfg.rounds}: {figures}{extra}{eps}", highlight=False)
 
+    def header(plan: Any, fed: Any) -> None:
+        partition = cfg.partition if cfg.partition != "auto" else ("column" if "unit_id" in fed.events else "iid")
+        skew = f" (alpha {cfg.alpha:g})" if partition == "dirichlet" else ""
+        console.print(f"simulating {len(fed.files)} units on {cfg.dataset} ({len(fed.features):,} users, "
+                      f"{partition} partition{skew}): {cfg.model}, {cfg.strategy}, {cfg.rounds} rounds x "
+                      f"{cfg.local_epochs} local epochs -> {out}", highlight=False)
+        console.print(f"  {privacy_header(plan)}", highlight=False)
+
     try:
-        summary = run_simulation_job(cfg, on_round=show, verbose=verbose)
+        summary = run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header)
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     print_summary(summary, out)
+
+
+def privacy_header(plan: Any) -> str:
+    """One line: the privacy mode, epsilon and delta the run is calibrated to, and secure aggregation."""
+    secagg = "secure aggregation: " + ("on" if plan.secagg else "off")
+    if plan.privacy == "none":
+        return f"privacy: none (exact updates; no differential privacy) | {secagg}"
+    privacy = plan.privacy_plan()
+    who = "per end user" if plan.privacy == "user" else "per unit, noise added by the coordinator"
+    return (f"privacy: {plan.privacy}-level DP, epsilon {privacy.epsilon_after(plan.num_rounds):.3f} {who} "
+            f"(target {privacy.target_epsilon:.3g}), delta {privacy.delta:g} | {secagg}")
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -150,7 +171,8 @@ def segment(
     k: Annotated[int | None, typer.Option(help="Number of activity segments (default: federated elbow over 2..8).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Federated Lloyd iterations (default 20 without noise, 6 with).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole segmentation (default: no noise).")] = None,
-    delta: Annotated[float, typer.Option(help="delta of the (epsilon, delta) guarantee.")] = 1e-6,
+    delta: Annotated[float | None, typer.Option(help="delta of the (epsilon, delta) guarantee (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), the same file as `fedseg simulate --ledger`.")] = None,
     cutoff: Annotated[str | None, typer.Option(help="Segment as of this day, YYYY-MM-DD (CDNOW: 1997-09-30).")] = None,
     previous_cutoff: Annotated[str | None, typer.Option(help="Earlier day for the transition matrix (default: 91 days before).")] = None,
     horizon_days: Annotated[int | None, typer.Option(help="Label window for churn rate per segment, days.")] = None,
@@ -174,6 +196,8 @@ def segment(
     if out is None:
         out = Path("runs") / f"segment-{dataset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     cutoff_date = _date(cutoff, "--cutoff")
+    if delta is not None and epsilon is None:
+        fail("--delta without --epsilon: the segmentation adds no noise; give --epsilon for differential privacy")
     try:
         data_cfg = SimulationConfig(dataset="file" if events else dataset, events_path=events,
                                     synthetic_users=synthetic_users, units=units, partition=partition, alpha=alpha,
@@ -184,10 +208,25 @@ def segment(
                                 previous_cutoff=_date(previous_cutoff, "--previous-cutoff"))
     except ValidationError as exc:
         fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
-    console.print(f"segmenting {units} units on {data_cfg.dataset}"
-                  f"{'' if epsilon is None else f' with epsilon {epsilon} (delta {delta})'} -> {out}", highlight=False)
+    def header(run_plan: Any, fed: Any) -> None:
+        from server.segmentation import noise_plan
+
+        partition = data_cfg.partition if data_cfg.partition != "auto" else ("column" if "unit_id" in fed.events else "iid")
+        console.print(f"segmenting {len(fed.files)} units on {data_cfg.dataset} ({len(fed.features):,} users, "
+                      f"{partition} partition) -> {out}", highlight=False)
+        if run_plan.epsilon is None:
+            console.print("  privacy: none (exact aggregates; no differential privacy) | secure aggregation: off",
+                          highlight=False)
+        else:
+            noise = noise_plan(run_plan)
+            console.print(f"  privacy: DP per end user, epsilon {noise.epsilon:.3f}, delta {noise.delta:g} (units add "
+                          "the noise) | secure aggregation: off", highlight=False)
+
     try:
-        report = run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91)
+        report = run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91, ledger=ledger,
+                                 on_start=header)
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     print_segments(report, out)

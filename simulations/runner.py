@@ -63,9 +63,26 @@ class SimulationConfig(BaseModel):
     sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate (user mode).")
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user mode).")
     clipping_norm: float = Field(1.0, gt=0, description="Per-unit update clipping norm (client mode).")
-    ledger: Path | None = Field(None, description="Privacy budget ledger file (SQLite).")
+    ledger: Path | None = Field(None, description="The units' privacy budget ledger (SQLite; each simulated unit "
+                                "charges its own releases under its own name).")
+    dp_research_seed: int | None = Field(None, description="Research only: a unit-local seed for DP-SGD's sample "
+                                         "and noise (reproducible DP runs). Never derived from the run seed.")
     secagg: bool = Field(False, description="Secure aggregation: the coordinator sees only sums of updates.")
     secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
+
+    @model_validator(mode="after")
+    def _privacy_flags(self) -> "SimulationConfig":
+        """No silent non-private run: noise settings need a privacy mode."""
+        if self.privacy == "none":
+            given = [name for name, value in (("epsilon", self.epsilon), ("noise_multiplier", self.noise_multiplier),
+                                              ("delta", self.delta)) if value is not None]
+            if given:
+                raise ValueError(f"{', '.join('--' + g.replace('_', '-') for g in given)} without --privacy: "
+                                 "choose --privacy user (per end user) or client (per unit)")
+        elif (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(f"--privacy {self.privacy} needs exactly one of --epsilon (a target) and "
+                             "--noise-multiplier")
+        return self
 
     @model_validator(mode="after")
     def _secagg_units(self) -> "SimulationConfig":
@@ -211,17 +228,26 @@ def quiet_flower(verbose: bool) -> dict[str, Any]:
             "init_args": {"logging_level": logging.ERROR, "log_to_driver": verbose}}
 
 
+def dataset_id(cfg: SimulationConfig) -> str:
+    """The name simulated units record their privacy spend under: the bundled dataset's name, or
+    the events file's name. (A simulated unit is a partition; runs with the same partition
+    settings give each unit the same users, which the per-unit ledger assumes.)"""
+    return cfg.dataset if cfg.dataset != "file" else Path(str(cfg.events_path)).name
+
+
 def run_simulation_job(
     cfg: SimulationConfig,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
+    on_start: Callable[[Any, Federation], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole simulation and return (and write) the summary."""
+    """Run the whole simulation and return (and write) the summary; ``on_start(plan, federation)``
+    is called once the data is split and the plan is known (the console header)."""
     from flwr.simulation import run_simulation
 
     from clients.client_app import make_client_app
     from server.server_app import make_server_app
-    from server.training import TrainingPlan, TrainingResult
+    from server.training import TrainingPlan
 
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -235,30 +261,34 @@ def run_simulation_job(
         learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu,
         min_available_units=n_units, min_fit_units=cfg.min_fit_units or n_units,
         cutoff=cutoff, horizon_days=horizon, seed=cfg.seed, output_dir=out / "server",
-        privacy=cfg.privacy, target_epsilon=cfg.epsilon if cfg.privacy != "none" else None,
-        noise_multiplier=cfg.noise_multiplier, delta=cfg.delta, sample_rate=cfg.sample_rate,
-        max_grad_norm=cfg.max_grad_norm, clipping_norm=cfg.clipping_norm, ledger_path=cfg.ledger,
-        dataset_id=cfg.dataset if cfg.dataset != "file" else str(cfg.events_path),
+        privacy=cfg.privacy, target_epsilon=cfg.epsilon, noise_multiplier=cfg.noise_multiplier, delta=cfg.delta,
+        population=max(int(len(features)), 1), sample_rate=cfg.sample_rate,
+        max_grad_norm=cfg.max_grad_norm, clipping_norm=cfg.clipping_norm,
         secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
     )
+    if on_start is not None:
+        on_start(plan, fed)
     identities = None
     if cfg.secagg:
         from privacy.secagg.flower import make_identities
 
         identities = out / "secagg-identities"
         make_identities(identities, [f"unit_{k}" for k in range(n_units)])
-    results: list[TrainingResult] = []
+    results: list[Any] = []
     backend = quiet_flower(verbose)
     t_fed = time.perf_counter()
     run_simulation(
         server_app=make_server_app(plan, on_round=on_round or (lambda r: None), results=results),
-        client_app=make_client_app(files, secagg_identities=identities),
+        client_app=make_client_app(files, secagg_identities=identities, ledger_path=cfg.ledger,
+                                   dataset_id=dataset_id(cfg), dp_research_seed=cfg.dp_research_seed),
         num_supernodes=n_units,
         backend_config=backend,
         verbose_logging=verbose,
     )
     if not results:
         raise RuntimeError(f"the federated run did not finish; see the log above and {out / 'server'}")
+    if isinstance(results[0], Exception):
+        raise results[0]
     result = results[0]
     federated_seconds = time.perf_counter() - t_fed
     final = result.history[-1]

@@ -13,23 +13,27 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedseg.errors import FedsegError
 from server.segmentation import SegmentationPlan
-from simulations.runner import SimulationConfig, prepare_federation, quiet_flower
+from simulations.runner import SimulationConfig, dataset_id, prepare_federation, quiet_flower
 
 
 def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose: bool = False,
-                    compare_centralised: bool = True, default_previous_days: int | None = None) -> dict[str, Any]:
+                    compare_centralised: bool = True, default_previous_days: int | None = None,
+                    ledger: Path | None = None, on_start: Callable[[Any, Any], None] | None = None) -> dict[str, Any]:
     """Federated segmentation of the configured data; returns and writes ``segments.json``.
 
     The plan's cutoff and horizon are taken from the data (as ``fedseg simulate`` does); with
     ``default_previous_days`` and no previous cutoff, the transition matrix compares with the
-    state that many days earlier.
+    state that many days earlier. ``ledger``: the units' privacy ledger; ``on_start(plan, federation)``
+    is called once the data is split (the console header).
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -45,18 +49,27 @@ def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose:
     if plan.previous_cutoff is None and default_previous_days:
         update["previous_cutoff"] = fed.cutoff - dt.timedelta(days=default_previous_days)
     update["min_units"] = len(fed.files)
+    update["population"] = max(int(len(fed.features)), 1)
     plan = plan.model_copy(update=update)
-    reports: list[dict[str, Any]] = []
+    if on_start is not None:
+        on_start(plan, fed)
+    reports: list[Any] = []
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        reports.append(run_segmentation(grid, plan))
+        try:
+            reports.append(run_segmentation(grid, plan))
+        except FedsegError as exc:
+            reports.append(exc)
 
-    run_simulation(server_app=server, client_app=make_client_app(fed.files, output_dir=out / "units"),
-                   num_supernodes=len(fed.files), backend_config=quiet_flower(verbose), verbose_logging=verbose)
+    client = make_client_app(fed.files, output_dir=out / "units", ledger_path=ledger, dataset_id=dataset_id(data_cfg))
+    run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.files),
+                   backend_config=quiet_flower(verbose), verbose_logging=verbose)
     if not reports:
         raise RuntimeError("the federated segmentation did not finish; run with --verbose to see why")
+    if isinstance(reports[0], Exception):
+        raise reports[0]
     report = reports[0]
     report["data"] = {"dataset": data_cfg.dataset, "units": fed.unit_stats, "users": int(len(fed.features))}
     if compare_centralised:

@@ -60,17 +60,27 @@ def test_federated_outcome_equals_pooled(tmp_path):
     assert_reports_equal(federated_fairness(paths, spec), fairness_audit(f, spec))
 
 
-def test_dp_noise_is_accounted_and_changes_counts(tmp_path):
+def test_dp_noise_is_added_by_the_units_and_charged_to_their_accounts(tmp_path):
+    from flwr.app import RecordDict
+
+    from privacy.budget import ContextStore, UnitPrivacy
+
     f, paths = _fair_units(tmp_path)
     spec = FairnessSpec(label="churned", score="score", groups=["gender"], bootstrap=0)
-    spent = []
-    rep = federated_fairness(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6, seed=0),
-                             on_spend=lambda e, d, m: spent.append((e, d, m)))
-    assert spent and spent[0][:2] == (1.0, 1e-6) and "gaussian" in spent[0][2]
-    # sigma from the documented sensitivity: Delta^2 = 1 attribute x 2 tables
-    from privacy.accounting import epsilon_for_rho
-    rho = 2 / (2 * rep.dp_noise_sigma**2)
-    assert abs(epsilon_for_rho(rho, 1e-6) - 1.0) < 1e-9
+    accounts = [UnitPrivacy(p.stem, "scores", ContextStore(RecordDict(), p.stem, "scores")) for p in paths]
+    rep = federated_fairness(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6, seed=0), accounts=accounts)
+    # each unit accepted and charged one Gaussian release of epsilon 1 (its own accountant)
+    from privacy.accounting import epsilon
+
+    for account in accounts:
+        [run_id] = account.store._runs()
+        assert epsilon(account.store.releases(run_id), 1e-6) == pytest.approx(1.0, rel=1e-4)
+    # the combined noise: 3 units each added sigma; sigma from the documented sensitivity
+    # (Delta^2 = 1 attribute x 2 tables) and the release's noise multiplier
+    from audit.federated import release_for
+
+    z = release_for(spec, DPConfig(epsilon=1.0, delta=1e-6)).noise_multiplier
+    assert rep.dp_noise_sigma == pytest.approx(z * math.sqrt(2) * math.sqrt(3))
     clean = federated_fairness(paths, spec)
     na = rep.attributes["gender"].groups["a"].n
     assert na != clean.attributes["gender"].groups["a"].n

@@ -3,7 +3,6 @@ by the unit itself. Real files, real keys from `fedseg keys init`, the real CLI.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -12,10 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clients.budget import UnitBudgetRefused, check_segmentation_budget, check_unit_budget, own_training_epsilon
 from clients.unit_config import UnitConfigError, check_unit_data, load_unit_config
-from fedseg.config import RoundConfig
-from privacy.accounting import epsilon as rdp_epsilon
 from privacy.keys import init_keys
 from server.deploy import DeployError, superlink_args, write_connection
 
@@ -143,32 +139,16 @@ def test_superlink_is_secure_unless_asked_and_connections_are_kept(tmp_path, key
         write_connection("x", "h:1", tmp_path / "nope.crt", home=home)
 
 
-def _round(**values: object) -> RoundConfig:
-    return RoundConfig(cutoff=dt.date(2024, 1, 1), horizon_days=90, **values)
-
-
-def test_a_unit_refuses_runs_beyond_its_own_budget():
-    budget = {"epsilon-budget": 4.0}
-    assert check_unit_budget({}, _round()) is None  # no budget set: no check
-    with pytest.raises(UnitBudgetRefused, match="no differential privacy"):
-        check_unit_budget(budget, _round())
-    user = dict(privacy="user", noise_multiplier=1.3, sample_rate=0.02, steps_per_round=100, delta=1e-5)
-    # The unit's own accountant: 10 rounds x 100 steps at z=1.3, q=0.02 -> about 2.7; 100 rounds -> far more.
-    own = own_training_epsilon(_round(**user, planned_rounds=10))
-    assert own == pytest.approx(rdp_epsilon(1.3, 0.02, 1000, 1e-5))
-    assert 1.0 < own < 4.0
-    assert check_unit_budget(budget, _round(**user, planned_rounds=10, epsilon_planned=own + 0.1)) == \
-        pytest.approx(own + 0.1)
-    # The coordinator understating its epsilon does not help: the unit recomputes it.
-    with pytest.raises(UnitBudgetRefused, match="this unit allows 4.0"):
-        check_unit_budget(budget, _round(**user, planned_rounds=100, epsilon_planned=1.0))
-    with pytest.raises(UnitBudgetRefused):  # stated total (with evaluation) above the budget
-        check_unit_budget(budget, _round(**user, planned_rounds=10, epsilon_planned=4.5))
-    with pytest.raises(UnitBudgetRefused):  # DP claimed but no noise
-        check_unit_budget(budget, _round(**{**user, "noise_multiplier": 0.0}, planned_rounds=10, epsilon_planned=1.0))
-    assert check_unit_budget(budget, _round(privacy="client", delta=1e-5, planned_rounds=10, epsilon_planned=3.0)) == 3.0
-    with pytest.raises(UnitBudgetRefused, match="adds no noise"):
-        check_segmentation_budget(budget, {"epsilon-planned": 0.0})
-    check_segmentation_budget(budget, {"epsilon-planned": 2.0})
-    with pytest.raises(UnitBudgetRefused):
-        check_segmentation_budget(budget, {"epsilon-planned": 8.0})
+def test_the_units_privacy_settings_reach_its_node_config(tmp_path, keys):
+    """Budget, ledger and dataset id live in unit.toml, on the unit's premises: the ClientApp reads
+    them from its node config (tests/privacy/test_unit_account.py drives the enforcement)."""
+    data = tmp_path / "events.csv"
+    data.write_text("user_id,ts,event_type\nu1,2024-01-01T00:00:00,purchase\n")
+    toml = tmp_path / "unit.toml"
+    toml.write_text(f'unit-id = "shop_north"\ndata-path = "{data}"\nsuperlink = "127.0.0.1:8000"\n'
+                    'insecure = true\nepsilon-budget = 4.0\ndelta-budget = 1e-6\ndataset-id = "north-2024"\n'
+                    'output-dir = "out"\n')
+    node = load_unit_config(toml).node_config()
+    assert node["epsilon-budget"] == 4.0 and node["delta-budget"] == 1e-6 and node["dataset-id"] == "north-2024"
+    assert node["ledger-path"] == str((tmp_path / "out" / "privacy-ledger.sqlite").resolve())
+    assert "dp-seed" not in node

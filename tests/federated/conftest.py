@@ -54,8 +54,10 @@ class RecordingGrid:
         return replies
 
 
-def run_flower(plan, files: list[Path], client_app=None) -> tuple[list, RecordingGrid]:
-    """Run ``plan`` on Flower's simulation engine with one virtual SuperNode per file."""
+def run_flower(plan, files: list[Path], client_app=None, keep_errors: bool = False) -> tuple[list, RecordingGrid]:
+    """Run ``plan`` on Flower's simulation engine with one virtual SuperNode per file; with
+    ``keep_errors`` a :class:`fedseg.errors.FedsegError` that stops the run is returned in the
+    results instead of raised."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -69,9 +71,16 @@ def run_flower(plan, files: list[Path], client_app=None) -> tuple[list, Recordin
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        from fedseg.errors import FedsegError
+
         recording = RecordingGrid(grid)
         holder.append(recording)
-        results.append(run_training(recording, plan, on_round=lambda r: None))
+        try:
+            results.append(run_training(recording, plan, on_round=lambda r: None))
+        except FedsegError as exc:
+            if not keep_errors:
+                raise
+            results.append(exc)
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(

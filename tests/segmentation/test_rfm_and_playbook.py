@@ -22,7 +22,6 @@ from clients.segments import (
     value_tier,
 )
 from fedseg.config import FeatureConfig
-from privacy.accounting import epsilon_for_rho, rho_for_epsilon
 from server.segmentation import SegmentationPlan, noise_plan
 from simulations.cdnow import load_cdnow
 
@@ -73,12 +72,28 @@ def test_every_rfm_code_has_exactly_one_named_segment_and_tier():
     assert value_tier(np.array([1]), np.array([5]), np.array([5]))[0] == "VIP"
 
 
-def test_zcdp_conversion_round_trips_and_matches_formula():
-    rho = rho_for_epsilon(2.0, 1e-6)
-    assert epsilon_for_rho(rho, 1e-6) == pytest.approx(2.0, rel=1e-12)
-    assert epsilon_for_rho(0.5, 1e-5) == pytest.approx(0.5 + 2 * np.sqrt(0.5 * np.log(1e5)))
-    plan = noise_plan(SegmentationPlan(cutoff=dt.date(2024, 1, 1), epsilon=3.0, previous_cutoff=dt.date(2023, 10, 1)))
-    assert plan.epsilon == pytest.approx(3.0, rel=1e-9)   # the calibrated sigmas spend exactly the budget
+def test_segmentation_noise_spends_exactly_the_budget_by_an_independent_accountant():
+    """Every step is a Gaussian release; Opacus' RDP analysis (independent of dp-accounting)
+    of the planned releases gives the target epsilon."""
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    from server.segmentation import planned_releases
+
+    plan = SegmentationPlan(cutoff=dt.date(2024, 1, 1), epsilon=3.0, previous_cutoff=dt.date(2023, 10, 1),
+                            population=20_000)
+    noise = noise_plan(plan)
+    assert noise.epsilon == pytest.approx(3.0, rel=1e-4) and noise.delta == 1e-6
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [128, 256, 512]
+    rdp = sum(compute_rdp(q=1.0, noise_multiplier=r.noise_multiplier, steps=r.count, orders=orders)
+              for r in planned_releases(plan, noise))
+    assert get_privacy_spent(orders=orders, rdp=rdp, delta=1e-6)[0] == pytest.approx(3.0, rel=1e-2)
+    # the units compute the same releases from the noise they are asked to add
+    from clients.segment_handlers import lloyd_step, step_releases
+
+    [sums, counts] = step_releases(lloyd_step, {"sigma-sums": noise.sigma_lloyd_sums, "restarts": 1,
+                                                "sigma-counts": noise.sigma_lloyd_counts})
+    assert sums.noise_multiplier == pytest.approx(noise.sigma_lloyd_sums / np.sqrt(5))
+    assert counts.noise_multiplier == pytest.approx(noise.sigma_lloyd_counts)
 
 
 def test_churn_warnings_name_their_reason():

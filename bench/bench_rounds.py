@@ -25,9 +25,8 @@ def round_seconds(mode: str, rounds: int, units: int, secagg: bool = False) -> l
 
     with tempfile.TemporaryDirectory() as tmp:
         extra = {"epsilon": 8.0} if mode != "none" else {}
-        cfg = SimulationConfig(units=units, rounds=rounds, privacy=mode, baselines=False, out=Path(tmp), **extra)
-        if secagg:
-            cfg = cfg.model_copy(update={"secagg": True})
+        cfg = SimulationConfig.from_settings(units=units, rounds=rounds, privacy=mode, baselines=False,
+                                             out=Path(tmp), secagg=secagg, **extra)
         summary = run_simulation_job(cfg)
         return [r["seconds"] for r in summary["metrics"]["rounds"] if r["round"] >= 2]
 

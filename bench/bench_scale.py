@@ -27,7 +27,7 @@ def run(units: int, rounds: int, users_per_unit: int) -> tuple[float, float, flo
 
     from clients.client_app import make_client_app
     from server.server_app import make_server_app
-    from server.training import TrainingPlan
+    from fedseg.config import TrainingPlan
     from simulations.generator import GeneratorConfig, generate, write_units
     from simulations.runner import quiet_flower
 

@@ -46,7 +46,7 @@ def export_cdnow(
     out: Annotated[Path, typer.Argument(help="Output events file (.csv or .parquet).")] = Path("data/cdnow_events.parquet"),
 ) -> None:
     """Write the bundled CDNOW log (from the lifetimes wheel) as an events file."""
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
     from simulations.io import write_frame
 
     events = load_cdnow()

@@ -42,14 +42,16 @@ from flwr.clientapp import ClientApp
 
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
-from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step, step_releases
+from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
 from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
 from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
 from fedseg import protocol
-from fedseg.config import RoundConfig, from_flower_config
+from fedseg.config import from_flower_config
+from fedseg.protocol import RoundConfig
 from fedseg.models import build_model, uses_sequences
 from privacy.budget import UnitPrivacy
-from privacy.training_dp import dpsgd_release, evaluation_release, scaler_release
+from privacy.segmentation_dp import step_releases
+from privacy.training_dp import client_release, dpsgd_release, evaluation_release, scaler_release
 
 _CACHE: dict[tuple, UnitData] = {}
 _EVENTS: dict[tuple, tuple[pd.DataFrame, pd.DataFrame | None, str]] = {}
@@ -91,7 +93,7 @@ def load_unit_events(
         users = pd.read_parquet(users_path) if users_path != path and users_path.exists() else None
         return events, users, str(path)
     if cfg.dataset == "cdnow" and "partition-id" in node:
-        from simulations.cdnow import load_cdnow
+        from fedseg.datasets import load_cdnow
 
         pid, parts = int(node["partition-id"]), int(node["num-partitions"])
         return _hash_partition(load_cdnow(), pid, parts), None, f"cdnow partition {pid}/{parts}"
@@ -163,13 +165,13 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             name = events_fingerprint(unit_events(context, cfg, unit_files)[0])
         return unit_account(context, unit_name(context), name, ledger_path)
 
-    def segmentation_handler(step):  # noqa: ANN001, ANN202
+    def segmentation_handler(name: str, step):  # noqa: ANN001, ANN202
         def handler(msg: Message, context: Context) -> Message:
             config = dict(msg.content.config_records[protocol.CONFIG])
             cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 273)),
                               dataset=str(config.get("dataset", "")))
             events, users, _ = unit_events(context, cfg, unit_files)
-            releases = step_releases(step, config)
+            releases = step_releases(name, config)
             own = account(context, cfg)
             if not releases:
                 own.require_private("segmentation")
@@ -193,9 +195,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         return cfg, data, mean, std, model
 
-    for message_type, step in ((protocol.SEG_GRID, grid_step), (protocol.SEG_LLOYD, lloyd_step),
-                               (protocol.SEG_RFM, rfm_step), (protocol.SEG_FINAL, final_step)):
-        app.query(message_type.removeprefix("query."), mods=[outgoing_guard_mod])(segmentation_handler(step))
+    for name, step in (("grid", grid_step), ("lloyd", lloyd_step), ("rfm", rfm_step), ("final", final_step)):
+        app.query(f"seg_{name}", mods=[outgoing_guard_mod])(segmentation_handler(name, step))
 
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:
@@ -241,7 +242,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                                         sample_generator=sampler, noise_generator=noise)
         else:
             if cfg.privacy == "client":  # the noise is the coordinator's; the unit records the stated release
-                own.charge(cfg.run_id, "training", cfg.client_release())
+                own.charge(cfg.run_id, "training", client_release(cfg.noise_multiplier, cfg.unit_sample_rate))
             else:
                 own.require_private("training run")
             # Without user-level DP the shuffling seed may come from the run config: research

@@ -19,26 +19,11 @@ import pandas as pd
 
 from clients.features import DAY_NS, build_features
 from fedseg.config import MODEL_FEATURES, FeatureConfig
+from fedseg.scaling import FEATURE_CAPS
 from fedseg.models import DEFAULT_SEQ_LEN, SEQ_EVENT_TYPES, SEQ_NUMERIC
 
 #: Features used as they are; every other model feature is non-negative and gets log1p.
 UNLOGGED = ("trend",)
-#: Fixed caps of the transformed features (not read from data): dividing by them maps every
-#: user into [-1, 1]^d, which bounds one user's share of the scaler sums under DP.
-FEATURE_CAPS = np.array([
-    np.log1p(3650),   # recency_days (10 years)
-    np.log1p(1000),   # frequency
-    np.log1p(1e6),    # monetary_total
-    np.log1p(1e6),    # monetary_mean
-    np.log1p(3650),   # tenure_days
-    np.log1p(7),      # active_days_7
-    np.log1p(30),     # active_days_30
-    np.log1p(90),     # active_days_90
-    np.log1p(1e5),    # events_total
-    np.log1p(3650),   # ipi_mean
-    np.log1p(3650),   # ipi_std
-    1.0,              # trend
-])
 TEST_FRACTION_MODULUS = 5
 
 
@@ -165,23 +150,3 @@ def bounded_moments(static: np.ndarray, sigma: float, rng: np.random.Generator |
     d = u.shape[1]
     return (len(u) + rng.normal(0, sigma), u.sum(axis=0) + rng.normal(0, sigma, d),
             (u**2).sum(axis=0) + rng.normal(0, sigma, d))
-
-
-def scaler_from_bounded(moments: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std in feature units from (noisy) moments of the capped features."""
-    n = max(sum(m[0] for m in moments), 1.0)
-    mean_u = np.sum([m[1] for m in moments], axis=0) / n
-    var_u = np.maximum(np.sum([m[2] for m in moments], axis=0) / n - mean_u**2, 1e-4)
-    return mean_u * FEATURE_CAPS, np.sqrt(var_u) * FEATURE_CAPS
-
-
-def global_scaler(moments: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation from the units' moments (population variance, floor 1e-6)."""
-    n = sum(m[0] for m in moments)
-    if n == 0:
-        raise ValueError("no users in any unit: cannot standardise features")
-    total = np.sum([m[1] for m in moments], axis=0)
-    total_sq = np.sum([m[2] for m in moments], axis=0)
-    mean = total / n
-    var = np.maximum(total_sq / n - mean**2, 0.0)
-    return mean, np.sqrt(np.maximum(var, 1e-12)).clip(min=1e-6)

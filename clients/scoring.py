@@ -19,7 +19,7 @@ from clients.features import build_features
 from clients.training import predict_proba
 from fedseg.config import FeatureConfig
 from fedseg.models import build_model, model_version, uses_sequences
-from server.checkpoint import load_checkpoint
+from fedseg.checkpoint import load_checkpoint
 
 
 class ModelFileError(ValueError):

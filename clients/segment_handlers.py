@@ -9,7 +9,6 @@ to the unit's own disk; those never leave the unit.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,6 @@ import pandas as pd
 from clients.features import build_features
 from clients.playbook import PlaybookConfig, churn_warnings, plan_actions
 from clients.segments import (
-    D,
-    RFM_SEGMENT_NAMES,
-    VALUE_TIERS,
     activity_vectors,
     add_noise,
     assign,
@@ -31,7 +27,7 @@ from clients.segments import (
     rfm_scores,
 )
 from fedseg.config import LIFECYCLE_STAGES, FeatureConfig
-from privacy.accounting import Release
+from fedseg.segments import D, RFM_SEGMENT_NAMES, VALUE_TIERS
 
 
 def _features(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
@@ -43,45 +39,6 @@ def _features(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, A
 
 def _centroids(cfg: dict[str, Any]) -> np.ndarray:
     return np.asarray(cfg["centroids"], dtype=float).reshape(int(cfg["k"]), D)
-
-
-#: Count tables in the final release (sizes, churned, RFM segments, tiers, stages, warnings).
-FINAL_TABLES = 6
-
-
-def step_sensitivities(step, config: dict[str, Any]) -> list[tuple[str, float]]:  # noqa: ANN001
-    """(noise config key, squared L2 sensitivity) of each Gaussian release a step makes.
-
-    One user (add/remove) changes: one grid cell count (1); in each of the R candidate centroid
-    sets one centroid's count (1) and its sum (L2 <= sqrt(d), vectors lie in [0, 1]^d), so
-    R d for the sums and R for the counts; one bin of each of the three RFM histograms (3); one
-    count in each of the final tables and the profile sum of its segment (T + d); one cell of
-    the transition matrix (1). The unit computes these itself from what it is asked to send.
-    """
-    if step is grid_step:
-        return [("sigma", 1.0)]
-    if step is lloyd_step:
-        restarts = int(config.get("restarts", 1))
-        return [("sigma-sums", restarts * D), ("sigma-counts", float(restarts))]
-    if step is rfm_step:
-        return [("sigma", 3.0)]
-    out = [("sigma", float(FINAL_TABLES + D))]
-    if "previous-cutoff" in config:
-        out.append(("sigma-transitions", 1.0))
-    return out
-
-
-def step_releases(step, config: dict[str, Any]) -> list[Release]:  # noqa: ANN001
-    """The releases a segmentation step makes, from the noise it is asked to add.
-
-    Empty when the step adds no noise at all (an exact, non-private answer); a part left without
-    noise while others have some is a release of noise multiplier 0 (unbounded epsilon), which
-    the unit's account refuses."""
-    sigmas = [(float(config.get(key, 0.0)), sens_sq) for key, sens_sq in step_sensitivities(step, config)]
-    if all(sigma <= 0 for sigma, _ in sigmas):
-        return []
-    return [Release(noise_multiplier=max(sigma, 0.0) / math.sqrt(sens_sq), task="segmentation")
-            for sigma, sens_sq in sigmas]
 
 
 def grid_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:

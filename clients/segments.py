@@ -20,18 +20,20 @@ dim   value                                                 meaning of 1
 
 from __future__ import annotations
 
-from typing import Final
-
 import numpy as np
 import pandas as pd
 
-ACTIVITY_DIMS: Final = ("frequency", "recency", "monetary", "trend", "tenure")
-D: Final = len(ACTIVITY_DIMS)
-FREQ_CAP: Final = 50.0
-RECENCY_CAP_DAYS: Final = 365.0
-MONEY_CAP: Final = 5000.0
-TENURE_CAP_DAYS: Final = 365.0
-GRID_BINS: Final = 4  # per dimension for the initialisation histogram: 4^5 = 1024 cells
+from fedseg.segments import (
+    FREQ_CAP,
+    FREQUENCY_EDGES,
+    GRID_BINS,
+    MONETARY_EDGES,
+    MONEY_CAP,
+    RECENCY_CAP_DAYS,
+    RECENCY_EDGES,
+    RFM_GRID,
+    TENURE_CAP_DAYS,
+)
 
 
 def activity_vectors(features: pd.DataFrame) -> np.ndarray:
@@ -44,32 +46,11 @@ def activity_vectors(features: pd.DataFrame) -> np.ndarray:
     return np.clip(np.stack([freq, rec, money, trend, tenure], axis=1), 0.0, 1.0)
 
 
-def vectors_to_profile(centroids: np.ndarray) -> list[dict[str, float]]:
-    """Centroids back in natural units (purchase days, days, currency units, trend, days)."""
-    out = []
-    for c in np.atleast_2d(centroids):
-        out.append({
-            "frequency": float(np.expm1(c[0] * np.log1p(FREQ_CAP))),
-            "recency_days": float(c[1] * RECENCY_CAP_DAYS),
-            "monetary_total": float(np.expm1(c[2] * np.log1p(MONEY_CAP))),
-            "trend": float(c[3] * 2 - 1),
-            "tenure_days": float(c[4] * TENURE_CAP_DAYS),
-        })
-    return out
-
-
 def grid_cell(vectors: np.ndarray, bins: int = GRID_BINS) -> np.ndarray:
     """Index of each vector's cell in the ``bins^d`` grid over [0, 1]^d."""
     idx = np.minimum((vectors * bins).astype(np.int64), bins - 1)
     weights = bins ** np.arange(vectors.shape[1])[::-1]
     return idx @ weights
-
-
-def grid_centers(d: int = D, bins: int = GRID_BINS) -> np.ndarray:
-    """Centre of every grid cell, in :func:`grid_cell` order."""
-    axes = (np.arange(bins) + 0.5) / bins
-    mesh = np.meshgrid(*([axes] * d), indexing="ij")
-    return np.stack([m.ravel() for m in mesh], axis=1)
 
 
 def grid_histogram(vectors: np.ndarray, bins: int = GRID_BINS) -> np.ndarray:
@@ -110,13 +91,6 @@ def add_noise(values: np.ndarray, sigma: float, rng: np.random.Generator | None 
 # RFM: histograms over fixed bins, quintile scores, the 11 named segments, value tiers
 # --------------------------------------------------------------------------------------
 
-#: Fixed bin edges (left-closed) for the RFM histograms, in natural units. Coarse enough that
-#: DP noise summed over the bins below a quantile stays small, fine enough to score on.
-RECENCY_EDGES: Final = np.arange(0, 735, 7.0)                 # weeks of days, 0 .. 104+ weeks
-FREQUENCY_EDGES: Final = np.arange(0, 101, 1.0)               # whole purchase days, 0 .. 100+
-MONETARY_EDGES: Final = np.concatenate([[0.0], np.round(np.geomspace(1, 100_000, 120), 2)])
-
-
 def binned(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Index of the bin of each value: ``edges[i] <= v < edges[i+1]``; the last bin is open."""
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 1)
@@ -134,50 +108,17 @@ def rfm_histograms(features: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-RFM_EDGES: Final = {"recency": RECENCY_EDGES, "frequency": FREQUENCY_EDGES, "monetary": MONETARY_EDGES}
-
-
-def quantile_bins(histogram: np.ndarray, quantiles: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)) -> list[int]:
-    """For each q, the first bin whose cumulative share reaches q (the inverted-CDF quantile).
-
-    Negative noisy counts are treated as 0. With exact counts this is exactly the pooled
-    ``numpy.quantile(binned values, q, method="inverted_cdf")``.
-    """
-    counts = np.maximum(np.asarray(histogram, dtype=float), 0.0)
-    total = counts.sum()
-    if total <= 0:
-        raise ValueError("empty histogram: no users to compute thresholds from")
-    cdf = np.cumsum(counts) / total
-    return [int(np.searchsorted(cdf, q - 1e-12, side="left")) for q in quantiles]
-
-
 def quintile_score(bin_index: np.ndarray, threshold_bins: list[int], higher_is_better: bool) -> np.ndarray:
     """Score 1-5: how many thresholds the value's bin lies above (+1); reversed for recency."""
     above = (np.asarray(bin_index)[:, None] > np.asarray(threshold_bins)[None, :]).sum(axis=1)
     return (above + 1) if higher_is_better else (5 - above)
 
 
-#: The 11-segment RFM scheme on (R, FM) with FM = round-half-up((F + M) / 2); see docs/segments.md.
-RFM_SEGMENT_NAMES: Final = ("Champions", "Loyal", "Potential Loyalist", "New Customers", "Promising",
-                            "Need Attention", "About To Sleep", "At Risk", "Cannot Lose Them",
-                            "Hibernating", "Lost")
-_RFM_GRID: Final = {  # R -> names for FM = 1..5
-    5: ("New Customers", "Potential Loyalist", "Potential Loyalist", "Champions", "Champions"),
-    4: ("Promising", "Potential Loyalist", "Potential Loyalist", "Loyal", "Loyal"),
-    3: ("About To Sleep", "About To Sleep", "Need Attention", "Loyal", "Loyal"),
-    2: ("Hibernating", "Hibernating", "At Risk", "At Risk", "Cannot Lose Them"),
-    1: ("Lost", "Hibernating", "At Risk", "At Risk", "Cannot Lose Them"),
-}
-
-
 def rfm_segment(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Segment name for each (R, F, M) score triple (every one of the 125 codes has one)."""
     fm = np.floor((np.asarray(f) + np.asarray(m) + 1) / 2).astype(int)
-    table = np.array([[_RFM_GRID[rr][c - 1] for c in range(1, 6)] for rr in range(1, 6)], dtype=object)
+    table = np.array([[RFM_GRID[rr][c - 1] for c in range(1, 6)] for rr in range(1, 6)], dtype=object)
     return table[np.asarray(r) - 1, fm - 1]
-
-
-VALUE_TIERS: Final = ("basic", "active", "high-value", "VIP")
 
 
 def value_tier(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ def features(
     from clients.features import build_features
     from clients.ingest import IngestError, default_quarantine_path, read_events, read_users
     from fedseg.config import FeatureConfig
-    from simulations.cdnow import CALIBRATION_END, load_cdnow
+    from fedseg.datasets import CALIBRATION_END, load_cdnow
 
     if events is None and cutoff is None:
         cutoff_date = CALIBRATION_END
@@ -96,7 +96,7 @@ def score(
     """Score this unit's users with a global model; writes churn probabilities locally."""
     from clients.ingest import IngestError, default_quarantine_path, read_events, read_users
     from clients.scoring import ModelFileError, score_users
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
 
     cutoff_date = None
     if cutoff is not None:

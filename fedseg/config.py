@@ -1,19 +1,28 @@
-"""Configuration models shared by units and the coordinator.
+"""Configuration: every setting has one definition and one default, here.
 
-Every field states its unit. Values arrive from the command line, from ``pyproject.toml``'s
-``[tool.flwr.app.config]`` (``kebab-case`` keys) or inside Flower messages; each path goes
-through these models so a wrong value is a clear error at start, not a failure mid-round.
+- :class:`TrainingPlan`: a federated churn-training run (the coordinator's plan);
+- :class:`SegmentationPlan`: a federated segmentation;
+- :class:`FeatureConfig` / :class:`LifecycleRules`: features, labels and lifecycle rules.
+
+Every field states its unit. Values arrive from the command line (whose defaults are read from
+these models), from ``pyproject.toml``'s ``[tool.flwr.app.config]`` (``kebab-case`` keys, parsed
+by :func:`plan_from_run_config` / :func:`segmentation_plan_from_run_config`; a test checks that its
+names and defaults equal the models') or from sweep files; each path goes through these models
+so a wrong value is a clear error at start, not a failure mid-round. What travels in messages
+is in :mod:`fedseg.protocol`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any, Final, Literal
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-if TYPE_CHECKING:
-    from privacy.accounting import Release
+from fedseg.datasets import CALIBRATION_END, HOLDOUT_DAYS
 
 #: Per-user features the churn models read, in this order (see :mod:`clients.features`).
 MODEL_FEATURES: Final = (
@@ -91,6 +100,179 @@ StrategyName = Literal["fedavg", "fedprox"]
 PrivacyMode = Literal["none", "client", "user"]
 
 
+#: Default upper bound on the end users of a federation whose size the coordinator cannot know
+#: (deployment): it sets the default delta, 1e-7 (see :func:`privacy.accounting.default_delta`).
+DEFAULT_POPULATION: Final = 1_000_000
+
+
+class TrainingPlan(BaseModel):
+    """Everything the coordinator needs for one federated training run.
+
+    Defaults: the embedded default run, the bundled CDNOW log (calibration to 1997-09-30, label
+    "buys again in the 273-day holdout"), MLP, FedAvg, 10 rounds, no differential privacy.
+    """
+
+    num_rounds: int = Field(10, ge=1, description="Federated rounds.")
+    model: ModelName = "mlp"
+    strategy: StrategyName = "fedavg"
+    local_epochs: int = Field(2, ge=1, description="Passes over local training users per round.")
+    learning_rate: float = Field(0.005, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(64, ge=1)
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx weight (used with strategy fedprox).")
+    min_available_units: int = Field(2, ge=1, description="Units that must be connected to start.")
+    min_fit_units: int = Field(2, ge=1, description="Replies needed for a round to count.")
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of units asked to train each round "
+                                "(client-level DP: the Poisson rate at which units are sampled).")
+    dataset: str = Field("cdnow", description="Bundled dataset for units without data of their own ('cdnow'; "
+                         "'' in deployments, where every unit brings its events).")
+    cutoff: dt.date = Field(CALIBRATION_END, description="Last day of the history (inclusive).")
+    horizon_days: int = Field(HOLDOUT_DAYS, ge=1, description="Churn label window after the cutoff, days.")
+    seed: int = Field(0, description="Model initialisation and (without user-level DP) local shuffling.")
+    output_dir: Path = Field(Path("runs/flwr"), description="Checkpoint, rounds.jsonl and model.npz go here.")
+    round_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for replies each round "
+                                   "(a dead unit costs at most this).")
+    connect_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for min-available-units at start.")
+    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
+    target_epsilon: float | None = Field(None, gt=0, description="Calibrate the noise to this epsilon "
+                                         "per end user (user) or per unit (client) over the planned rounds.")
+    noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of a target.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units; "
+                            "sets the default delta (simulations know it exactly).")
+    sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate per step (user).")
+    max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user); 1 biases the "
+                                 "churn model towards the majority class on CDNOW.")
+    clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
+    dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
+                               "(0: only after the last round; each evaluation is a noisy release about test users).")
+    secagg: bool = Field(False, description="Secure aggregation (privacy/secagg): the coordinator sees only "
+                         "the sum of the units' updates; units weigh equally.")
+    secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold: a count (>= 2), or a "
+                                    "fraction (< 1) of each unit's degree + 1 share holders.")
+    secagg_clip_range: float = Field(1.0, gt=0, description="SecAgg: every update coordinate is clipped to "
+                                     "[-R, R] before quantisation (client mode: the clipping norm).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainingPlan":
+        if self.privacy == "user" and self.model != "mlp":
+            raise ValueError(f"user-level DP (DP-SGD with Opacus) trains the MLP; model {self.model!r} uses "
+                             "torch's nn.GRU, which Opacus cannot compute per-user gradients for. Use model 'mlp'.")
+        if self.privacy == "none":
+            given = [flag for flag, value in (("--epsilon", self.target_epsilon), ("--delta", self.delta),
+                                              ("--noise-multiplier", self.noise_multiplier)) if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} without --privacy: choose --privacy user (per end user) or "
+                                 "client (per unit)")
+        elif (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(f"--privacy {self.privacy} needs exactly one of --epsilon (a target) and "
+                             "--noise-multiplier")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of the fields that must not change when a run is resumed."""
+        exclude = {"output_dir", "round_timeout_s", "connect_timeout_s", "min_available_units", "min_fit_units"}
+        if self.privacy == "none":
+            exclude.add("num_rounds")  # a DP run's noise is calibrated to its rounds: it cannot grow
+        fixed = self.model_dump(mode="json", exclude=exclude)
+        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SegmentationBudget(BaseModel):
+    """Relative shares of the total (zCDP) budget spent by each step (normalised to sum to 1)."""
+
+    grid: float = 0.1
+    lloyd: float = 0.6
+    rfm: float = 0.1
+    final: float = 0.15
+    transitions: float = 0.05
+
+
+#: Initialisations refined side by side without noise, and with noise (where R restarts
+#: multiply a Lloyd step's squared sensitivity by R, so its noise by sqrt(R)). Measured on the
+#: synthetic planted data at epsilon 8: 4 or 8 restarts did worse than 1 (ARI 0.45-0.88 against
+#: 0.50-0.97), the extra noise and the noisy ranking costing more than the extra starts gain.
+DEFAULT_RESTARTS: Final = 16
+DP_RESTARTS: Final = 1
+
+
+class SegmentationPlan(BaseModel):
+    """Settings of one federated segmentation."""
+
+    cutoff: dt.date = Field(CALIBRATION_END, description="Segment as of this day (inclusive).")
+    horizon_days: int = Field(HOLDOUT_DAYS, ge=1, description="Label window for churn rate per segment, days.")
+    previous_cutoff: dt.date | None = Field(None, description="Earlier cutoff for the transition matrix.")
+    k: int | None = Field(None, ge=2, le=12, description="Segments; None: federated elbow over 2..8.")
+    iterations: int | None = Field(None, ge=1, description="Federated Lloyd iterations (at most); default 20 "
+                                   "without noise (stops early at convergence), 6 with (each costs budget).")
+    restarts: int | None = Field(None, ge=1, le=32, description="Candidate initialisations refined side by side, "
+                                 "best kept; default 16 without noise, 1 with (R restarts multiply the "
+                                 "Lloyd noise by sqrt(R)).")
+    epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user; None: no noise.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units; "
+                            "sets the default delta (simulations know it exactly).")
+    budget: SegmentationBudget = SegmentationBudget()
+    min_count: float = Field(5.0, ge=0, description="Centroids with fewer (noisy) users stay put.")
+    inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
+    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this churn probability.")
+    seed: int = 0
+    dataset: str = Field("cdnow", description="Bundled dataset for units without data ('cdnow'; '' in deployments).")
+    min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the units' answers to each step.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SegmentationPlan":
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("--delta without --epsilon: the segmentation adds no noise; give --epsilon for "
+                             "differential privacy")
+        return self
+
+    @property
+    def lloyd_iterations(self) -> int:
+        return self.iterations or (6 if self.epsilon else 20)
+
+    @property
+    def lloyd_restarts(self) -> int:
+        return self.restarts or (DP_RESTARTS if self.epsilon else DEFAULT_RESTARTS)
+
+
+# ---------------------------------------------------------------------------- run config
+#: ``[tool.flwr.app.config]`` keys whose names differ from the training plan's fields.
+RUN_CONFIG_RENAMES: Final = {"num-server-rounds": "num_rounds"}
+#: Training-plan keys a segmentation run reads too (with its own field names).
+SEGMENTATION_SHARED_KEYS: Final = {"cutoff": "cutoff", "horizon-days": "horizon_days", "seed": "seed",
+                                   "dataset": "dataset", "population": "population",
+                                   "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
+#: Optional fields that a TOML file spells as 0 or "" when unset (TOML has no null).
+UNSET_WHEN_EMPTY: Final = ("target_epsilon", "noise_multiplier", "delta", "epsilon", "k", "iterations", "restarts",
+                           "previous_cutoff")
+
+
+def unset_empty(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the optional fields that hold 0 or "" set to None (the field's "not set")."""
+    return {k: (None if k in UNSET_WHEN_EMPTY and v in (0, "") else v) for k, v in values.items()}
+
+
+def plan_from_run_config(run_config: dict[str, Any]) -> TrainingPlan:
+    """A validated training plan from Flower's run config (kebab-case keys; ``task`` and
+    ``segment-*`` keys belong to other jobs)."""
+    values = {RUN_CONFIG_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()
+              if k != "task" and not k.startswith("segment-")}
+    return TrainingPlan.model_validate(unset_empty(values))
+
+
+def segmentation_plan_from_run_config(run_config: dict[str, Any]) -> SegmentationPlan:
+    """A segmentation plan from the ``segment-*`` keys and the shared ones (cutoff, seed, ...)."""
+    values = {k.removeprefix("segment-").replace("-", "_"): v for k, v in run_config.items()
+              if k.startswith("segment-")}
+    for key, field in SEGMENTATION_SHARED_KEYS.items():
+        if key in run_config:
+            values.setdefault(field, run_config[key])
+    return SegmentationPlan.model_validate(unset_empty(values))
+
+
 def from_flower_config(model: type[BaseModel], config: dict[str, Any]) -> Any:
     """Build ``model`` from a Flower run/message config with ``kebab-case`` keys."""
     return model.model_validate({k.replace("-", "_"): v for k, v in config.items()})
@@ -104,50 +286,3 @@ def to_flower_config(obj: BaseModel) -> dict[str, Any]:
             continue
         out[key.replace("_", "-")] = value
     return out
-
-
-
-class RoundConfig(BaseModel):
-    """What the coordinator tells units each round (the ConfigRecord of train/evaluate/query).
-
-    The scaler is the global standardisation of the transformed features (see
-    :mod:`clients.dataset`); it is absent only in the first query that computes it.
-    """
-
-    model: ModelName = "mlp"
-    dataset: str = Field("", description="Named bundled dataset for units without a data path "
-                         "(simulation only): 'cdnow' or empty.")
-    cutoff: dt.date
-    horizon_days: int = Field(ge=1, description="Churn label window after the cutoff, days.")
-    local_epochs: int = Field(2, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
-    batch_size: int = Field(64, ge=1)
-    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0 is FedAvg.")
-    seed: int = 0
-    server_round: int = Field(0, ge=0)
-    scaler_mean: list[float] | None = None
-    scaler_std: list[float] | None = None
-    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
-    noise_multiplier: float = Field(0.0, ge=0, description="DP-SGD noise multiplier z (user mode); z of the noise "
-                                    "on the sum of clipped updates (client mode).")
-    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm C (user mode).")
-    sample_rate: float = Field(0.0, ge=0, le=1, description="DP-SGD Poisson sampling rate q (user mode).")
-    steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
-    scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
-    eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
-    delta: float = Field(0.0, ge=0, lt=1, description="delta of the run's (epsilon, delta) guarantee (DP modes).")
-    unit_sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson rate at which units are sampled "
-                                    "each round (client mode).")
-    run_id: str = Field("", description="The coordinator's id of the run (stable across resumes): the key of "
-                        "the unit's privacy account.")
-
-    def client_release(self) -> "Release":
-        """The client-level release one round makes (the coordinator adds its noise; client mode)."""
-        from privacy.accounting import Release
-
-        return Release(noise_multiplier=self.noise_multiplier, sample_rate=self.unit_sample_rate,
-                       task="training (client-level, noise added by the coordinator)")
-
-    @property
-    def features(self) -> FeatureConfig:
-        return FeatureConfig(cutoff=self.cutoff, horizon_days=self.horizon_days)

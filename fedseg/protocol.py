@@ -1,4 +1,5 @@
-"""The wire protocol between the coordinator and the units: message types, record names, keys.
+"""The wire protocol between the coordinator and the units: message types, record names, keys,
+and the typed config of training messages (:class:`RoundConfig`).
 
 Both sides import these names; the units' outgoing guard (:mod:`clients.guard`) builds its
 allow-list from :data:`ALLOWED_METRICS`, so a reply can hold nothing this module does not name.
@@ -15,7 +16,12 @@ Records of a message (``RecordDict`` keys):
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Final
+
+from pydantic import BaseModel, Field
+
+from fedseg.config import FeatureConfig, ModelName, PrivacyMode
 
 # ---------------------------------------------------------------------------- message types
 TRAIN: Final = "train"
@@ -66,3 +72,42 @@ ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {
     SCALER: {IDENTITY: frozenset({"unit-id"})},
     PRIVACY: {IDENTITY: frozenset({"unit-id", "dataset-id"}), REFUSAL: frozenset({"reason"})},
 }
+
+
+class RoundConfig(BaseModel):
+    """What the coordinator tells units each round (the ConfigRecord of train/evaluate/query).
+
+    The scaler is the global standardisation of the transformed features (see
+    :mod:`clients.dataset`); it is absent only in the first query that computes it.
+    """
+
+    model: ModelName = "mlp"
+    dataset: str = Field("", description="Named bundled dataset for units without a data path "
+                         "(simulation only): 'cdnow' or empty.")
+    cutoff: dt.date
+    horizon_days: int = Field(ge=1, description="Churn label window after the cutoff, days.")
+    local_epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    batch_size: int = Field(64, ge=1)
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0 is FedAvg.")
+    seed: int = 0
+    server_round: int = Field(0, ge=0)
+    scaler_mean: list[float] | None = None
+    scaler_std: list[float] | None = None
+    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
+    noise_multiplier: float = Field(0.0, ge=0, description="DP-SGD noise multiplier z (user mode); z of the noise "
+                                    "on the sum of clipped updates (client mode).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-user gradient clipping norm C (user mode).")
+    sample_rate: float = Field(0.0, ge=0, le=1, description="DP-SGD Poisson sampling rate q (user mode).")
+    steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
+    scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
+    eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
+    delta: float = Field(0.0, ge=0, lt=1, description="delta of the run's (epsilon, delta) guarantee (DP modes).")
+    unit_sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson rate at which units are sampled "
+                                    "each round (client mode).")
+    run_id: str = Field("", description="The coordinator's id of the run (stable across resumes): the key of "
+                        "the unit's privacy account.")
+
+    @property
+    def features(self) -> FeatureConfig:
+        return FeatureConfig(cutoff=self.cutoff, horizon_days=self.horizon_days)

@@ -63,6 +63,13 @@ def dpsgd_release(noise_multiplier: float, sample_rate: float, steps: int) -> Re
                    task="training")
 
 
+def client_release(noise_multiplier: float, unit_sample_rate: float) -> Release:
+    """One client-level round: a Poisson-sampled Gaussian on the sum of clipped unit updates (the
+    coordinator adds the noise; a unit records the stated release)."""
+    return Release(noise_multiplier=noise_multiplier, sample_rate=unit_sample_rate,
+                   task="training (client-level, noise added by the coordinator)")
+
+
 def evaluation_release(eval_sigma: float, count: int = 1) -> Release:
     """``count`` noisy evaluation releases with per-entry noise ``eval_sigma`` (test users)."""
     return Release(noise_multiplier=eval_sigma / EVAL_SENSITIVITY, count=count, group="test", task="evaluation")
@@ -123,8 +130,7 @@ class TrainingPrivacy(BaseModel):
                 out.append(evaluation_release(self.eval_sigma))
             return out
         if self.mode == "client" and server_round > 0:
-            return [Release(noise_multiplier=self.noise_multiplier, sample_rate=self.unit_sample_rate,
-                            task="training (client-level, noise added by the coordinator)")]
+            return [client_release(self.noise_multiplier, self.unit_sample_rate)]
         return []
 
     def releases(self, rounds_done: int, first: int = 0) -> list[Release]:
@@ -177,6 +183,19 @@ class TrainingPrivacy(BaseModel):
                                target_epsilon, delta)  # type: ignore[arg-type]
             state = state.model_copy(update={"eval_sigma": z_eval * EVAL_SENSITIVITY})
         return state
+
+    @classmethod
+    def for_plan(cls, plan: Any) -> "TrainingPrivacy":
+        """The calibrated privacy of a :class:`fedseg.config.TrainingPlan` (delta: as given, or
+        :func:`privacy.accounting.default_delta` of the plan's population)."""
+        from privacy.accounting import default_delta
+
+        delta = plan.delta if plan.delta is not None else default_delta(plan.population)
+        return cls.plan(plan.privacy, rounds=plan.num_rounds, delta=delta, target_epsilon=plan.target_epsilon,
+                        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                        local_epochs=plan.local_epochs, max_grad_norm=plan.max_grad_norm,
+                        clipping_norm=plan.clipping_norm, eval_every=plan.dp_eval_every,
+                        unit_sample_rate=plan.fraction_fit)
 
     # ------------------------------------------------------------------ statement
     def statement(self, releases: list[Release]) -> dict[str, Any]:

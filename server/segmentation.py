@@ -31,7 +31,6 @@ the full noise itself (the coordinator sees each unit's answer), so the merged n
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from logging import INFO
 from typing import Any
@@ -40,70 +39,15 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step, step_sensitivities
-from clients.segments import D, GRID_BINS, RFM_EDGES, grid_centers, quantile_bins, vectors_to_profile
+from fedseg.segments import (D, FINAL_TABLES, GRID_BINS, RFM_EDGES, RFM_SEGMENT_NAMES, VALUE_TIERS, grid_centers,
+                             quantile_bins, vectors_to_profile)
 from fedseg import protocol
+from fedseg.config import SegmentationPlan
 from privacy.accounting import Release, default_delta, epsilon, gaussian_noise_multiplier
+from privacy.segmentation_dp import step_releases
 from server.grid import agree_privacy, ask, wait_for_units
-
-#: Initialisations refined side by side without noise, and with noise (where R restarts
-#: multiply a Lloyd step's squared sensitivity by R, so its noise by sqrt(R)). Measured on the
-#: synthetic planted data at epsilon 8: 4 or 8 restarts did worse than 1 (ARI 0.45-0.88 against
-#: 0.50-0.97), the extra noise and the noisy ranking costing more than the extra starts gain.
-DEFAULT_RESTARTS = 16
-DP_RESTARTS = 1
-
-
-class SegmentationBudget(BaseModel):
-    """Relative shares of the total zCDP budget rho spent by each step (normalised to sum to 1)."""
-
-    grid: float = 0.1
-    lloyd: float = 0.6
-    rfm: float = 0.1
-    final: float = 0.15
-    transitions: float = 0.05
-
-
-class SegmentationPlan(BaseModel):
-    """Settings of one federated segmentation."""
-
-    cutoff: dt.date
-    horizon_days: int = Field(273, ge=1, description="Label window for churn rate per segment.")
-    previous_cutoff: dt.date | None = Field(None, description="Earlier cutoff for the transition matrix.")
-    k: int | None = Field(None, ge=2, le=12, description="Segments; None: federated elbow over 2..8.")
-    iterations: int | None = Field(None, ge=1, description="Federated Lloyd iterations (at most); default 20 "
-                                   "without noise (stops early at convergence), 6 with (each costs budget).")
-    restarts: int | None = Field(None, ge=1, le=32, description="Candidate initialisations refined side by side, "
-                                 "best kept; default 16 without noise, 1 with (R restarts multiply the "
-                                 "Lloyd noise by sqrt(R)).")
-    epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user; None: no noise.")
-    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
-                                "1 / (10 x population).")
-    population: int = Field(1_000_000, ge=1, description="Upper bound on the end users over all units; sets the "
-                            "default delta (simulations know it exactly).")
-    budget: SegmentationBudget = SegmentationBudget()
-    min_count: float = Field(5.0, ge=0, description="Centroids with fewer (noisy) users stay put.")
-    inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
-    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this probability.")
-    seed: int = 0
-    dataset: str = Field("", description="Bundled dataset for units without data ('cdnow', simulation only).")
-    min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
-
-    @property
-    def run_delta(self) -> float:
-        return self.delta if self.delta is not None else default_delta(self.population)
-
-    @property
-    def lloyd_iterations(self) -> int:
-        return self.iterations or (6 if self.epsilon else 20)
-
-    @property
-    def lloyd_restarts(self) -> int:
-        return self.restarts or (DP_RESTARTS if self.epsilon else DEFAULT_RESTARTS)
-    timeout_s: float = 600.0
-
 
 class NoisePlan(BaseModel):
     """Per-entry noise of every step, and the epsilon they add up to."""
@@ -125,7 +69,7 @@ def _sigma(sens_sq: float, rho_step: float) -> float:
 
 def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     """Calibrate every step's sigma to the plan's epsilon (see the module doc)."""
-    delta = plan.run_delta
+    delta = plan.delta if plan.delta is not None else default_delta(plan.population)
     if plan.epsilon is None:
         return NoisePlan(delta=delta)
     b = plan.budget
@@ -141,7 +85,7 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
         sigma_lloyd_sums=s_lloyd,
         sigma_lloyd_counts=s_lloyd,
         sigma_rfm=_sigma(3, share["rfm"]),
-        sigma_final=_sigma(step_sensitivities(final_step, {})[0][1], share["final"]),
+        sigma_final=_sigma(FINAL_TABLES + D, share["final"]),
         sigma_transitions=_sigma(1, share["transitions"]) if plan.previous_cutoff else 0.0,
         delta=delta,
     )
@@ -153,16 +97,14 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
 
 def planned_releases(plan: SegmentationPlan, noise: NoisePlan) -> list[Release]:
     """Every Gaussian release of the run, built with the sensitivities the units use."""
-    steps = [(grid_step, {"sigma": noise.sigma_grid}, 1),
-             (lloyd_step, {"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts,
-                           "restarts": plan.lloyd_restarts}, plan.lloyd_iterations),
-             (rfm_step, {"sigma": noise.sigma_rfm}, 1)]
+    steps = [("grid", {"sigma": noise.sigma_grid}, 1),
+             ("lloyd", {"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts,
+                        "restarts": plan.lloyd_restarts}, plan.lloyd_iterations),
+             ("rfm", {"sigma": noise.sigma_rfm}, 1)]
     final = {"sigma": noise.sigma_final}
     if plan.previous_cutoff:
         final.update({"previous-cutoff": plan.previous_cutoff.isoformat(), "sigma-transitions": noise.sigma_transitions})
-    steps.append((final_step, final, 1))
-    from clients.segment_handlers import step_releases
-
+    steps.append(("final", final, 1))
     return [r.model_copy(update={"count": count}) for step, cfg, count in steps for r in step_releases(step, cfg)]
 
 
@@ -364,7 +306,6 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
 
 
 def _report(plan, noise, k, centroids, names, thresholds, answers, history, inertias) -> dict[str, Any]:  # noqa: ANN001
-    from clients.segments import RFM_SEGMENT_NAMES, VALUE_TIERS
     from fedseg.config import LIFECYCLE_STAGES
 
     # Noisy counts can be negative; clipping at 0 is post-processing and costs no privacy.

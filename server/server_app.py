@@ -2,8 +2,8 @@
 
 Its configuration comes from ``[tool.flwr.app.config]`` in ``pyproject.toml`` (override with
 ``flwr run . --run-config "num-server-rounds=5 model='gru'"``). ``task`` selects the job:
-``train`` (default, :class:`server.training.TrainingPlan`) or ``segment``
-(:class:`server.segmentation.SegmentationPlan`, keys prefixed ``segment-``, writing
+``train`` (default, :class:`fedseg.config.TrainingPlan`) or ``segment``
+(:class:`fedseg.config.SegmentationPlan`, keys prefixed ``segment-``, writing
 ``<output-dir>/segments.json``).
 """
 
@@ -15,41 +15,8 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from server.training import TrainingPlan, log_round, run_training
-
-#: pyproject keys whose names differ from the plan's fields.
-_RENAMES = {"num-server-rounds": "num_rounds"}
-#: run-config keys that are not training-plan fields.
-_NOT_PLAN = ("task", "segment-")
-#: optional fields that pyproject spells as 0 or "" when unset (TOML has no null).
-_UNSET_WHEN_EMPTY = ("target_epsilon", "noise_multiplier", "delta")
-_SEGMENT_UNSET_WHEN_EMPTY = ("epsilon", "delta", "k", "iterations", "previous_cutoff")
-
-
-def _unset_empty(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """``values`` with the ``keys`` that hold 0 or "" set to None (the field's "not set")."""
-    return {k: (None if k in keys and v in (0, "") else v) for k, v in values.items()}
-
-
-def plan_from_run_config(run_config: dict[str, Any]) -> TrainingPlan:
-    """A validated training plan from Flower's run config (kebab-case keys)."""
-    values = {_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()
-              if not k.startswith(_NOT_PLAN)}
-    return TrainingPlan.model_validate(_unset_empty(values, _UNSET_WHEN_EMPTY))
-
-
-def segmentation_plan_from_run_config(run_config: dict[str, Any]):  # noqa: ANN201
-    """A segmentation plan from ``cutoff``, ``horizon-days``, ``seed`` and ``segment-*`` keys."""
-    from server.segmentation import SegmentationPlan
-
-    values = {k.removeprefix("segment-").replace("-", "_"): v for k, v in run_config.items()
-              if k.startswith("segment-")}
-    for key in ("cutoff", "horizon-days", "seed", "dataset", "population"):
-        if key in run_config:
-            values.setdefault(key.replace("-", "_"), run_config[key])
-    # epsilon 0: no noise; k and iterations 0: the default; previous-cutoff "": none
-    return SegmentationPlan.model_validate(_unset_empty(values, _SEGMENT_UNSET_WHEN_EMPTY))
-
+from fedseg.config import TrainingPlan, plan_from_run_config, segmentation_plan_from_run_config
+from server.training import log_round, run_training
 
 def make_server_app(
     plan: TrainingPlan | None = None,

@@ -30,8 +30,6 @@ agrees the privacy plan first, and tolerates units that fail mid-round as long a
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import time
 import uuid
@@ -46,114 +44,37 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
-from pydantic import BaseModel, Field, model_validator
 
-from clients.dataset import FEATURE_CAPS, global_scaler
+from fedseg.scaling import global_scaler, public_scaler, scaler_from_bounded
 from fedseg import protocol
-from fedseg.config import ModelName, PrivacyMode, RoundConfig, StrategyName, to_flower_config
+from fedseg.config import TrainingPlan, to_flower_config
+from fedseg.protocol import RoundConfig
 from fedseg.errors import FedsegError
 from fedseg.metrics import auc_from_histograms
 from fedseg.models import build_model, model_version
-from privacy.accounting import Release, default_delta, epsilon
+from privacy.accounting import Release, epsilon
 from privacy.training_dp import TrainingPrivacy
-from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedseg.checkpoint import MODEL_FILE, ROUNDS_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from server.grid import NotEnoughUnits, agree_privacy, ask, wait_for_units
-
-MODEL_FILE = "model.npz"
-ROUNDS_FILE = "rounds.jsonl"
-#: Default upper bound on the end users of a federation whose size the coordinator cannot know
-#: (deployment): it sets the default delta, 1e-7.
-DEFAULT_POPULATION = 1_000_000
 
 __all__ = ["NotEnoughUnits", "ResumeMismatch", "TrainingPlan", "TrainingResult", "run_training"]
 
 
-class TrainingPlan(BaseModel):
-    """Everything the coordinator needs for one federated training run."""
-
-    num_rounds: int = Field(10, ge=1, description="Federated rounds.")
-    model: ModelName = "mlp"
-    strategy: StrategyName = "fedavg"
-    local_epochs: int = Field(2, ge=1, description="Passes over local training users per round.")
-    learning_rate: float = Field(0.01, gt=0)
-    batch_size: int = Field(64, ge=1)
-    proximal_mu: float = Field(0.0, ge=0, description="FedProx weight (used with strategy fedprox).")
-    min_available_units: int = Field(2, ge=1, description="Units that must be connected to start.")
-    min_fit_units: int = Field(2, ge=1, description="Replies needed for a round to count.")
-    fraction_fit: float = Field(1.0, gt=0, le=1, description="Share of units asked to train each round "
-                                "(client-level DP: the Poisson rate at which units are sampled).")
-    dataset: str = Field("", description="Bundled dataset for units without data ('cdnow').")
-    cutoff: dt.date
-    horizon_days: int = Field(273, ge=1)
-    seed: int = 0
-    output_dir: Path = Path("runs/flwr")
-    round_timeout_s: float = Field(3600.0, gt=0, description="Seconds to wait for replies each round.")
-    connect_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for units at start.")
-    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP), user (user-level DP).")
-    target_epsilon: float | None = Field(None, gt=0, description="Calibrate the noise to this epsilon "
-                                         "per end user (user) or per unit (client) over the planned rounds.")
-    noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of a target.")
-    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
-                                "1 / (10 x population).")
-    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units; "
-                            "sets the default delta (simulations know it exactly).")
-    sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate per step (user).")
-    max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user).")
-    clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
-    secagg: bool = Field(False, description="Secure aggregation (privacy/secagg): the coordinator sees only "
-                         "the sum of the units' updates; units weigh equally.")
-    secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
-    secagg_clip_range: float = Field(1.0, gt=0, description="SecAgg: every update coordinate is clipped to "
-                                     "[-R, R] before quantisation (client mode: the clipping norm).")
-    dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
-                               "(0: only after the last round; each evaluation is a noisy release about test users).")
-
-    @model_validator(mode="after")
-    def _dp_model(self) -> "TrainingPlan":
-        if self.privacy == "user" and self.model != "mlp":
-            raise ValueError(f"user-level DP (DP-SGD with Opacus) trains the MLP; model {self.model!r} uses "
-                             "torch's nn.GRU, which Opacus cannot compute per-user gradients for. Use model 'mlp'.")
-        if self.privacy != "none" and (self.target_epsilon is None) == (self.noise_multiplier is None):
-            raise ValueError(f"privacy {self.privacy!r} needs exactly one of a target epsilon and a noise multiplier")
-        if self.privacy == "none" and (self.target_epsilon is not None or self.noise_multiplier is not None):
-            raise ValueError("a target epsilon or a noise multiplier needs a privacy mode (user or client)")
-        return self
-
-    @property
-    def run_delta(self) -> float:
-        """The run's delta: as given, or :func:`privacy.accounting.default_delta` of the population."""
-        return self.delta if self.delta is not None else default_delta(self.population)
-
-    def privacy_plan(self) -> TrainingPrivacy:
-        """The calibrated noise of every release of this run (:class:`privacy.training_dp.TrainingPrivacy`)."""
-        return TrainingPrivacy.plan(
-            self.privacy, rounds=self.num_rounds, delta=self.run_delta, target_epsilon=self.target_epsilon,
-            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, local_epochs=self.local_epochs,
-            max_grad_norm=self.max_grad_norm, clipping_norm=self.clipping_norm, eval_every=self.dp_eval_every,
-            unit_sample_rate=self.fraction_fit)
-
-    def fingerprint(self) -> str:
-        """Hash of the fields that must not change when a run is resumed."""
-        exclude = {"output_dir", "round_timeout_s", "connect_timeout_s", "min_available_units", "min_fit_units"}
-        if self.privacy == "none":
-            exclude.add("num_rounds")  # a DP run's noise is calibrated to its rounds: it cannot grow
-        fixed = self.model_dump(mode="json", exclude=exclude)
-        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
-
-    def round_config(self, server_round: int, mean: list[float] | None, std: list[float] | None,
-                     privacy: TrainingPrivacy | None = None, run_id: str = "") -> RoundConfig:
-        dp: dict[str, Any] = {}
-        if privacy is not None and privacy.is_private:
-            dp = {"privacy": privacy.mode, "noise_multiplier": privacy.noise_multiplier,
-                  "max_grad_norm": privacy.max_grad_norm, "sample_rate": privacy.sample_rate,
-                  "steps_per_round": privacy.steps_per_round, "scaler_sigma": privacy.scaler_sigma,
-                  "eval_sigma": privacy.eval_sigma, "delta": privacy.delta,
-                  "unit_sample_rate": privacy.unit_sample_rate}
-        return RoundConfig(
-            model=self.model, dataset=self.dataset, cutoff=self.cutoff, horizon_days=self.horizon_days,
-            local_epochs=self.local_epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
-            proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0, seed=self.seed,
-            server_round=server_round, scaler_mean=mean, scaler_std=std, run_id=run_id, **dp)
+def round_config(plan: TrainingPlan, server_round: int, mean: list[float] | None, std: list[float] | None,
+                 privacy: TrainingPrivacy | None = None, run_id: str = "") -> RoundConfig:
+    """What the units are told in ``server_round`` (the training messages' config)."""
+    dp: dict[str, Any] = {}
+    if privacy is not None and privacy.is_private:
+        dp = {"privacy": privacy.mode, "noise_multiplier": privacy.noise_multiplier,
+              "max_grad_norm": privacy.max_grad_norm, "sample_rate": privacy.sample_rate,
+              "steps_per_round": privacy.steps_per_round, "scaler_sigma": privacy.scaler_sigma,
+              "eval_sigma": privacy.eval_sigma, "delta": privacy.delta,
+              "unit_sample_rate": privacy.unit_sample_rate}
+    return RoundConfig(
+        model=plan.model, dataset=plan.dataset, cutoff=plan.cutoff, horizon_days=plan.horizon_days,
+        local_epochs=plan.local_epochs, learning_rate=plan.learning_rate, batch_size=plan.batch_size,
+        proximal_mu=plan.proximal_mu if plan.strategy == "fedprox" else 0.0, seed=plan.seed,
+        server_round=server_round, scaler_mean=mean, scaler_std=std, run_id=run_id, **dp)
 
 
 class ResumeMismatch(FedsegError):
@@ -214,8 +135,6 @@ def _make_strategy(plan: TrainingPlan) -> Any:
 def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int], cfg: RoundConfig
                      ) -> tuple[list[float], list[float], dict[int, str]]:
     """Global mean/std of the transformed features from the units' sums (round 0), and each unit's name."""
-    from clients.dataset import scaler_from_bounded
-
     answers = ask(grid, nodes, protocol.SCALER, RecordDict({protocol.CONFIG: _config_record(cfg)}),
                   plan.round_timeout_s, require_all=False)
     moments, names = [], {}
@@ -229,11 +148,6 @@ def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int], cfg: Roun
                              f"{plan.min_fit_units}")
     mean, std = global_scaler(moments) if cfg.privacy == "none" else scaler_from_bounded(moments)
     return mean.tolist(), std.tolist(), names
-
-
-def public_scaler() -> tuple[list[float], list[float]]:
-    """Standardisation from public bounds only (client-level DP): ``x / FEATURE_CAPS``."""
-    return [0.0] * len(FEATURE_CAPS), [float(c) for c in FEATURE_CAPS]
 
 
 def _evaluate(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRecord, cfg: RoundConfig,
@@ -307,7 +221,7 @@ def run_training(
     nodes = wait_for_units(grid, plan.min_available_units, plan.connect_timeout_s)
     strategy = _make_strategy(plan)
     if checkpoint is None:
-        privacy = plan.privacy_plan()
+        privacy = TrainingPrivacy.for_plan(plan)
         run_id = uuid.uuid4().hex[:12]
         run = _Run(run_dir, plan, {"privacy": privacy.model_dump(), "run_id": run_id, "total_units": len(nodes)},
                    [], [])
@@ -326,14 +240,14 @@ def run_training(
         remaining = privacy.releases(plan.num_rounds, first=start_round + 1 if checkpoint is not None else 0)
         stated = epsilon(run.sent + remaining, privacy.delta)
         units = agree_privacy(grid, nodes, run_id, "training", privacy.delta, stated, remaining,
-                              _config_record(plan.round_config(0, None, None, privacy, run_id)), plan.round_timeout_s)
+                              _config_record(round_config(plan, 0, None, None, privacy, run_id)), plan.round_timeout_s)
         log(INFO, "privacy plan accepted by %d units: epsilon %.4f, delta %g", len(units), stated, privacy.delta)
 
     if checkpoint is None:
         if privacy.sends_scaler_query:
             run.release(privacy.round_releases(0))
             run.mean, run.std, names = federated_scaler(grid, plan, nodes,
-                                                        plan.round_config(0, None, None, privacy, run_id))
+                                                        round_config(plan, 0, None, None, privacy, run_id))
         else:
             run.mean, run.std = public_scaler()
             names = {n: u["unit"] for n, u in units.items()}
@@ -342,7 +256,7 @@ def run_training(
         metrics0 = None
         if privacy.evaluates_after(0):
             metrics0, _ = _evaluate(strategy, grid, 0, run.arrays,
-                                    plan.round_config(0, run.mean, run.std, privacy, run_id), plan.round_timeout_s)
+                                    round_config(plan, 0, run.mean, run.std, privacy, run_id), plan.round_timeout_s)
         record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": run.epsilon(privacy)}
         run.history.append(record0)
         on_round(record0)
@@ -353,7 +267,7 @@ def run_training(
     expected_units = privacy.unit_sample_rate * int(run.extra.get("total_units", len(nodes)))
     for server_round in range(start_round + 1, plan.num_rounds + 1):
         started = time.perf_counter()
-        cfg = plan.round_config(server_round, run.mean, run.std, privacy, run_id)
+        cfg = round_config(plan, server_round, run.mean, run.std, privacy, run_id)
         releases = privacy.round_releases(server_round)
         run.release([r for r in releases if r.task != "evaluation"])
         arrays = run.arrays

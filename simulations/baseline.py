@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from clients.dataset import UnitData, feature_moments, global_scaler, prepare_unit
+from clients.dataset import UnitData, feature_moments, prepare_unit
+from fedseg.scaling import global_scaler
 from clients.training import TrainParams, predict_proba, tensors, train_local
 from fedseg.config import FeatureConfig, ModelName
 from fedseg.models import build_model, uses_sequences

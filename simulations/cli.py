@@ -23,6 +23,34 @@ def _date(value: str | None, name: str) -> dt.date | None:
         fail(f"{name} {value!r} is not a date; use YYYY-MM-DD.")
 
 
+def _plan_default(field: str) -> Any:
+    """A training-plan field's default: the command line's defaults come from the plan."""
+    from fedseg.config import TrainingPlan
+
+    return TrainingPlan.model_fields[field].default
+
+
+def _segment_default(field: str) -> Any:
+    """A segmentation-plan field's default (the command line's defaults come from the plan)."""
+    from fedseg.config import SegmentationPlan
+
+    return SegmentationPlan.model_fields[field].default
+
+
+#: Command-line flag of a plan field (for error messages), where the names differ.
+_FLAGS = {"num_rounds": "--rounds", "target_epsilon": "--epsilon", "learning_rate": "--lr"}
+
+
+def validation_problems(exc: Any) -> str:
+    """One line from a pydantic ValidationError, naming command-line flags."""
+    problems = []
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"] if p != "plan"]
+        flag = _FLAGS.get(loc[-1], "--" + loc[-1].replace("_", "-")) if loc else ""
+        problems.append((f"{flag}: " if flag else "") + e["msg"].removeprefix("Value error, "))
+    return "; ".join(problems)
+
+
 @app.command("simulate")
 def simulate(
     dataset: Annotated[str, typer.Option(help="cdnow (bundled real data), synthetic (generated), or file (--events).")] = "cdnow",
@@ -32,28 +60,28 @@ def simulate(
     units: Annotated[int, typer.Option(help="Number of simulated business units.")] = 5,
     partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column (the data's unit_id).")] = "auto",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (0.1 = strongly skewed units).")] = 0.5,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
-    model: Annotated[str, typer.Option(help="mlp (per-user features) or gru (event sequences + features).")] = "mlp",
-    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
-    proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight mu.")] = 0.01,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 2,
-    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 0.005,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 64,
-    cutoff: Annotated[str | None, typer.Option(help="Last day of history, YYYY-MM-DD.")] = None,
-    horizon_days: Annotated[int | None, typer.Option(help="Churn label window in days.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (model init, partition, data).")] = 0,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _plan_default("num_rounds"),
+    model: Annotated[str, typer.Option(help="mlp (per-user features) or gru (event sequences + features).")] = _plan_default("model"),
+    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = _plan_default("strategy"),
+    proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight mu (with --strategy fedprox).")] = 0.01,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _plan_default("local_epochs"),
+    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = _plan_default("learning_rate"),
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = _plan_default("batch_size"),
+    cutoff: Annotated[str | None, typer.Option(help="Last day of history, YYYY-MM-DD (default: the dataset's).")] = None,
+    horizon_days: Annotated[int | None, typer.Option(help="Churn label window in days (default: the dataset's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (model init, partition, data).")] = _plan_default("seed"),
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<dataset>-<model>-<time>).")] = None,
     baselines: Annotated[bool, typer.Option(help="Also train the centralised model and fit BG/NBD.")] = True,
-    privacy: Annotated[str, typer.Option(help="none, client (unit-level DP, Flower wrappers) or user (user-level DP-SGD).")] = "none",
+    privacy: Annotated[str, typer.Option(help="none, client (unit-level DP, noise added by the coordinator) or user (user-level DP-SGD in every unit).")] = _plan_default("privacy"),
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon per end user (user) or unit (client) over all rounds.")] = None,
-    delta: Annotated[float | None, typer.Option(help="delta (default: a power of ten below 1/users).")] = None,
+    delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)).")] = None,
     noise_multiplier: Annotated[float | None, typer.Option(help="Fixed noise multiplier instead of --epsilon.")] = None,
-    sample_rate: Annotated[float, typer.Option(help="DP-SGD Poisson sampling rate per step (user mode).")] = 0.02,
-    max_grad_norm: Annotated[float, typer.Option(help="Per-user gradient clipping norm (user mode); 1 biases the churn model towards the majority class on CDNOW.")] = 5.0,
-    clipping_norm: Annotated[float, typer.Option(help="Per-unit update clipping norm (client mode).")] = 1.0,
-    ledger: Annotated[Path | None, typer.Option(help="Privacy budget ledger (SQLite) to check and record spend.")] = None,
+    sample_rate: Annotated[float, typer.Option(help="DP-SGD Poisson sampling rate per step (user mode).")] = _plan_default("sample_rate"),
+    max_grad_norm: Annotated[float, typer.Option(help="Per-user gradient clipping norm (user mode); 1 biases the churn model towards the majority class on CDNOW.")] = _plan_default("max_grad_norm"),
+    clipping_norm: Annotated[float, typer.Option(help="Per-unit update clipping norm (client mode).")] = _plan_default("clipping_norm"),
+    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite): each unit checks and records its spend.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the coordinator sees only the sum of updates.")] = False,
-    secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count (>= 2), or a fraction (< 1) of each unit's degree + 1 share holders.")] = 0.6,
+    secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count (>= 2), or a fraction (< 1) of each unit's degree + 1 share holders.")] = _plan_default("secagg_threshold"),
     dp_research_seed: Annotated[int | None, typer.Option(help="RESEARCH ONLY: a seed each simulated unit keeps to itself for DP-SGD's sample and noise (reproducible DP runs). Without it they come from OS entropy.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
 ) -> None:
@@ -68,7 +96,7 @@ def simulate(
     if out is None:
         out = Path("runs") / f"{dataset}-{model}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        cfg = SimulationConfig(
+        cfg = SimulationConfig.from_settings(
             dataset=dataset, events_path=events, users_path=users, synthetic_users=synthetic_users,
             units=units, partition=partition, alpha=alpha, rounds=rounds, model=model, strategy=strategy,
             proximal_mu=proximal_mu if strategy == "fedprox" else 0.0, local_epochs=local_epochs,
@@ -79,9 +107,7 @@ def simulate(
             secagg_threshold=secagg_threshold, dp_research_seed=dp_research_seed,
         )
     except ValidationError as exc:
-        problems = "; ".join((f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
-                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        fail(problems)
+        fail(validation_problems(exc))
     if cfg.dataset == "file" and cfg.events_path is None:
         fail("--dataset file needs --events FILE.")
     if cfg.events_path is not None:
@@ -96,16 +122,16 @@ def simulate(
         elif record["round"] == 0:
             figures = "initial model (not evaluated: under DP evaluation is a scheduled release)"
         else:
-            figures = ("trained (no federated evaluation under client-level DP)" if cfg.privacy == "client"
+            figures = ("trained (no federated evaluation under client-level DP)" if cfg.plan.privacy == "client"
                        else "trained (under user-level DP evaluation runs after the last round)")
-        console.print(f"  round {record['round']:>3}/{cfg.rounds}: {figures}{extra}{eps}", highlight=False)
+        console.print(f"  round {record['round']:>3}/{cfg.plan.num_rounds}: {figures}{extra}{eps}", highlight=False)
 
     def header(plan: Any, fed: Any) -> None:
         partition = cfg.partition if cfg.partition != "auto" else ("column" if "unit_id" in fed.events else "iid")
         skew = f" (alpha {cfg.alpha:g})" if partition == "dirichlet" else ""
         console.print(f"simulating {len(fed.files)} units on {cfg.dataset} ({len(fed.features):,} users, "
-                      f"{partition} partition{skew}): {cfg.model}, {cfg.strategy}, {cfg.rounds} rounds x "
-                      f"{cfg.local_epochs} local epochs -> {out}", highlight=False)
+                      f"{partition} partition{skew}): {plan.model}, {plan.strategy}, {plan.num_rounds} rounds x "
+                      f"{plan.local_epochs} local epochs -> {out}", highlight=False)
         console.print(f"  {privacy_header(plan)}", highlight=False)
 
     try:
@@ -122,7 +148,9 @@ def privacy_header(plan: Any) -> str:
     secagg = "secure aggregation: " + ("on" if plan.secagg else "off")
     if plan.privacy == "none":
         return f"privacy: none (exact updates; no differential privacy) | {secagg}"
-    privacy = plan.privacy_plan()
+    from privacy.training_dp import TrainingPrivacy
+
+    privacy = TrainingPrivacy.for_plan(plan)
     who = "per end user" if plan.privacy == "user" else "per unit, noise added by the coordinator"
     return (f"privacy: {plan.privacy}-level DP, epsilon {privacy.epsilon_after(plan.num_rounds):.3f} {who} "
             f"(target {privacy.target_epsilon:.3g}), delta {privacy.delta:g} | {secagg}")
@@ -176,9 +204,9 @@ def segment(
     cutoff: Annotated[str | None, typer.Option(help="Segment as of this day, YYYY-MM-DD (CDNOW: 1997-09-30).")] = None,
     previous_cutoff: Annotated[str | None, typer.Option(help="Earlier day for the transition matrix (default: 91 days before).")] = None,
     horizon_days: Annotated[int | None, typer.Option(help="Label window for churn rate per segment, days.")] = None,
-    inactivity_days: Annotated[float, typer.Option(help="Churn warning after this many days without any event.")] = 30.0,
-    churn_threshold: Annotated[float, typer.Option(help="Churn warning at this churn probability (when scores exist).")] = 0.7,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    inactivity_days: Annotated[float, typer.Option(help="Churn warning after this many days without any event.")] = _segment_default("inactivity_days"),
+    churn_threshold: Annotated[float, typer.Option(help="Churn warning at this churn probability (when scores exist).")] = _segment_default("churn_threshold"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _segment_default("seed"),
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/segment-<dataset>-<time>).")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
@@ -189,25 +217,25 @@ def segment(
     """
     from pydantic import ValidationError
 
-    from server.segmentation import SegmentationPlan
+    from fedseg.config import SegmentationPlan
     from simulations.runner import SimulationConfig
     from simulations.segment_runner import run_segment_job
 
     if out is None:
         out = Path("runs") / f"segment-{dataset}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     cutoff_date = _date(cutoff, "--cutoff")
-    if delta is not None and epsilon is None:
-        fail("--delta without --epsilon: the segmentation adds no noise; give --epsilon for differential privacy")
     try:
-        data_cfg = SimulationConfig(dataset="file" if events else dataset, events_path=events,
-                                    synthetic_users=synthetic_users, units=units, partition=partition, alpha=alpha,
-                                    cutoff=cutoff_date, horizon_days=horizon_days, seed=seed, out=out)
-        placeholder = cutoff_date or dt.date(1997, 9, 30)
-        plan = SegmentationPlan(cutoff=placeholder, k=k, iterations=iterations, epsilon=epsilon, delta=delta,
+        data_cfg = SimulationConfig.from_settings(dataset="file" if events else dataset, events_path=events,
+                                                  synthetic_users=synthetic_users, units=units, partition=partition,
+                                                  alpha=alpha, cutoff=cutoff_date, horizon_days=horizon_days,
+                                                  seed=seed, out=out)
+        # the cutoff and horizon come from the data (run_segment_job), as in `fedseg simulate`
+        plan = SegmentationPlan(k=k, iterations=iterations, epsilon=epsilon, delta=delta,
                                 inactivity_days=inactivity_days, churn_threshold=churn_threshold, seed=seed,
                                 previous_cutoff=_date(previous_cutoff, "--previous-cutoff"))
     except ValidationError as exc:
-        fail("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()))
+        fail(validation_problems(exc))
+
     def header(run_plan: Any, fed: Any) -> None:
         from server.segmentation import noise_plan
 

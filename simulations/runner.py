@@ -25,14 +25,22 @@ import pandas as pd
 from pydantic import BaseModel, Field, model_validator
 
 from fedseg import __version__
-from fedseg.config import FeatureConfig, ModelName, PrivacyMode, StrategyName
+from fedseg.config import FeatureConfig, TrainingPlan
 
 PartitionScheme = Literal["auto", "iid", "dirichlet", "column"]
 DatasetName = Literal["cdnow", "synthetic", "file"]
 
 
+#: Names a person uses (command-line flags, sweep files) for training-plan fields.
+PLAN_ALIASES = {"rounds": "num_rounds", "epsilon": "target_epsilon"}
+
+
 class SimulationConfig(BaseModel):
-    """A simulated federation. Defaults: CDNOW over 5 IID units, MLP, FedAvg, 10 rounds."""
+    """A simulated federation: where the data comes from, how it is split into units, and the
+    training plan the federation runs (:class:`fedseg.config.TrainingPlan`, its own defaults).
+
+    Defaults: the real CDNOW log over 5 IID units with the plan's defaults (MLP, FedAvg, 10 rounds).
+    """
 
     dataset: DatasetName = "cdnow"
     events_path: Path | None = Field(None, description="Events file for dataset 'file'.")
@@ -43,56 +51,49 @@ class SimulationConfig(BaseModel):
                                        "present, else iid.")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for partition 'dirichlet' "
                          "(0.1 strongly skewed, 100 almost IID).")
-    rounds: int = Field(10, ge=1)
-    model: ModelName = "mlp"
-    strategy: StrategyName = "fedavg"
-    proximal_mu: float = Field(0.0, ge=0)
-    local_epochs: int = Field(2, ge=1)
-    learning_rate: float = Field(0.005, gt=0)
-    batch_size: int = Field(64, ge=1)
-    cutoff: dt.date | None = Field(None, description="Last day of history; CDNOW: 1997-09-30.")
-    horizon_days: int | None = Field(None, ge=1, description="Label window; CDNOW: 273.")
-    seed: int = 0
+    cutoff: dt.date | None = Field(None, description="Last day of history; default: the dataset's (CDNOW "
+                                   "1997-09-30; synthetic: the horizon before the last event).")
+    horizon_days: int | None = Field(None, ge=1, description="Label window; default: the dataset's (CDNOW 273; "
+                                     "synthetic 60).")
     out: Path = Path("runs/simulate")
     baselines: bool = Field(True, description="Train the centralised model and fit BG/NBD.")
     min_fit_units: int | None = Field(None, ge=1, description="Replies needed per round (default: all units).")
-    privacy: PrivacyMode = Field("none", description="none, client (unit-level DP) or user (user-level DP).")
-    epsilon: float | None = Field(None, gt=0, description="Target epsilon over the planned rounds (DP modes).")
-    delta: float | None = Field(None, gt=0, lt=1, description="delta; default a power of ten below 1/users.")
-    noise_multiplier: float | None = Field(None, gt=0, description="Fixed noise multiplier instead of --epsilon.")
-    sample_rate: float = Field(0.02, gt=0, le=1, description="DP-SGD Poisson sampling rate (user mode).")
-    max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user mode).")
-    clipping_norm: float = Field(1.0, gt=0, description="Per-unit update clipping norm (client mode).")
     ledger: Path | None = Field(None, description="The units' privacy budget ledger (SQLite; each simulated unit "
                                 "charges its own releases under its own name).")
     dp_research_seed: int | None = Field(None, description="Research only: a unit-local seed for DP-SGD's sample "
                                          "and noise (reproducible DP runs). Never derived from the run seed.")
-    secagg: bool = Field(False, description="Secure aggregation: the coordinator sees only sums of updates.")
-    secagg_threshold: float = Field(0.6, gt=0, description="SecAgg reconstruction threshold (count or fraction).")
+    plan: TrainingPlan = Field(default_factory=TrainingPlan, description="The training plan the units run.")
 
-    @model_validator(mode="after")
-    def _privacy_flags(self) -> "SimulationConfig":
-        """No silent non-private run: noise settings need a privacy mode."""
-        if self.privacy == "none":
-            given = [name for name, value in (("epsilon", self.epsilon), ("noise_multiplier", self.noise_multiplier),
-                                              ("delta", self.delta)) if value is not None]
-            if given:
-                raise ValueError(f"{', '.join('--' + g.replace('_', '-') for g in given)} without --privacy: "
-                                 "choose --privacy user (per end user) or client (per unit)")
-        elif (self.epsilon is None) == (self.noise_multiplier is None):
-            raise ValueError(f"--privacy {self.privacy} needs exactly one of --epsilon (a target) and "
-                             "--noise-multiplier")
-        return self
+    @property
+    def seed(self) -> int:
+        """One seed for the partition, the generator and the plan (model initialisation)."""
+        return self.plan.seed
+
+    @classmethod
+    def from_settings(cls, **settings: Any) -> "SimulationConfig":
+        """Build from flat settings (command line, sweep cells): training-plan fields (or their
+        aliases, ``rounds``, ``epsilon``) go into the plan, the rest are the simulation's."""
+        plan: dict[str, Any] = {}
+        own: dict[str, Any] = {}
+        for key, value in settings.items():
+            field = PLAN_ALIASES.get(key, key)
+            if field in cls.model_fields and field != "plan":
+                own[field] = value
+            elif field in TrainingPlan.model_fields:
+                plan[field] = value
+            else:
+                raise ValueError(f"unknown setting {key!r}")
+        return cls.model_validate({**own, "plan": plan})
 
     @model_validator(mode="after")
     def _secagg_units(self) -> "SimulationConfig":
         """The secure-aggregation settings must work for these units (checked by the protocol's
         own configuration, before any unit starts)."""
-        if self.secagg:
+        if self.plan.secagg:
             from privacy.secagg.config import SecAggConfig, SecAggError
 
             try:
-                SecAggConfig(threshold=self.secagg_threshold).threshold_for(self.units)
+                SecAggConfig(threshold=self.plan.secagg_threshold).threshold_for(self.units)
             except SecAggError as exc:
                 raise ValueError(str(exc)) from None
         return self
@@ -107,7 +108,7 @@ def data_fingerprint(events: pd.DataFrame) -> str:
 def load_dataset(cfg: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, dt.date, int]:
     """Events, users, cutoff and horizon for the configured dataset."""
     if cfg.dataset == "cdnow":
-        from simulations.cdnow import CALIBRATION_END, HOLDOUT_DAYS, load_cdnow
+        from fedseg.datasets import CALIBRATION_END, HOLDOUT_DAYS, load_cdnow
 
         return load_cdnow(), None, cfg.cutoff or CALIBRATION_END, cfg.horizon_days or HOLDOUT_DAYS
     if cfg.dataset == "synthetic":
@@ -247,7 +248,6 @@ def run_simulation_job(
 
     from clients.client_app import make_client_app
     from server.server_app import make_server_app
-    from server.training import TrainingPlan
 
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -256,20 +256,14 @@ def run_simulation_job(
     feature_cfg = FeatureConfig(cutoff=cutoff, horizon_days=horizon)
     files, unit_stats, n_units = fed.files, fed.unit_stats, len(fed.files)
 
-    plan = TrainingPlan(
-        num_rounds=cfg.rounds, model=cfg.model, strategy=cfg.strategy, local_epochs=cfg.local_epochs,
-        learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu,
-        min_available_units=n_units, min_fit_units=cfg.min_fit_units or n_units,
-        cutoff=cutoff, horizon_days=horizon, seed=cfg.seed, output_dir=out / "server",
-        privacy=cfg.privacy, target_epsilon=cfg.epsilon, noise_multiplier=cfg.noise_multiplier, delta=cfg.delta,
-        population=max(int(len(features)), 1), sample_rate=cfg.sample_rate,
-        max_grad_norm=cfg.max_grad_norm, clipping_norm=cfg.clipping_norm,
-        secagg=cfg.secagg, secagg_threshold=cfg.secagg_threshold,
-    )
+    plan = TrainingPlan.model_validate({
+        **cfg.plan.model_dump(), "cutoff": cutoff, "horizon_days": horizon, "population": max(int(len(features)), 1),
+        "min_available_units": n_units, "min_fit_units": cfg.min_fit_units or n_units,
+        "output_dir": out / "server"})
     if on_start is not None:
         on_start(plan, fed)
     identities = None
-    if cfg.secagg:
+    if plan.secagg:
         from privacy.secagg.flower import make_identities
 
         identities = out / "secagg-identities"
@@ -331,13 +325,13 @@ def _baselines(cfg: SimulationConfig, plan: Any, events: pd.DataFrame, users: pd
     from simulations.btyd import fit_bgnbd
     from sklearn.metrics import roc_auc_score
 
-    data = pooled_data(events, feature_cfg, cfg.model, users)
-    params = TrainParams(epochs=cfg.rounds * cfg.local_epochs, learning_rate=cfg.learning_rate,
-                         batch_size=cfg.batch_size, seed=cfg.seed)
+    data = pooled_data(events, feature_cfg, plan.model, users)
+    params = TrainParams(epochs=plan.num_rounds * plan.local_epochs, learning_rate=plan.learning_rate,
+                         batch_size=plan.batch_size, seed=plan.seed)
     t0 = time.perf_counter()
-    central, _ = train_centralised(data, cfg.model, params)
+    central, _ = train_centralised(data, plan.model, params)
     labels = data.labels[data.test_mask]
-    fed_exact = exact_metrics(score_arrays(data, cfg.model, result.arrays, result.scaler_mean, result.scaler_std),
+    fed_exact = exact_metrics(score_arrays(data, plan.model, result.arrays, result.scaler_mean, result.scaler_std),
                               labels)
     out: dict[str, Any] = {
         "centralized_auc": central.auc,

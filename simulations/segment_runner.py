@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fedseg.errors import FedsegError
-from server.segmentation import SegmentationPlan
+from fedseg.config import SegmentationPlan
 from simulations.runner import SimulationConfig, dataset_id, prepare_federation, quiet_flower
 
 

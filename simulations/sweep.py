@@ -89,7 +89,11 @@ def load_spec(path: Path) -> SweepSpec:
         for key, values in sub.items():
             if not isinstance(values, list) or not values:
                 raise SweepError(f"{path}: [grid] {name}.{key} must be a non-empty list")
-    allowed = set(SimulationConfig.model_fields) | {"task", *SEGMENT_KEYS}
+    from fedseg.config import TrainingPlan
+    from simulations.runner import PLAN_ALIASES
+
+    allowed = ((set(SimulationConfig.model_fields) - {"plan"}) | set(TrainingPlan.model_fields) | set(PLAN_ALIASES)
+               | {"task", *SEGMENT_KEYS})
     fixed_keys = set(spec.fixed).union(*map(set, spec.grid_fixed.values())) if spec.grid_fixed else set(spec.fixed)
     unknown = sorted((fixed_keys | set(spec.grid)) - allowed)
     if unknown:
@@ -139,8 +143,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def _simulation_config(cell: dict[str, Any], out: Path) -> SimulationConfig:
-    fields = {k: v for k, v in cell.items() if k in SimulationConfig.model_fields}
-    return SimulationConfig(**{**fields, "out": out})
+    fields = {k: v for k, v in cell.items() if k not in ("cell_id", "task", *SEGMENT_KEYS)}
+    return SimulationConfig.from_settings(**{**fields, "out": out})
 
 
 def finished_cells(out: Path) -> set[str]:
@@ -158,13 +162,11 @@ def run_cell(cell: dict[str, Any], out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     row = dict(cell)
     if cell.get("task", "train") == "segment":
-        import datetime as dt
-
-        from server.segmentation import SegmentationPlan
+        from fedseg.config import SegmentationPlan
         from simulations.segment_runner import run_segment_job
 
-        plan = SegmentationPlan(cutoff=cfg.cutoff or dt.date(1970, 1, 1), k=cell.get("k"),
-                                iterations=cell.get("iterations"), epsilon=cell.get("seg_epsilon"), seed=cfg.seed)
+        plan = SegmentationPlan(k=cell.get("k"), iterations=cell.get("iterations"), epsilon=cell.get("seg_epsilon"),
+                                seed=cfg.seed)
         report = run_segment_job(cfg, plan)
         comparison = report.get("centralised_comparison", {})
         row.update({"k_found": report["k"], "ari": comparison.get("adjusted_rand_index"),

@@ -127,8 +127,7 @@ def test_tls_authenticated_federation_survives_a_dead_unit_and_a_coordinator_res
     # 6. Each unit's own ledger: u0 and u1 made the scaler release, rounds 1-3, the interrupted
     #    round 4, its re-run, round 5 and the final evaluation, once each, in one run; their last
     #    cumulative epsilon is what the coordinator printed. u2 missed round 2 (it was down).
-    from server.checkpoint import load_checkpoint
-    from server.training import MODEL_FILE
+    from fedseg.checkpoint import MODEL_FILE, load_checkpoint
 
     statement = load_checkpoint(out, MODEL_FILE).extra["privacy"]
     assert statement["epsilon"] == pytest.approx(records[-1]["epsilon"])

@@ -17,7 +17,7 @@ CUTOFF = dt.date(1997, 9, 30)
 
 
 def small_cdnow(n_users: int = 4000) -> pd.DataFrame:
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
 
     events = load_cdnow()
     keep = events["user_id"].drop_duplicates().sample(n_users, random_state=1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.checkpoint import load_checkpoint
+from fedseg.checkpoint import load_checkpoint
 from tests.deployment.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

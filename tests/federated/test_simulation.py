@@ -6,8 +6,9 @@ import pytest
 
 from clients.guard import ALLOWED_METRICS
 from fedseg.models import expected_shapes
-from server.checkpoint import load_checkpoint
-from server.training import ResumeMismatch, TrainingPlan
+from fedseg.checkpoint import load_checkpoint
+from fedseg.config import TrainingPlan
+from server.training import ResumeMismatch
 
 from .conftest import CUTOFF, run_flower
 
@@ -93,7 +94,7 @@ def test_score_writes_probabilities_with_the_model_version(three_round_run, cdno
     # a changed weight is caught by the version check
     import shutil
 
-    from server.checkpoint import load_checkpoint, save_checkpoint
+    from fedseg.checkpoint import load_checkpoint, save_checkpoint
 
     shutil.copy(out / "model.npz", tmp_path / "model.npz")
     saved = load_checkpoint(tmp_path, name="model.npz")

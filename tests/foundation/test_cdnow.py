@@ -8,7 +8,7 @@ import pytest
 
 from clients.features import build_features
 from fedseg.config import FeatureConfig
-from simulations.cdnow import CALIBRATION_END, HOLDOUT_DAYS, N_CUSTOMERS, N_ROWS, cdnow_path, load_cdnow
+from fedseg.datasets import CALIBRATION_END, HOLDOUT_DAYS, N_CUSTOMERS, N_ROWS, cdnow_path, load_cdnow
 
 
 def test_loaded_rows_and_customers_match_the_file():

@@ -11,7 +11,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedseg import protocol
-from fedseg.config import RoundConfig
+from fedseg.protocol import RoundConfig
 from fedseg.models import build_model
 from privacy.accounting import Release, epsilon
 
@@ -69,7 +69,7 @@ def _record(cfg: RoundConfig) -> ConfigRecord:
 def user_round_config(run_id: str, z: float, q: float = 0.05, steps: int = 20, delta: float = 1e-6,
                       server_round: int = 1, seed: int = 0) -> RoundConfig:
     """The config of a user-level DP training round, with a plain standardisation."""
-    from clients.dataset import FEATURE_CAPS
+    from fedseg.scaling import FEATURE_CAPS
 
     return RoundConfig(cutoff=CUTOFF, horizon_days=273, privacy="user", noise_multiplier=z, sample_rate=q,
                        steps_per_round=steps, max_grad_norm=5.0, delta=delta, run_id=run_id, seed=seed,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clients.dataset import UnitData, feature_moments, global_scaler, prepare_unit
+from clients.dataset import UnitData, feature_moments, prepare_unit
+from fedseg.scaling import global_scaler
 from clients.training import TrainParams, train_local, train_local_dpsgd
 from fedseg.config import FeatureConfig
 from fedseg.models import build_model
@@ -29,7 +30,7 @@ def test_lower_bound_function_matches_the_checked_figures():
 
 @pytest.fixture(scope="module")
 def base():
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
 
     events = load_cdnow()
     keep = set(events["user_id"].drop_duplicates().sample(3000, random_state=0))

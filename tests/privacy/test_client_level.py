@@ -39,7 +39,7 @@ def test_units_are_poisson_sampled():
 
 def test_client_level_run_releases_only_what_it_accounts(tmp_path, cdnow_units):
     from privacy.accounting import default_delta
-    from server.training import TrainingPlan
+    from fedseg.config import TrainingPlan
     from tests.federated.conftest import run_flower
     from tests.privacy.test_dp_training import opacus_rdp_epsilon
 

@@ -87,7 +87,7 @@ def test_default_delta_is_at_most_one_tenth_of_one_over_n():
 
 
 def test_user_level_run_on_flower_spends_what_it_states(cdnow_dp_units, tmp_path):
-    from server.training import TrainingPlan
+    from fedseg.config import TrainingPlan
     from tests.federated.conftest import run_flower
 
     plan = TrainingPlan(num_rounds=3, cutoff=dt.date(1997, 9, 30), horizon_days=273, output_dir=tmp_path,
@@ -128,11 +128,12 @@ def test_dpsgd_steps_over_empty_poisson_batches_on_a_small_unit(model_name):
     are noise-only updates (as accounted), not errors (found in a deployment run)."""
     import torch
 
-    from clients.dataset import feature_moments, global_scaler, prepare_unit
+    from clients.dataset import feature_moments, prepare_unit
+    from fedseg.scaling import global_scaler
     from clients.training import train_local_dpsgd
     from fedseg.config import FeatureConfig
     from fedseg.models import build_model, uses_sequences
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
 
     events = load_cdnow()
     keep = set(events["user_id"].drop_duplicates().sample(60, random_state=3))
@@ -152,11 +153,12 @@ def test_dpsgd_steps_over_empty_poisson_batches_on_a_small_unit(model_name):
 
 def test_a_too_small_unit_says_so_without_stating_its_size():
     """The reason of a unit's failure reaches the coordinator: it names no user count."""
-    from clients.dataset import feature_moments, global_scaler, prepare_unit
+    from clients.dataset import feature_moments, prepare_unit
+    from fedseg.scaling import global_scaler
     from clients.training import UnitCannotTrain, train_local_dpsgd
     from fedseg.config import FeatureConfig
     from fedseg.models import build_model
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
 
     events = load_cdnow()
     keep = set(events["user_id"].drop_duplicates().sample(23, random_state=1))

@@ -81,7 +81,7 @@ def test_killed_writer_leaves_a_consistent_ledger(tmp_path):
 
 
 def _plan(out, rounds=3, epsilon=4.0):
-    from server.training import TrainingPlan
+    from fedseg.config import TrainingPlan
 
     return TrainingPlan(num_rounds=rounds, cutoff=dt.date(1997, 9, 30), horizon_days=273, output_dir=out,
                         min_available_units=3, min_fit_units=3, privacy="user", target_epsilon=epsilon,

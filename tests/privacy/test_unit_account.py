@@ -80,7 +80,7 @@ def test_budget_refusal_names_unit_dataset_spent_asked_and_remaining(events, tmp
 
 
 def test_a_unit_with_a_budget_refuses_runs_without_dp(events, tmp_path):
-    from fedseg.config import RoundConfig
+    from fedseg.protocol import RoundConfig
     from tests.privacy.harness import CUTOFF
 
     u = unit(events, tmp_path, **{"epsilon-budget": 2.0})

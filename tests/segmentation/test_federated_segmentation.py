@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from server.segmentation import SegmentationPlan
+from fedseg.config import SegmentationPlan
 from tests.federated.conftest import RecordingGrid, write_units
 
 CUTOFF = dt.date(1997, 9, 30)
@@ -42,7 +42,7 @@ def run_segmentation_on(files: list[Path], plan: SegmentationPlan, output_dir: P
 
 @pytest.fixture(scope="module")
 def cdnow_segmentation(tmp_path_factory):
-    from simulations.cdnow import load_cdnow
+    from fedseg.datasets import load_cdnow
 
     base = tmp_path_factory.mktemp("seg")
     files = write_units(load_cdnow(), 5, base / "in")

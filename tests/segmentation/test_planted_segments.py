@@ -6,13 +6,13 @@ import datetime as dt
 
 import pytest
 
-from server.segmentation import SegmentationPlan
+from fedseg.config import SegmentationPlan
 from simulations.runner import SimulationConfig
 from simulations.segment_runner import run_segment_job
 
 
 def segment(tmp_path, epsilon, seed=0):  # noqa: ANN001
-    data = SimulationConfig(dataset="synthetic", synthetic_users=20_000, units=5, seed=seed, out=tmp_path)
+    data = SimulationConfig.from_settings(dataset="synthetic", synthetic_users=20_000, units=5, seed=seed, out=tmp_path)
     plan = SegmentationPlan(cutoff=dt.date(2000, 1, 1), k=5, epsilon=epsilon)
     return run_segment_job(data, plan)
 

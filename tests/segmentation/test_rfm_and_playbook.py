@@ -11,19 +11,12 @@ import pytest
 
 from clients.features import build_features
 from clients.playbook import PlaybookConfig, PlaybookRule, churn_warnings, plan_actions
-from clients.segments import (
-    RFM_EDGES,
-    RFM_SEGMENT_NAMES,
-    add_noise,
-    binned,
-    quantile_bins,
-    rfm_histograms,
-    rfm_segment,
-    value_tier,
-)
+from clients.segments import add_noise, binned, rfm_histograms, rfm_segment, value_tier
 from fedseg.config import FeatureConfig
-from server.segmentation import SegmentationPlan, noise_plan
-from simulations.cdnow import load_cdnow
+from fedseg.segments import RFM_EDGES, RFM_SEGMENT_NAMES, quantile_bins
+from fedseg.config import SegmentationPlan
+from server.segmentation import noise_plan
+from fedseg.datasets import load_cdnow
 
 COLUMNS = {"recency": "recency_days", "frequency": "frequency", "monetary": "monetary_total"}
 
@@ -88,9 +81,9 @@ def test_segmentation_noise_spends_exactly_the_budget_by_an_independent_accounta
               for r in planned_releases(plan, noise))
     assert get_privacy_spent(orders=orders, rdp=rdp, delta=1e-6)[0] == pytest.approx(3.0, rel=1e-2)
     # the units compute the same releases from the noise they are asked to add
-    from clients.segment_handlers import lloyd_step, step_releases
+    from privacy.segmentation_dp import step_releases
 
-    [sums, counts] = step_releases(lloyd_step, {"sigma-sums": noise.sigma_lloyd_sums, "restarts": 1,
+    [sums, counts] = step_releases("lloyd", {"sigma-sums": noise.sigma_lloyd_sums, "restarts": 1,
                                                 "sigma-counts": noise.sigma_lloyd_counts})
     assert sums.noise_multiplier == pytest.approx(noise.sigma_lloyd_sums / np.sqrt(5))
     assert counts.noise_multiplier == pytest.approx(noise.sigma_lloyd_counts)

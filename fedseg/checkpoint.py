@@ -1,4 +1,6 @@
-"""Checkpoints of a federated run: global weights, scaler and per-round history, one file.
+"""The checkpoint format of a federated run: global weights, scaler and per-round history, one file.
+
+Shared: the coordinator writes it, a unit reads the final ``model.npz`` to score its users.
 
 The checkpoint is written after every completed round to ``<run dir>/checkpoint.npz`` by
 writing a temporary file in the same folder, flushing it to disk and renaming it over the old
@@ -16,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
+#: The run's checkpoint, replaced after every completed round.
 CHECKPOINT_NAME = "checkpoint.npz"
+#: The final global model of a run (the same format), what units score with (``fedseg score``).
+MODEL_FILE = "model.npz"
+#: One JSON line per completed round.
+ROUNDS_FILE = "rounds.jsonl"
 _STATE_KEY = "__state__"
 
 

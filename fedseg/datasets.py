@@ -1,4 +1,4 @@
-"""The real CDNOW transaction log, read from the installed ``lifetimes`` distribution.
+"""Bundled real data: the CDNOW transaction log, read from the installed ``lifetimes`` distribution.
 
 CDNOW (Fader and Hardie): every purchase from 1997-01-01 to 1998-06-30 by the 23,570
 customers who first bought in 1997-Q1, 69,659 rows, with the number of CDs and the dollar

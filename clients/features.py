@@ -32,6 +32,7 @@ import pandas as pd
 
 from fedseg.config import LIFECYCLE_STAGES, MODEL_FEATURES, FeatureConfig, LifecycleRules
 from fedseg.contract import PURCHASE
+from fedseg.errors import FedsegError
 
 DAY_NS = 86_400 * 10**9
 REFUND = "refund"
@@ -55,6 +56,26 @@ def _sorted_unique(keys: np.ndarray) -> np.ndarray:
         return keys
     ordered = np.sort(keys)
     return ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
+
+
+class CutoffError(FedsegError):
+    """The cutoff leaves no history to compute features from."""
+
+
+def check_cutoff(events: pd.DataFrame, config: FeatureConfig, source: str = "the events") -> list[str]:
+    """Refuse a cutoff before every event (:class:`CutoffError`, naming the first event's day);
+    return warnings for one whose label window holds no event (every user would be churned)."""
+    if len(events) == 0:
+        raise CutoffError(f"{source} hold no events")
+    first, last = events["ts"].min(), events["ts"].max()
+    t_ref = pd.Timestamp(config.t_ref)
+    if first >= t_ref:
+        raise CutoffError(f"no events before the end of {config.cutoff} in {source}: the first event is on "
+                          f"{first.date()}; choose a later --cutoff")
+    if last < t_ref:
+        return [f"{source} end on {last.date()}, before the {config.horizon_days}-day label window after "
+                f"{config.cutoff}: every user would be labelled churned; choose an earlier --cutoff"]
+    return []
 
 
 def build_features(
@@ -107,7 +128,8 @@ def build_features(
     p_user = p_keys // span
     p_day = p_keys % span + offset
     frequency = np.bincount(p_user, minlength=n_all)
-    same = np.r_[False, p_user[1:] == p_user[:-1]]
+    same = np.zeros(len(p_user), dtype=bool)
+    same[1:] = p_user[1:] == p_user[:-1]
     gaps = np.diff(p_day, prepend=p_day[:1]).astype(np.float64)
     g_user = p_user[same]
     g = gaps[same]

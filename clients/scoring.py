@@ -15,14 +15,15 @@ import pandas as pd
 import torch
 
 from clients.dataset import build_sequences, transform_static
-from clients.features import build_features
+from clients.features import build_features, check_cutoff
 from clients.training import predict_proba
 from fedseg.config import FeatureConfig
 from fedseg.models import build_model, model_version, uses_sequences
 from fedseg.checkpoint import load_checkpoint
+from fedseg.errors import FedsegError
 
 
-class ModelFileError(ValueError):
+class ModelFileError(FedsegError):
     """The model file is missing or not a fedseg model."""
 
 
@@ -30,9 +31,14 @@ def load_model_file(path: Path) -> tuple[torch.nn.Module, dict, list[float], lis
     """Model, metadata, scaler mean and std from a ``model.npz`` written by a run."""
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file; a run writes it as <run>/server/model.npz")
-    checkpoint = load_checkpoint(path.parent, name=path.name)
+    try:
+        checkpoint = load_checkpoint(path.parent, name=path.name)
+    except (ValueError, OSError, KeyError, EOFError) as exc:  # not an .npz of ours (a CSV, a pickle, ...)
+        raise ModelFileError(f"{path} is not a fedseg model file ({type(exc).__name__}); use <run>/server/model.npz "
+                             "written by a training run") from None
     if checkpoint is None or "model" not in checkpoint.extra:
-        raise ModelFileError(f"{path}: not a fedseg model file (no model name inside)")
+        raise ModelFileError(f"{path} is not a fedseg model file (no model name inside); use "
+                             "<run>/server/model.npz written by a training run")
     model = build_model(checkpoint.extra["model"])
     model.load_state_dict({k: torch.as_tensor(v) for k, v in checkpoint.arrays.items()})
     meta = dict(checkpoint.extra)
@@ -53,6 +59,7 @@ def score_users(events: pd.DataFrame, model_path: Path, cutoff: dt.date | None =
     if cutoff is None:
         cutoff = events["ts"].max().date()
     config = FeatureConfig(cutoff=cutoff, horizon_days=int(meta.get("horizon_days", 1)))
+    check_cutoff(events, config)
     features = build_features(events, config, users=users)
     static = torch.as_tensor((transform_static(features) - np.asarray(mean)) / np.asarray(std), dtype=torch.float32)
     if uses_sequences(meta["model"]):

@@ -25,7 +25,7 @@ def features(
     on_error: Annotated[OnError, typer.Option(help="fail: stop at invalid rows; quarantine: set them aside beside --out.")] = OnError.fail,
 ) -> None:
     """Compute RFM/activity features, lifecycle stage and churn label per user at a cutoff."""
-    from clients.features import build_features
+    from clients.features import build_features, check_cutoff
     from clients.ingest import IngestError, default_quarantine_path, read_events, read_users
     from fedseg.config import FeatureConfig
     from fedseg.datasets import CALIBRATION_END, load_cdnow
@@ -65,6 +65,8 @@ def features(
                 console.print(user_result.report.summary(), highlight=False)
         except IngestError as exc:
             fail(str(exc))
+        for warning in check_cutoff(frame, config, source):
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         advance(progress, f"features of {len(frame):,} events")
         table = build_features(frame, config, users=user_frame)
         advance(progress, f"writing {out}")

@@ -7,10 +7,15 @@ libraries (torch, flwr) inside their commands so that ``fedseg --help`` stays fa
 
 from __future__ import annotations
 
+import functools
 import importlib
-import importlib.util
+from collections.abc import Callable
+from typing import Any
 
 import typer
+
+from fedseg.console import fail
+from fedseg.errors import FedsegError
 
 app = typer.Typer(
     name="fedseg",
@@ -24,12 +29,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from fedseg import __version__
+
+        typer.echo(f"fedseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print fedseg's version and exit."),
+) -> None:
+    """Privacy-preserving federated user segmentation (``fedseg --help`` lists the commands)."""
+
+
 #: (module holding a typer ``app``, group name or None to mount its commands at top level)
 _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("clients.cli", "data"),
+    ("simulations.data_cli", "data"),
     ("clients.unit_cli", None),
     ("simulations.cli", None),
-    ("server.cli", None),
     ("privacy.cli", "privacy"),
     ("privacy.keys_cli", "keys"),
     ("server.deploy_cli", "deploy"),
@@ -37,18 +59,41 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
 )
 
 
+def _one_line_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose :class:`fedseg.errors.FedsegError` becomes one ``error:`` line and its exit code."""
+
+    @functools.wraps(callback)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except FedsegError as exc:
+            fail(str(exc), exc.exit_code)
+
+    return command
+
+
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
+            info.callback = _one_line_errors(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _wrap_commands(group.typer_instance)
+
+
 def _mount() -> None:
+    groups: dict[str, typer.Typer] = {}
     for module_name, group in _GROUPS:
-        if importlib.util.find_spec(module_name) is None:
-            continue  # that capability is not built into this checkout
         sub = importlib.import_module(module_name).app
         if group is None:
-            for command in sub.registered_commands:
-                app.registered_commands.append(command)
-            for grp in sub.registered_groups:
-                app.registered_groups.append(grp)
+            app.registered_commands.extend(sub.registered_commands)
+            app.registered_groups.extend(sub.registered_groups)
+        elif group in groups:  # a second module adds its commands to the same group
+            groups[group].registered_commands.extend(sub.registered_commands)
         else:
+            groups[group] = sub
             app.add_typer(sub, name=group)
+    _wrap_commands(app)
 
 
 _mount()

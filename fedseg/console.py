@@ -32,8 +32,12 @@ def steps(total: int, description: str = "working") -> Iterator[Progress]:
         console=err_console,
         transient=False,
     ) as progress:
-        progress.add_task(description, total=total)
-        yield progress
+        task = progress.add_task(description, total=total)
+        try:
+            yield progress
+        except BaseException:
+            progress.update(task, visible=False)  # no stale "0/3" line above the error message
+            raise
 
 
 def advance(progress: Progress, description: str) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from clients.cli_options import DateFormat, Encoding, Sep, file_format
 from fedseg.console import console, fail
 from fedseg.contract import OnError
 
@@ -17,26 +18,33 @@ app = typer.Typer(help="Check a unit's event/user files against the data contrac
 
 @app.command("validate")
 def validate(
-    file: Annotated[Path, typer.Argument(help="Events file (.csv or .parquet) of one unit.")],
-    users: Annotated[bool, typer.Option("--users", help="FILE is a users file, not events.")] = False,
+    events: Annotated[Path | None, typer.Option(help="Events file (.csv or .parquet) of one unit.")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file (.csv or .parquet) of one unit.")] = None,
     on_error: Annotated[OnError, typer.Option(help="fail: stop at invalid rows; quarantine: set them aside.")] = OnError.fail,
-    quarantine: Annotated[Path | None, typer.Option(help="Quarantine file (default: FILE.quarantine.csv beside FILE).")] = None,
-    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV file.")] = "utf-8",
+    quarantine: Annotated[Path | None, typer.Option(help="Quarantine file for the events (default: <events>.quarantine.csv beside it; users: <users>.quarantine.csv).")] = None,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
 ) -> None:
-    """Check every row of FILE; print rows read, accepted and rejected, and each problem."""
-    from clients.ingest import IngestError, read_events, read_users
+    """Check every row of a unit's events and/or users file; print rows read, accepted and
+    rejected, and each problem (with a hint when most rows fail the same way)."""
+    from clients.ingest import read_events, read_users
 
-    reader = read_users if users else read_events
-    try:
-        with console.status(f"validating {file}"):
-            result = reader(file, on_error=on_error, quarantine_path=quarantine, encoding=encoding)
-    except IngestError as exc:
-        fail(str(exc))
-    report = result.report
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    for error in report.errors[:20]:
-        console.print(f"  rejected {error}", highlight=False)
-    if len(report.errors) > 20:
-        console.print(f"  ... and {len(report.errors) - 20} more (all in the quarantine file)")
-    console.print(report.summary(), highlight=False)
+    if events is None and users is None:
+        fail("give --events FILE, --users FILE, or both.")
+    fmt = file_format(sep, encoding, date_format)
+    for path, reader, quarantine_path in ((events, read_events, quarantine), (users, read_users, None)):
+        if path is None:
+            continue
+        with console.status(f"validating {path}"):
+            result = reader(path, on_error=on_error, quarantine_path=quarantine_path, file_format=fmt)
+        report = result.report
+        for warning in report.warnings:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        if report.hint:
+            console.print(f"[yellow]hint:[/] {report.hint}", highlight=False)
+        for error in report.errors[:20]:
+            console.print(f"  rejected {error}", highlight=False)
+        if len(report.errors) > 20:
+            console.print(f"  ... and {len(report.errors) - 20} more (all in the quarantine file)")
+        console.print(report.summary(), highlight=False)

@@ -74,14 +74,17 @@ def load_unit_events(
     context: Context, cfg: RoundConfig, unit_files: Sequence[Path] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
     """The unit's events (and users, if any) and a description of where they came from."""
-    from clients.ingest import read_events, read_users
+    from clients.ingest import FileFormat, read_events, read_users
 
     node = context.node_config
     if "data-path" in node:
         path = Path(str(node["data-path"]))
         on_error = str(node.get("on-error", "fail"))
-        events = read_events(path, on_error=on_error).frame
-        users = read_users(Path(str(node["users-path"])), on_error=on_error).frame if "users-path" in node else None
+        fmt = FileFormat(sep=str(node.get("sep", ",")), encoding=str(node.get("encoding", "utf-8")),
+                         date_format=str(node["date-format"]) if "date-format" in node else None)
+        events = read_events(path, on_error=on_error, file_format=fmt).frame
+        users = read_users(Path(str(node["users-path"])), on_error=on_error,
+                           file_format=fmt).frame if "users-path" in node else None
         return events, users, str(path)
     if unit_files is not None:
         pid = int(node["partition-id"])

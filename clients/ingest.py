@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
+
+from fedseg.errors import FedsegError
 
 from fedseg.contract import (
     EVENT_COLUMNS,
@@ -40,8 +42,51 @@ from fedseg.contract import (
 MAX_LISTED_ERRORS = 10
 
 
-class IngestError(ValueError):
+class IngestError(FedsegError):
     """A file cannot be ingested; the message says what is wrong, where, and what to do."""
+
+
+class FileFormat(BaseModel):
+    """How a unit's text file is written (Parquet files carry their own types).
+
+    ``date_format``: None reads ISO-8601 (``2024-03-01T12:00:00Z``) and integer epoch times
+    (seconds, or milliseconds when above 1e11); otherwise a ``strftime`` pattern such as
+    ``%d/%m/%Y %H:%M`` for every timestamp (times in the pattern are UTC unless it has ``%z``).
+    """
+
+    sep: str = Field(",", min_length=1, description="Field delimiter of a CSV file (',', ';', '\\t', '|').")
+    encoding: str = Field("utf-8", description="Text encoding of a CSV file (utf-8, latin-1, cp1252, ...).")
+    date_format: str | None = Field(None, description="strftime pattern of the timestamps; None: ISO-8601 or "
+                                    "integer epoch seconds/milliseconds.")
+
+    @field_validator("sep")
+    @classmethod
+    def _sep(cls, value: str) -> str:
+        value = {"\\t": "\t", "tab": "\t"}.get(value, value)
+        if len(value) != 1:
+            raise ValueError(f"--sep {value!r}: a delimiter is one character (',', ';', '\\t', '|')")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"--encoding {value!r} is not a known text encoding (utf-8, latin-1, cp1252, ...)") from None
+        return value
+
+
+#: Epoch integers at least this large are milliseconds; below it, seconds.
+EPOCH_MS_FROM = 10**11
+#: Plausible epoch seconds start here (1973-03-03): smaller integers are not timestamps.
+EPOCH_S_FROM = 10**8
+#: Formats tried to suggest --date-format when most timestamps do not parse.
+COMMON_DATE_FORMATS = ("%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%d-%m-%Y", "%Y/%m/%d", "%Y%m%d", "%d/%m/%Y %H:%M",
+                       "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S", "%d.%m.%Y %H:%M",
+                       "%Y/%m/%d %H:%M:%S", "%d-%b-%Y")
 
 
 class RowError(BaseModel):
@@ -67,6 +112,7 @@ class IngestReport(BaseModel):
     quarantine_file: str | None = None
     errors: list[RowError]
     warnings: list[str] = []
+    hint: str | None = Field(None, description="One line when most rows fail for the same reason, with what to try.")
 
     def summary(self) -> str:
         text = (
@@ -106,13 +152,13 @@ def _decode(path: Path, encoding: str) -> str:
         ) from None
 
 
-def _read_csv_strings(path: Path, encoding: str) -> tuple[pd.DataFrame, np.ndarray, list[RowError]]:
+def _read_csv_strings(path: Path, file_format: FileFormat) -> tuple[pd.DataFrame, np.ndarray, list[RowError]]:
     """All cells as strings; returns the frame, each row's line number and malformed lines."""
-    text = _decode(path, encoding).removeprefix("\ufeff")
+    text = _decode(path, file_format.encoding).removeprefix("\ufeff")
     try:
         frame = pd.read_csv(
             io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False,
-            skipinitialspace=True,
+            skipinitialspace=True, sep=file_format.sep,
         )
         lines = np.arange(2, len(frame) + 2, dtype=np.int64)
         return frame, lines, []
@@ -120,7 +166,7 @@ def _read_csv_strings(path: Path, encoding: str) -> tuple[pd.DataFrame, np.ndarr
         raise IngestError(f"{path}: the file is empty; expected a header line and rows.") from None
     except pd.errors.ParserError:
         pass  # some lines have the wrong number of fields: sort them out line by line
-    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True, delimiter=file_format.sep)
     header = next(reader)
     rows: list[list[str]] = []
     row_lines: list[int] = []
@@ -141,7 +187,7 @@ def _read_csv_strings(path: Path, encoding: str) -> tuple[pd.DataFrame, np.ndarr
     return frame, np.asarray(row_lines, dtype=np.int64), bad
 
 
-def _read_table(path: Path, encoding: str) -> tuple[pd.DataFrame, np.ndarray, list[RowError], str]:
+def _read_table(path: Path, file_format: FileFormat) -> tuple[pd.DataFrame, np.ndarray, list[RowError], str]:
     if not path.exists():
         raise IngestError(f"{path}: no such file; check the path.")
     if path.is_dir():
@@ -156,7 +202,7 @@ def _read_table(path: Path, encoding: str) -> tuple[pd.DataFrame, np.ndarray, li
             raise IngestError(f"{path}: not a readable Parquet file ({exc}).") from None
         return frame.reset_index(drop=True), np.arange(1, len(frame) + 1), [], "parquet"
     if suffix in (".csv", ".txt", ".tsv"):
-        frame, lines, bad = _read_csv_strings(path, encoding)
+        frame, lines, bad = _read_csv_strings(path, file_format)
         frame.columns = [str(c).strip() for c in frame.columns]
         return frame, lines, bad, "csv"
     raise IngestError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet.")
@@ -173,23 +219,53 @@ def _is_blank(col: pd.Series) -> np.ndarray:
     return col.isna().to_numpy()
 
 
-def _parse_timestamps(col: pd.Series, name: str, path: Path) -> tuple[pd.Series, np.ndarray]:
-    """Naive-UTC datetime64[ns]; timezone-aware values are converted to UTC."""
+def _epoch(values: pd.Series) -> pd.Series:
+    """Integer epoch times (seconds; milliseconds from 1e11) as UTC datetimes; others NaT."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    plausible = numbers.abs() >= EPOCH_S_FROM
+    millis = numbers.where(numbers.abs() >= EPOCH_MS_FROM, numbers * 1000)
+    return pd.to_datetime(millis.where(plausible), unit="ms", utc=True, errors="coerce")
+
+
+def _parse_timestamps(col: pd.Series, name: str, path: Path, date_format: str | None = None
+                      ) -> tuple[pd.Series, np.ndarray]:
+    """Naive-UTC datetime64[ns]; timezone-aware values are converted to UTC. Text is read with
+    ``date_format`` when given, else as ISO-8601, or as integer epoch seconds/milliseconds."""
     if pd.api.types.is_datetime64_any_dtype(col):
         ts = col
         if getattr(ts.dt, "tz", None) is not None:
             ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
         ts = ts.astype("datetime64[ns]")
         return ts, ts.isna().to_numpy()
+    if pd.api.types.is_integer_dtype(col) or pd.api.types.is_float_dtype(col):
+        ts = _epoch(col).dt.tz_localize(None).astype("datetime64[ns]")
+        return ts, ts.isna().to_numpy()
     if col.dtype != object and not pd.api.types.is_string_dtype(col):
         raise IngestError(
-            f"{path}: column {name!r} has type {col.dtype}; expected timestamps or ISO-8601 "
-            "strings such as 2024-03-01T12:00:00Z."
+            f"{path}: column {name!r} has type {col.dtype}; expected timestamps, integer epoch times or "
+            "ISO-8601 strings such as 2024-03-01T12:00:00Z."
         )
     text = col.astype(str).str.strip()
-    ts = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    if date_format is not None:
+        ts = pd.to_datetime(text, errors="coerce", utc=True, format=date_format)
+    else:
+        ts = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+        digits = text.str.fullmatch(r"-?\d+").fillna(False).to_numpy(dtype=bool)
+        if digits.any():
+            ts = ts.where(~digits, _epoch(text.where(digits)))
     ts = ts.dt.tz_localize(None).astype("datetime64[ns]")
     return ts, ts.isna().to_numpy()
+
+
+def guess_date_format(values: pd.Series) -> str | None:
+    """The common strftime pattern that parses most of ``values`` (at least half), if any."""
+    sample = values.astype(str).str.strip().head(200)
+    best, best_share = None, 0.5
+    for pattern in COMMON_DATE_FORMATS:
+        share = pd.to_datetime(sample, format=pattern, errors="coerce").notna().mean()
+        if share > best_share:
+            best, best_share = pattern, share
+    return best
 
 
 def _parse_numbers(col: pd.Series, name: str, path: Path) -> tuple[pd.Series, np.ndarray]:
@@ -249,6 +325,7 @@ def _finish(
     quarantine_path: Path | None,
     fmt: str,
     warnings: list[str],
+    file_format: FileFormat,
 ) -> IngestResult:
     n_bad = int(rej.mask.sum())
     errors = malformed + [
@@ -271,11 +348,13 @@ def _finish(
     )
     if report.rows_read != report.rows_accepted + report.rows_rejected:  # pragma: no cover
         raise AssertionError("ingestion lost rows: read != accepted + rejected")
+    report.hint = _common_problem(errors, rows_read, raw, file_format)
     if errors and on_error == OnError.fail:
         listed = "\n  ".join(str(e) for e in errors[:MAX_LISTED_ERRORS])
         more = len(errors) - MAX_LISTED_ERRORS
+        hint = f"\n  {report.hint}" if report.hint else ""
         raise IngestError(
-            f"{path}: {len(errors)} of {rows_read} rows are invalid:\n  {listed}"
+            f"{path}: {len(errors)} of {rows_read} rows are invalid:{hint}\n  {listed}"
             + (f"\n  ... and {more} more" if more > 0 else "")
             + "\nFix the rows, or pass --on-error quarantine to set them aside and go on."
         )
@@ -284,6 +363,33 @@ def _finish(
         _write_quarantine(rejected, malformed, path, target, fmt)
         report.quarantine_file = str(target)
     return IngestResult(frame=accepted, report=report, rejected=rejected)
+
+
+def _common_problem(errors: list[RowError], rows_read: int, raw: pd.DataFrame, file_format: FileFormat) -> str | None:
+    """One line when most rows fail for the same reason, with what to try (delimiter, date format)."""
+    if not errors or len(errors) * 2 <= rows_read:
+        return None
+    kinds: dict[tuple[str | None, str], int] = {}
+    for e in errors:
+        kind = (e.column, e.reason.split(" '")[0].split(" {")[0] if e.column else e.reason.split(",")[0][:9])
+        kinds[kind] = kinds.get(kind, 0) + 1
+    (column, reason), count = max(kinds.items(), key=lambda item: item[1])
+    if count * 2 <= rows_read:
+        return None
+    share = f"{count} of {rows_read} rows"
+    if reason.startswith("unparsable timestamp") and column in raw.columns:
+        bad_values = raw[column][raw[column].astype(str).str.strip() != ""]
+        guess = guess_date_format(bad_values)
+        example = str(bad_values.iloc[0]) if len(bad_values) else ""
+        if guess:
+            return (f"most rows ({share}) have timestamps like {example!r} that are not ISO-8601: pass "
+                    f"--date-format '{guess}' (strftime codes)")
+        return (f"most rows ({share}) have timestamps like {example!r} that are not ISO-8601 or epoch seconds: "
+                "pass --date-format with their strftime pattern, e.g. '%d/%m/%Y %H:%M'")
+    if column is None and reason.startswith("expected"):
+        return (f"most rows ({share}) do not split into the header's fields with --sep {file_format.sep!r}: check "
+                "the delimiter (--sep ';', --sep '\\t') and quoting")
+    return f"most rows ({share}) fail for the same reason: {column + ': ' if column else ''}{reason}"
 
 
 def default_quarantine_path(path: Path, output: Path | None = None) -> Path:
@@ -313,18 +419,24 @@ def _write_quarantine(
     frame.to_csv(target, index=False)
 
 
-def _read_checked(path: Path, encoding: str, required: tuple[str, ...], contract: str
+def _read_checked(path: Path, file_format: FileFormat, required: tuple[str, ...], contract: str
                   ) -> tuple[pd.DataFrame, np.ndarray, list[RowError], str]:
     """The raw table, after the whole-file checks: rows present, required columns present."""
-    raw, lines, malformed, fmt = _read_table(path, encoding)
+    raw, lines, malformed, fmt = _read_table(path, file_format)
     if len(raw) == 0 and not malformed:
         raise IngestError(f"{path}: the file has a header but no rows.")
     missing = [c for c in required if c not in raw.columns]
     if missing:
+        hint = ""
+        header = ",".join(map(str, raw.columns))
+        for sep, name in ((";", "';'"), ("\t", "'\\t'"), ("|", "'|'"), (",", "','")):
+            if sep != file_format.sep and sep in header:
+                hint = f" The header seems to be delimited by {name}: pass --sep {name}."
+                break
         raise IngestError(
             f"{path}: missing required column(s) {', '.join(missing)}; found "
             f"{', '.join(map(str, raw.columns)) or 'none'}. The {contract} contract needs "
-            f"{', '.join(required)} (see README, 'Data contract')."
+            f"{', '.join(required)} (see README, 'Data contract').{hint}"
         )
     return raw, lines, malformed, fmt
 
@@ -338,7 +450,7 @@ def read_events(
     path: str | Path,
     on_error: OnError | str = OnError.fail,
     quarantine_path: str | Path | None = None,
-    encoding: str = "utf-8",
+    file_format: FileFormat | None = None,
 ) -> IngestResult:
     """Read and validate one unit's events file (CSV or Parquet) into the canonical frame.
 
@@ -349,7 +461,8 @@ def read_events(
     """
     path = Path(path)
     on_error = OnError(on_error)
-    raw, lines, malformed, fmt = _read_checked(path, encoding, REQUIRED_EVENT_COLUMNS, "events")
+    file_format = file_format or FileFormat()
+    raw, lines, malformed, fmt = _read_checked(path, file_format, REQUIRED_EVENT_COLUMNS, "events")
     warnings = []
     unknown = [c for c in raw.columns if c not in EVENT_COLUMNS and c != "unit_id"]
     if unknown:
@@ -367,7 +480,7 @@ def read_events(
 
     blank_ts = _is_blank(raw["ts"])
     rej.add(blank_ts, "ts", "missing timestamp")
-    ts, bad_ts = _parse_timestamps(raw["ts"], "ts", path)
+    ts, bad_ts = _parse_timestamps(raw["ts"], "ts", path, file_format.date_format)
     rej.add(bad_ts & ~blank_ts, "ts", _values_reason("unparsable timestamp {!r}", raw["ts"]))
     out["ts"] = ts
 
@@ -391,7 +504,7 @@ def read_events(
 
     _reject_duplicates(raw, lines, out, rej)
     return _finish(path, raw, lines, malformed, out, rej, on_error,
-                   Path(quarantine_path) if quarantine_path else None, fmt, warnings)
+                   Path(quarantine_path) if quarantine_path else None, fmt, warnings, file_format)
 
 
 def _reject_duplicates(raw: pd.DataFrame, lines: np.ndarray, out: pd.DataFrame, rej: _Rejections) -> None:
@@ -433,20 +546,21 @@ def read_users(
     path: str | Path,
     on_error: OnError | str = OnError.fail,
     quarantine_path: str | Path | None = None,
-    encoding: str = "utf-8",
+    file_format: FileFormat | None = None,
 ) -> IngestResult:
     """Read and validate a unit's users file: ``user_id`` (unique), optional ``signup_ts``,
     any attribute columns (kept as strings, for audits)."""
     path = Path(path)
     on_error = OnError(on_error)
-    raw, lines, malformed, fmt = _read_checked(path, encoding, REQUIRED_USER_COLUMNS, "users")
+    file_format = file_format or FileFormat()
+    raw, lines, malformed, fmt = _read_checked(path, file_format, REQUIRED_USER_COLUMNS, "users")
     rej = _Rejections(len(raw))
     out = pd.DataFrame(index=raw.index)
     rej.add(_is_blank(raw["user_id"]), "user_id", "missing user_id")
     out["user_id"] = raw["user_id"].astype(str).str.strip().astype(object)
     if "signup_ts" in raw.columns:
         blank = _is_blank(raw["signup_ts"])
-        ts, bad = _parse_timestamps(raw["signup_ts"], "signup_ts", path)
+        ts, bad = _parse_timestamps(raw["signup_ts"], "signup_ts", path, file_format.date_format)
         rej.add(bad & ~blank, "signup_ts", _values_reason("unparsable timestamp {!r}", raw["signup_ts"]))
         out["signup_ts"] = ts
     for col in raw.columns:
@@ -456,4 +570,4 @@ def read_users(
     dup = ids.duplicated(keep="first").to_numpy() & ~rej.mask
     rej.add(dup, "user_id", _values_reason("duplicate user_id {!r}", raw["user_id"]))
     return _finish(path, raw, lines, malformed, out, rej, on_error,
-                   Path(quarantine_path) if quarantine_path else None, fmt, [])
+                   Path(quarantine_path) if quarantine_path else None, fmt, [], file_format)

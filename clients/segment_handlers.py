@@ -27,6 +27,7 @@ from clients.segments import (
     rfm_scores,
 )
 from fedseg.config import LIFECYCLE_STAGES, FeatureConfig
+from fedseg.io import write_table
 from fedseg.segments import D, RFM_SEGMENT_NAMES, VALUE_TIERS
 
 
@@ -126,8 +127,8 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
         out["transitions"] = add_noise(counts, float(cfg.get("sigma-transitions", 0.0))).ravel().tolist()
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(output_dir / f"segments_{unit_name}.parquet", index=False)
+        write_table(table, output_dir / f"segments_{unit_name}.parquet")
         actions = plan_actions(table, playbook or PlaybookConfig(),
                                today=dt.date.fromisoformat(str(cfg["cutoff"])), contact_log=contact_log)
-        actions.to_parquet(output_dir / f"actions_{unit_name}.parquet", index=False)
+        write_table(actions, output_dir / f"actions_{unit_name}.parquet")
     return out

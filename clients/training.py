@@ -71,6 +71,7 @@ def train_local(
     if data.n_train == 0:
         raise UnitCannotTrain("this unit has no training users at the cutoff; it cannot train")
     generator = torch.Generator().manual_seed(params.seed)
+    torch.manual_seed(params.seed)  # dropout draws from the global generator: the same seed, the same model
     if loader is None:
         loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=params.batch_size,
                             shuffle=True, generator=generator)

@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
+from clients.cli_options import DateFormat, Encoding, Sep, file_format
 from fedseg.console import advance, console, fail, steps
+from fedseg.io import check_table_path, write_table
 from fedseg.contract import OnError
 
 app = typer.Typer()
@@ -21,8 +23,11 @@ def features(
     users: Annotated[Path | None, typer.Option(help="Users file (adds sign-up dates to tenure).")] = None,
     cutoff: Annotated[str | None, typer.Option(help="Last day of history, YYYY-MM-DD. Default for CDNOW: 1997-09-30.")] = None,
     horizon_days: Annotated[int, typer.Option(help="Churn label window after the cutoff, in days.")] = 273,
-    out: Annotated[Path, typer.Option(help="Output Parquet file.")] = Path("out/features.parquet"),
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv).")] = Path("out/features.parquet"),
     on_error: Annotated[OnError, typer.Option(help="fail: stop at invalid rows; quarantine: set them aside beside --out.")] = OnError.fail,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
 ) -> None:
     """Compute RFM/activity features, lifecycle stage and churn label per user at a cutoff."""
     from clients.features import build_features, check_cutoff
@@ -39,9 +44,9 @@ def features(
             cutoff_date = dt.date.fromisoformat(cutoff)
         except ValueError:
             fail(f"--cutoff {cutoff!r} is not a date; use YYYY-MM-DD, for example 2024-03-31.")
-    if out.suffix.lower() not in (".parquet", ".pq"):
-        fail(f"--out {out}: features are written as Parquet; use a .parquet file name.")
+    check_table_path(out)
     config = FeatureConfig(cutoff=cutoff_date, horizon_days=horizon_days)
+    fmt = file_format(sep, encoding, date_format)
 
     started = time.perf_counter()
     with steps(3, "reading events") as progress:
@@ -51,7 +56,7 @@ def features(
                 frame = load_cdnow()
                 source = "CDNOW (bundled with lifetimes)"
             else:
-                result = read_events(events, on_error=on_error,
+                result = read_events(events, on_error=on_error, file_format=fmt,
                                      quarantine_path=default_quarantine_path(events, out))
                 frame = result.frame
                 source = str(events)
@@ -59,7 +64,7 @@ def features(
                 for warning in result.report.warnings:
                     console.print(f"[yellow]warning:[/] {warning}", highlight=False)
             if users is not None:
-                user_result = read_users(users, on_error=on_error,
+                user_result = read_users(users, on_error=on_error, file_format=fmt,
                                          quarantine_path=default_quarantine_path(users, out.with_name(out.stem + "_users")))
                 user_frame = user_result.frame
                 console.print(user_result.report.summary(), highlight=False)
@@ -71,7 +76,7 @@ def features(
         table = build_features(frame, config, users=user_frame)
         advance(progress, f"writing {out}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(out, index=False)
+        write_table(table, out)
         advance(progress, "done")
     elapsed = time.perf_counter() - started
     console.print(
@@ -92,8 +97,11 @@ def score(
     events: Annotated[Path | None, typer.Option(help="This unit's events file. Default: bundled CDNOW.")] = None,
     users: Annotated[Path | None, typer.Option(help="Users file (sign-up dates).")] = None,
     cutoff: Annotated[str | None, typer.Option(help="Score as of this day, YYYY-MM-DD (default: last event day).")] = None,
-    out: Annotated[Path, typer.Option(help="Output Parquet file of per-user churn probabilities.")] = Path("out/scores.parquet"),
+    out: Annotated[Path, typer.Option(help="Output file of per-user churn probabilities (.parquet or .csv).")] = Path("out/scores.parquet"),
     on_error: Annotated[OnError, typer.Option(help="fail or quarantine invalid rows.")] = OnError.fail,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
 ) -> None:
     """Score this unit's users with a global model; writes churn probabilities locally."""
     from clients.ingest import IngestError, default_quarantine_path, read_events, read_users
@@ -107,15 +115,15 @@ def score(
         except ValueError:
             fail(f"--cutoff {cutoff!r} is not a date; use YYYY-MM-DD.")
     try:
+        fmt = file_format(sep, encoding, date_format)
         frame = load_cdnow() if events is None else read_events(
-            events, on_error=on_error, quarantine_path=default_quarantine_path(events, out)).frame
-        user_frame = read_users(users, on_error=on_error).frame if users else None
+            events, on_error=on_error, quarantine_path=default_quarantine_path(events, out), file_format=fmt).frame
+        user_frame = read_users(users, on_error=on_error, file_format=fmt).frame if users else None
         with console.status("scoring"):
             table = score_users(frame, model, cutoff_date, user_frame)
     except (IngestError, ModelFileError) as exc:
         fail(str(exc))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
+    write_table(table, out)
     console.print(f"scored {len(table):,} users as of {table['scored_at_cutoff'].iloc[0]} with "
                   f"{table['model'].iloc[0]} {table['model_version'].iloc[0]}; mean churn probability "
                   f"{table['churn_probability'].mean():.3f} -> {out}", highlight=False)

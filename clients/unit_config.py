@@ -32,9 +32,12 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from clients.ingest import FileFormat
 
 _UNIT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -53,6 +56,10 @@ class UnitConfig(BaseModel):
     data_path: Path = Field(description="Events file (CSV or Parquet) read through the data contract.")
     users_path: Path | None = Field(None, description="Optional users file (audit attributes).")
     on_error: Literal["fail", "quarantine"] = Field("fail", description="Malformed rows: stop, or set aside.")
+    sep: str = Field(",", description="Field delimiter of CSV data files.")
+    encoding: str = Field("utf-8", description="Text encoding of CSV data files.")
+    date_format: str | None = Field(None, description="strftime pattern of the timestamps (default: ISO-8601 or "
+                                    "integer epoch seconds/milliseconds).")
     output_dir: Path = Field(Path("fedseg-output"), description="Where local per-user outputs are written.")
     epsilon_budget: float | None = Field(None, gt=0, description="Total epsilon per end user this unit allows on "
                                          "its dataset, over every run and task (its ledger adds them up); runs "
@@ -93,6 +100,11 @@ class UnitConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _file_format(self) -> "UnitConfig":
+        self.file_format()  # a bad delimiter or encoding is an error at start, naming the setting
+        return self
+
+    @model_validator(mode="after")
     def _security(self) -> "UnitConfig":
         if not self.insecure:
             missing = [name for name, value in (("root-certificates", self.root_certificates),
@@ -105,10 +117,19 @@ class UnitConfig(BaseModel):
             raise ValueError("secagg-key and secagg-registry go together")
         return self
 
+    def file_format(self) -> "FileFormat":
+        """How the unit's CSV files are written (:class:`clients.ingest.FileFormat`)."""
+        from clients.ingest import FileFormat
+
+        return FileFormat(sep=self.sep, encoding=self.encoding, date_format=self.date_format)
+
     def node_config(self) -> dict[str, str | float | int]:
         """What the ClientApp reads from ``context.node_config``."""
         out: dict[str, str | float | int] = {"unit-id": self.unit_id, "data-path": str(self.data_path),
-                                       "on-error": self.on_error, "output-dir": str(self.output_dir)}
+                                       "on-error": self.on_error, "output-dir": str(self.output_dir),
+                                       "sep": self.sep, "encoding": self.encoding}
+        if self.date_format is not None:
+            out["date-format"] = self.date_format
         if self.users_path is not None:
             out["users-path"] = str(self.users_path)
         out["ledger-path"] = str(self.ledger_path or self.output_dir / "privacy-ledger.sqlite")
@@ -236,8 +257,9 @@ def check_unit_data(cfg: UnitConfig) -> list[str]:
     beside the data file, exactly as during a run."""
     from clients.ingest import read_events, read_users
 
-    events = read_events(cfg.data_path, on_error=cfg.on_error)
+    fmt = cfg.file_format()
+    events = read_events(cfg.data_path, on_error=cfg.on_error, file_format=fmt)
     lines = [events.report.summary() + f"; {events.frame['user_id'].nunique():,} users"]
     if cfg.users_path is not None:
-        lines.append(read_users(cfg.users_path, on_error=cfg.on_error).report.summary())
+        lines.append(read_users(cfg.users_path, on_error=cfg.on_error, file_format=fmt).report.summary())
     return lines

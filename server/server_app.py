@@ -58,15 +58,14 @@ def make_server_app(
 
 
 def _segment(grid: Grid, run_config: dict[str, Any]) -> None:
-    import json
     from pathlib import Path
 
+    from fedseg.io import write_json
     from server.segmentation import run_segmentation
 
     report = run_segmentation(grid, segmentation_plan_from_run_config(run_config))
     out = Path(str(run_config.get("output-dir", "runs/flwr")))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "segments.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(report, out / "segments.json")
 
 
 app = make_server_app()

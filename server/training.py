@@ -150,10 +150,16 @@ def federated_scaler(grid: Grid, plan: TrainingPlan, nodes: list[int], cfg: Roun
     return mean.tolist(), std.tolist(), names
 
 
+def in_unit_order(replies: Any, names: dict[int, str]) -> list[Message]:
+    """Replies sorted by the units' names: Flower's node ids are random per run, so summing in
+    this order gives the same floating-point sums, hence the same model, every run."""
+    return sorted(replies, key=lambda r: (names.get(r.metadata.src_node_id, ""), r.metadata.src_node_id))
+
+
 def _evaluate(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRecord, cfg: RoundConfig,
-              timeout: float) -> tuple[MetricRecord | None, int]:
+              timeout: float, names: dict[int, str]) -> tuple[MetricRecord | None, int]:
     messages = strategy.configure_evaluate(server_round, arrays, _config_record(cfg), grid)
-    replies = sorted(grid.send_and_receive(messages, timeout=timeout), key=lambda r: r.metadata.src_node_id)
+    replies = in_unit_order(grid.send_and_receive(messages, timeout=timeout), names)
     failed = sum(1 for r in replies if r.has_error())
     return strategy.aggregate_evaluate(server_round, replies), failed
 
@@ -256,12 +262,14 @@ def run_training(
         metrics0 = None
         if privacy.evaluates_after(0):
             metrics0, _ = _evaluate(strategy, grid, 0, run.arrays,
-                                    round_config(plan, 0, run.mean, run.std, privacy, run_id), plan.round_timeout_s)
+                                    round_config(plan, 0, run.mean, run.std, privacy, run_id), plan.round_timeout_s,
+                                    names)
         record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": run.epsilon(privacy)}
         run.history.append(record0)
         on_round(record0)
         run.save()
     names = {int(k): v for k, v in run.extra.get("units", {}).items()}
+    names.update({n: u["unit"] for n, u in units.items()})  # this run's node ids, when the units said who they are
 
     aggregator = _secure_aggregator(plan, privacy) if plan.secagg else None
     expected_units = privacy.unit_sample_rate * int(run.extra.get("total_units", len(nodes)))
@@ -278,8 +286,7 @@ def run_training(
                                                        expected_units)
             failed = len(messages) - n_ok
         else:
-            replies = sorted(grid.send_and_receive(messages, timeout=plan.round_timeout_s),
-                             key=lambda r: r.metadata.src_node_id)  # a fixed order: the same sums every run
+            replies = in_unit_order(grid.send_and_receive(messages, timeout=plan.round_timeout_s), names)
             ok = [r for r in replies if not r.has_error()]
             n_ok, failed = len(ok), len(messages) - len(ok)
             for r in replies:
@@ -302,7 +309,8 @@ def run_training(
         eval_metrics, eval_failed = None, 0
         if privacy.evaluates_after(server_round):
             run.release([r for r in releases if r.task == "evaluation"])
-            eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s)
+            eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s,
+                                                  names)
         record = {
             "round": server_round,
             **_metric_dict(eval_metrics),

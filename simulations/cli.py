@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from clients.cli_options import DateFormat, Encoding, Sep, file_format
 from fedseg.console import console, fail
 from fedseg.errors import FedsegError
 
@@ -56,6 +57,9 @@ def simulate(
     dataset: Annotated[str, typer.Option(help="cdnow (bundled real data), synthetic (generated), or file (--events).")] = "cdnow",
     events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
     users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
     synthetic_users: Annotated[int, typer.Option(help="Users to generate for --dataset synthetic.")] = 20_000,
     units: Annotated[int, typer.Option(help="Number of simulated business units.")] = 5,
     partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column (the data's unit_id).")] = "auto",
@@ -105,6 +109,7 @@ def simulate(
             epsilon=epsilon, delta=delta, noise_multiplier=noise_multiplier, sample_rate=sample_rate,
             max_grad_norm=max_grad_norm, clipping_norm=clipping_norm, ledger=ledger, secagg=secagg,
             secagg_threshold=secagg_threshold, dp_research_seed=dp_research_seed,
+            events_format=file_format(sep, encoding, date_format),
         )
     except ValidationError as exc:
         fail(validation_problems(exc))
@@ -192,6 +197,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 def segment(
     dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
     events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
     synthetic_users: Annotated[int, typer.Option(help="Users to generate for --dataset synthetic.")] = 20_000,
     units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
     partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
@@ -226,6 +235,7 @@ def segment(
     cutoff_date = _date(cutoff, "--cutoff")
     try:
         data_cfg = SimulationConfig.from_settings(dataset="file" if events else dataset, events_path=events,
+                                                  users_path=users, events_format=file_format(sep, encoding, date_format),
                                                   synthetic_users=synthetic_users, units=units, partition=partition,
                                                   alpha=alpha, cutoff=cutoff_date, horizon_days=horizon_days,
                                                   seed=seed, out=out)
@@ -306,6 +316,7 @@ def print_segments(report: dict[str, Any], out: Path) -> None:
 @app.command("sweep")
 def sweep(
     config: Annotated[Path, typer.Argument(help="Sweep file (TOML): [sweep], [fixed], [grid]; see simulations/sweeps/.")],
+    out: Annotated[Path | None, typer.Option(help="Results folder (default: the sweep file's [sweep] out).")] = None,
     plot: Annotated[bool, typer.Option("--plot", help="Only draw the plots from the existing results table.")] = False,
 ) -> None:
     """Run a grid of simulations (resumable: finished cells are skipped); --plot draws PNGs."""
@@ -316,6 +327,8 @@ def sweep(
 
     try:
         spec = load_spec(config)
+        if out is not None:
+            spec = spec.model_copy(update={"out": out})
         cells = expand(spec)
     except SweepError as exc:
         fail(str(exc))

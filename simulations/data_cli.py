@@ -20,10 +20,10 @@ def export_cdnow(
 ) -> None:
     """Write the bundled CDNOW log (from the lifetimes wheel) as an events file."""
     from fedseg.datasets import load_cdnow
-    from simulations.io import write_frame
+    from fedseg.io import write_table
 
     events = load_cdnow()
-    write_frame(events, out)
+    write_table(events, out)
     console.print(f"wrote {len(events)} events of {events['user_id'].nunique()} users to {out}")
 
 

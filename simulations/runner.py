@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, model_validator
 
+from clients.ingest import FileFormat
 from fedseg import __version__
 from fedseg.config import FeatureConfig, TrainingPlan
+from fedseg.io import write_json, write_table
 
 PartitionScheme = Literal["auto", "iid", "dirichlet", "column"]
 DatasetName = Literal["cdnow", "synthetic", "file"]
@@ -45,6 +47,8 @@ class SimulationConfig(BaseModel):
     dataset: DatasetName = "cdnow"
     events_path: Path | None = Field(None, description="Events file for dataset 'file'.")
     users_path: Path | None = None
+    events_format: FileFormat = Field(default_factory=FileFormat, description="Delimiter, encoding and date "
+                                      "format of --events / --users CSV files.")
     synthetic_users: int = Field(20_000, ge=100, description="Users for dataset 'synthetic'.")
     units: int = Field(5, ge=2, description="Simulated business units (virtual SuperNodes).")
     partition: PartitionScheme = Field("auto", description="auto: the data's unit_id column if "
@@ -124,8 +128,8 @@ def load_dataset(cfg: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame | No
         raise ValueError("dataset 'file' needs an events path (--events FILE)")
     from clients.ingest import read_events, read_users
 
-    events = read_events(cfg.events_path).frame
-    users = read_users(cfg.users_path).frame if cfg.users_path else None
+    events = read_events(cfg.events_path, file_format=cfg.events_format).frame
+    users = read_users(cfg.users_path, file_format=cfg.events_format).frame if cfg.users_path else None
     if cfg.cutoff is None or cfg.horizon_days is None:
         raise ValueError("an events file needs --cutoff and --horizon-days")
     return events, users, cfg.cutoff, cfg.horizon_days
@@ -166,11 +170,14 @@ class Federation(BaseModel):
     unit_stats: list[dict[str, int]]
 
 
-def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
+def prepare_federation(cfg: SimulationConfig, out: Path,
+                       before_writing: Callable[[dt.date, int, int], None] | None = None) -> Federation:
     """Load the data, split the users over units and write ``out/units/events_unit_<k>.parquet``.
 
     Every event lands in exactly one unit file (checked): users with features go to their
     assigned unit, users seen only after the cutoff are spread by a hash of their id.
+    ``before_writing(cutoff, horizon_days, n_users)`` may refuse the run before any file is
+    written (a rerun into an existing run directory with another plan).
     """
     from clients.features import build_features
     from simulations import partition
@@ -181,6 +188,8 @@ def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
     features = build_features(events, feature_cfg, users=users)
     unit_of_user = assign_units(events, features, cfg)
     n_units = int(unit_of_user.max()) + 1
+    if before_writing is not None:
+        before_writing(cutoff, horizon, len(features))
 
     # Users seen only after the cutoff have no features: spread them by a hash of their id.
     late = pd.Index(events["user_id"].unique()).difference(unit_of_user.index)
@@ -193,11 +202,10 @@ def prepare_federation(cfg: SimulationConfig, out: Path) -> Federation:
     unit_stats = []
     for k, unit_events in enumerate(partition.split_events(events, unit_of_user)):
         unit_events = unit_events.drop(columns=["unit_id"], errors="ignore")
-        path = unit_dir / f"events_unit_{k}.parquet"
-        unit_events.to_parquet(path, index=False)
+        path = write_table(unit_events, unit_dir / f"events_unit_{k}.parquet")
         if users is not None:
-            users.loc[users["user_id"].isin(unit_events["user_id"].unique())].to_parquet(
-                unit_dir / f"users_unit_{k}.parquet", index=False)
+            write_table(users.loc[users["user_id"].isin(unit_events["user_id"].unique())],
+                        unit_dir / f"users_unit_{k}.parquet")
         files.append(path)
         unit_stats.append({"unit": k, "events": int(len(unit_events)),
                            "users": int(unit_events["user_id"].nunique())})
@@ -251,15 +259,27 @@ def run_simulation_job(
 
     started = time.perf_counter()
     out = Path(cfg.out)
-    fed = prepare_federation(cfg, out)
+    plans: list[TrainingPlan] = []
+
+    def plan_for_data(cutoff: dt.date, horizon: int, n_users: int) -> None:
+        """The run's plan, and the refusal of a rerun with another plan before any file is written."""
+        from fedseg.checkpoint import load_checkpoint
+        from server.training import ResumeMismatch
+
+        plan = TrainingPlan.model_validate({
+            **cfg.plan.model_dump(), "cutoff": cutoff, "horizon_days": horizon, "population": max(n_users, 1),
+            "output_dir": out / "server"})
+        existing = load_checkpoint(out / "server")
+        if existing is not None and existing.plan_fingerprint != plan.fingerprint():
+            raise ResumeMismatch(f"{out} holds a run of a different plan (model, data, cutoff, privacy or training "
+                                 "settings changed); nothing was changed in it. Use a new --out directory.")
+        plans.append(plan)
+
+    fed = prepare_federation(cfg, out, before_writing=plan_for_data)
     events, users, features, cutoff, horizon = fed.events, fed.users, fed.features, fed.cutoff, fed.horizon_days
     feature_cfg = FeatureConfig(cutoff=cutoff, horizon_days=horizon)
     files, unit_stats, n_units = fed.files, fed.unit_stats, len(fed.files)
-
-    plan = TrainingPlan.model_validate({
-        **cfg.plan.model_dump(), "cutoff": cutoff, "horizon_days": horizon, "population": max(int(len(features)), 1),
-        "min_available_units": n_units, "min_fit_units": cfg.min_fit_units or n_units,
-        "output_dir": out / "server"})
+    plan = plans[0].model_copy(update={"min_available_units": n_units, "min_fit_units": cfg.min_fit_units or n_units})
     if on_start is not None:
         on_start(plan, fed)
     identities = None
@@ -314,7 +334,7 @@ def run_simulation_job(
     if cfg.baselines:
         summary["metrics"].update(_baselines(cfg, plan, events, users, feature_cfg, result))
     summary["timing"]["total_seconds"] = round(time.perf_counter() - started, 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(summary, out / "summary.json")
     return summary
 
 

@@ -11,7 +11,6 @@ k-means on the pooled activity vectors (adjusted Rand index), a research check o
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fedseg.errors import FedsegError
+from fedseg.io import write_json
 from fedseg.config import SegmentationPlan
 from simulations.runner import SimulationConfig, dataset_id, prepare_federation, quiet_flower
 
@@ -76,7 +76,7 @@ def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose:
         report["centralised_comparison"] = compare_with_centralised(out / "units", fed.features, report["k"],
                                                                      data_cfg.seed)
     report["seconds"] = round(time.perf_counter() - started, 2)
-    (out / "segments.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json(report, out / "segments.json")
     return report
 
 

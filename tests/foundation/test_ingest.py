@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clients.ingest import IngestError, read_events, read_users
+from clients.ingest import FileFormat, IngestError, read_events, read_users
 
 HEADER = "user_id,ts,event_type,amount,item_id,price,quantity,channel\n"
 
@@ -99,7 +99,7 @@ def test_wrong_encoding_is_named_with_a_fix(tmp_path):
     path = write(tmp_path, "user_id,ts,event_type\nJosé,2024-01-01,visit\n", encoding="latin-1")
     with pytest.raises(IngestError, match=r"cannot decode byte 0xe9 .* as utf-8; .*--encoding"):
         read_events(path)
-    assert read_events(path, encoding="latin-1").frame["user_id"].tolist() == ["José"]
+    assert read_events(path, file_format=FileFormat(encoding="latin-1")).frame["user_id"].tolist() == ["José"]
 
 
 def test_missing_file_and_unknown_type(tmp_path):
@@ -141,3 +141,26 @@ def test_users_file(tmp_path):
     assert result.frame["gender"].tolist() == ["f", "m"]
     assert result.frame["region"].tolist() == ["north", None]
     assert pd.isna(result.frame.loc[1, "signup_ts"])
+
+
+def test_delimiter_date_format_and_epoch_times(tmp_path):
+    """--sep, --date-format and integer epoch timestamps (issue 16, point 7)."""
+    semi = write(tmp_path, "user_id;ts;event_type\nu1;31/12/2024 10:30;purchase\nu2;01/02/2024 08:00;visit\n",
+                 name="semi.csv")
+    with pytest.raises(IngestError, match=r"The header seems to be delimited by ';': pass --sep ';'"):
+        read_events(semi)
+    with pytest.raises(IngestError, match=r"most rows \(2 of 2 rows\) have timestamps like '31/12/2024 10:30' that "
+                                          r"are not ISO-8601: pass --date-format '%d/%m/%Y %H:%M'"):
+        read_events(semi, file_format=FileFormat(sep=";"))
+    frame = read_events(semi, file_format=FileFormat(sep=";", date_format="%d/%m/%Y %H:%M")).frame
+    assert frame["ts"].tolist() == [pd.Timestamp("2024-12-31 10:30"), pd.Timestamp("2024-02-01 08:00")]
+    tabs = write(tmp_path, "user_id\tts\tevent_type\nu1\t1704067200\tpurchase\nu2\t1704067200123\tvisit\n",
+                 name="tabs.tsv")
+    frame = read_events(tabs, file_format=FileFormat(sep="\\t")).frame
+    assert frame["ts"].tolist() == [pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-01 00:00:00.123")]
+    pd.DataFrame({"user_id": ["a"], "ts": [1704067200], "event_type": ["visit"]}).to_parquet(tmp_path / "e.parquet")
+    assert read_events(tmp_path / "e.parquet").frame["ts"].tolist() == [pd.Timestamp("2024-01-01")]
+    with pytest.raises(ValueError, match="a delimiter is one character"):
+        FileFormat(sep=";;")
+    with pytest.raises(ValueError, match="not a known text encoding"):
+        FileFormat(encoding="klingon")

@@ -10,7 +10,10 @@ Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
   training users (1 under DP: user counts are private);
 - ``evaluate``: score the unit's test users with the global model; send back only sums and
   score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
-- ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`).
+- ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`);
+- ``query.kpis``: the unit's monitoring KPI tables (:mod:`clients.kpis`), noisy under DP;
+- ``query.tag_quantiles``, ``query.tags``: tag thresholds' histograms and tag prevalence by
+  segment (:mod:`clients.tag_handlers`), noisy under DP.
 
 Under differential privacy the unit charges every release to its own account *before* making
 it (write-ahead), built from the parameters it actually applies, and draws its DP-SGD sample and
@@ -42,6 +45,7 @@ from flwr.clientapp import ClientApp
 
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
+from clients.kpis import kpi_answer
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
 from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
 from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
@@ -50,6 +54,7 @@ from fedseg.config import from_flower_config
 from fedseg.protocol import RoundConfig
 from fedseg.models import build_model, uses_sequences
 from privacy.budget import UnitPrivacy
+from privacy.kpis_dp import kpi_releases
 from privacy.segmentation_dp import step_releases
 from privacy.training_dp import client_release, dpsgd_release, evaluation_release, scaler_release
 
@@ -200,6 +205,30 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     for name, step in (("grid", grid_step), ("lloyd", lloyd_step), ("rfm", rfm_step), ("final", final_step)):
         app.query(f"seg_{name}", mods=[outgoing_guard_mod])(segmentation_handler(name, step))
+
+    def private_answer(task: str, releases_of, answer):  # noqa: ANN001, ANN202
+        """A handler that charges the releases its config asks for (write-ahead), then answers
+        with the unit's private randomness; without noise it answers only units without a budget."""
+        def handler(msg: Message, context: Context) -> Message:
+            config = dict(msg.content.config_records[protocol.CONFIG])
+            cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 1)),
+                              dataset=str(config.get("dataset", "")))
+            events, users, _ = unit_events(context, cfg, unit_files)
+            own = account(context, cfg)
+            releases = releases_of(config)
+            if not releases:
+                own.require_private(task)
+            for release in releases:
+                own.charge(str(config.get(protocol.RUN_ID, "")), task, release)
+            _, _, rng = private_generators(context.node_config, dp_research_seed,
+                                           f"{unit_name(context)}|{config.get(protocol.RUN_ID, '')}|{msg.metadata.message_type}")
+            out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config else output_dir
+            metrics = answer(events, users, config, rng, out_dir, unit_name(context))
+            return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        return handler
+
+    app.query(protocol.KPIS.removeprefix("query."), mods=[outgoing_guard_mod])(
+        private_answer("kpis", kpi_releases, lambda events, users, config, rng, out, name: kpi_answer(events, config, rng)))
 
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:

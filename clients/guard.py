@@ -23,7 +23,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedseg.models import expected_shapes
 from fedseg.metrics import HIST_BINS
-from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS
+from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS, MAX_LIST_LEN_BY_TYPE
 
 #: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
 MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
@@ -39,6 +39,7 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
     message_type = message_type.removesuffix(".default")
     kind = message_type.split(".")[0]
     allowed = ALLOWED_METRICS.get(message_type)
+    max_len = MAX_LIST_LEN_BY_TYPE.get(message_type, MAX_LIST_LEN)
     if allowed is None:
         raise OutgoingRefused(f"no allow-list for message type {message_type!r}")
     for key, record in reply.content.items():
@@ -58,8 +59,8 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
             for name, value in record.items():
                 if name not in allowed:
                     raise OutgoingRefused(f"metric {name!r} is not in the {kind} allow-list {sorted(allowed)}")
-                if isinstance(value, list) and len(value) > MAX_LIST_LEN:
-                    raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {MAX_LIST_LEN})")
+                if isinstance(value, list) and len(value) > max_len:
+                    raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {max_len})")
         elif isinstance(record, ConfigRecord):
             keys = ALLOWED_CONFIGS.get(message_type, {}).get(key)
             if keys is None or set(record.keys()) != keys:

@@ -238,6 +238,53 @@ class SegmentationPlan(BaseModel):
         return self.restarts or (DP_RESTARTS if self.epsilon else DEFAULT_RESTARTS)
 
 
+class KpiBudget(BaseModel):
+    """Relative shares of the KPI report's total (zCDP) budget per table (normalised to sum to 1).
+
+    Retention gets the largest share: its cells are the figures operators compare across
+    cohorts, and its sensitivity is small (one cohort row per user)."""
+
+    dau: float = Field(0.15, gt=0)
+    wau: float = Field(0.1, gt=0)
+    mau: float = Field(0.15, gt=0)
+    retention: float = Field(0.4, gt=0)
+    churn: float = Field(0.2, gt=0)
+
+
+class KpiPlan(BaseModel):
+    """Settings of one federated KPI report (``fedseg kpis``; definitions in :mod:`fedseg.kpis`)."""
+
+    start: dt.date | None = Field(None, description="First day of the report (inclusive); None: the data's first "
+                                  "day (simulation; a deployment states it).")
+    end: dt.date | None = Field(None, description="Last day of the report (inclusive); None: the data's last day.")
+    granularity: Literal["month", "week"] = Field("month", description="Cohorts and retention periods: calendar "
+                                                  "months (YYYY-MM) or Monday-based weeks.")
+    churn_window_days: int = Field(90, ge=1, description="A user counts as churned at a snapshot when they make no "
+                                   "purchase in this many days after it.")
+    max_active_days: int = Field(10, ge=1, description="Under DP: each user's active days kept in the activity "
+                                 "tables (a random subset beyond it; bounds the DAU/WAU/MAU sensitivity). Exact "
+                                 "reports keep every day.")
+    epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user for the whole report; None: "
+                                  "no noise.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units; "
+                            "sets the default delta (simulations know it exactly).")
+    budget: KpiBudget = KpiBudget()
+    dataset: str = Field("cdnow", description="Bundled dataset for units without data ('cdnow'; '' in deployments).")
+    min_units: int = Field(2, ge=1, description="Units that must be connected and answer.")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the units' answers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "KpiPlan":
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("--delta without --epsilon: the report adds no noise; give --epsilon for differential "
+                             "privacy")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError(f"--end {self.end} is before --start {self.start}")
+        return self
+
+
 # ---------------------------------------------------------------------------- run config
 #: ``[tool.flwr.app.config]`` keys whose names differ from the training plan's fields.
 RUN_CONFIG_RENAMES: Final = {"num-server-rounds": "num_rounds"}

@@ -34,6 +34,10 @@ SEG_GRID: Final = "query.seg_grid"
 SEG_LLOYD: Final = "query.seg_lloyd"
 SEG_RFM: Final = "query.seg_rfm"
 SEG_FINAL: Final = "query.seg_final"
+#: Monitoring (fedseg.kpis): a unit's KPI tables; tag thresholds' histograms; tag prevalence.
+KPIS: Final = "query.kpis"
+TAG_QUANTILES: Final = "query.tag_quantiles"
+TAGS: Final = "query.tags"
 
 # ---------------------------------------------------------------------------- record names
 CONFIG: Final = "config"
@@ -66,7 +70,13 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     SEG_RFM: frozenset({"recency", "frequency", "monetary"}),
     SEG_FINAL: frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
                           "warnings", "transitions"}),
+    KPIS: frozenset({"dau", "wau", "mau", "retention", "churn-users", "churn-churned"}),
+    TAG_QUANTILES: frozenset({"histograms"}),
+    TAGS: frozenset({"matrix", "sizes"}),
 }
+#: Longest list a reply of these types may hold (default: :data:`clients.guard.MAX_LIST_LEN`):
+#: a KPI report holds one value per report day and one per retention cell.
+MAX_LIST_LEN_BY_TYPE: Final[dict[str, int]] = {KPIS: 20_000, TAG_QUANTILES: 20_000}
 #: Config records a unit may send, by message type, with their exact keys.
 ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {
     SCALER: {IDENTITY: frozenset({"unit-id"})},

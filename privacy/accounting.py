@@ -137,6 +137,24 @@ def gaussian_noise_multiplier(target_epsilon: float, delta: float, count: int = 
     return calibrate(lambda z: [Release(noise_multiplier=z, count=count)], target_epsilon, delta)
 
 
+def split_gaussian_budget(target_epsilon: float, delta: float, parts: dict[str, tuple[float, float]]
+                          ) -> dict[str, float]:
+    """Noise standard deviation of each of several Gaussian releases that share one budget.
+
+    ``parts`` maps a release's name to ``(share, squared L2 sensitivity)``. A Gaussian release of
+    noise multiplier z has Renyi DP ``alpha / (2 z^2)`` at every order alpha, so releases compose
+    exactly like one Gaussian whose ``rho = 1 / (2 z^2)`` is the sum of theirs: the ``rho`` of the
+    single Gaussian that meets ``(target_epsilon, delta)`` is split by share, and a part with
+    ``rho_i`` gets ``sigma_i = sqrt(Delta_i^2 / (2 rho_i))``. Parts with share 0 get no noise (and
+    must not be released under DP)."""
+    total = sum(share for share, _ in parts.values())
+    if not total > 0:
+        raise ValueError("no part has a positive share of the budget")
+    rho = 1.0 / (2.0 * gaussian_noise_multiplier(target_epsilon, delta) ** 2)
+    return {name: (math.sqrt(sens_sq / (2.0 * rho * share / total)) if share > 0 else 0.0)
+            for name, (share, sens_sq) in parts.items()}
+
+
 def default_delta(n_users: float) -> float:
     """The default delta for a dataset of ``n_users`` end users: the largest power of ten at most
     ``1 / (10 n)`` (so delta stays well below the 1/n at which a mechanism could reveal one

@@ -1,0 +1,152 @@
+"""``fedseg kpis`` and ``fedseg tags``: federated monitoring over simulated units (docs/monitoring.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from clients.cli_options import DateFormat, Encoding, Sep, file_format
+from fedseg.console import console, fail
+from simulations.cli import _date, validation_problems
+
+app = typer.Typer()
+
+
+def _kpi_default(field: str) -> Any:
+    from fedseg.config import KpiPlan
+
+    return KpiPlan.model_fields[field].default
+
+
+def _data_config(dataset: str, events: Path | None, users: Path | None, fmt: Any, units: int, partition: str,
+                 alpha: float, seed: int, out: Path, synthetic_users: int = 20_000) -> Any:
+    from simulations.runner import SimulationConfig
+
+    return SimulationConfig.from_settings(dataset="file" if events else dataset, events_path=events, users_path=users,
+                                          events_format=fmt, synthetic_users=synthetic_users, units=units,
+                                          partition=partition, alpha=alpha, seed=seed, out=out)
+
+
+@app.command("kpis")
+def kpis(
+    dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
+    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
+    units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
+    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
+    start: Annotated[str | None, typer.Option(help="First day of the report, YYYY-MM-DD (default: the data's first day).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last day of the report, YYYY-MM-DD (default: the data's last day).")] = None,
+    granularity: Annotated[str, typer.Option(help="Cohorts and retention periods: month (YYYY-MM) or week.")] = _kpi_default("granularity"),
+    churn_window_days: Annotated[int, typer.Option(help="Churned at a snapshot: no purchase in this many days after it.")] = _kpi_default("churn_window_days"),
+    max_active_days: Annotated[int, typer.Option(help="Under DP: active days kept per user in DAU/WAU/MAU (bounds their sensitivity).")] = _kpi_default("max_active_days"),
+    epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole report (default: exact, no noise).")] = None,
+    delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), shared with simulate, segment and audits.")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="With --events: the cutoff used to partition users (default: the end).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (partition).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/kpis-<dataset>-<time>).")] = None,
+    plots: Annotated[bool, typer.Option(help="Write activity.png and retention.png.")] = True,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Federated KPIs: DAU/WAU/MAU and stickiness per day, cohort retention, churn by lifecycle stage.
+
+    Units send only their tables (with their own noise under --epsilon); the coordinator sums
+    them into <out>/kpis.json with plots. With no options: CDNOW over 5 units, exact.
+    """
+    from pydantic import ValidationError
+
+    from fedseg.config import KpiPlan
+    from fedseg.errors import FedsegError
+    from simulations.kpi_runner import run_kpi_job
+
+    if out is None:
+        out = Path("runs") / f"kpis-{dataset if events is None else 'file'}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    start_day, end_day = _date(start, "--start"), _date(end, "--end")
+    try:
+        data_cfg = _data_config(dataset, events, users, file_format(sep, encoding, date_format), units, partition,
+                                alpha, seed, out)
+        if events is not None:  # an events file needs a cutoff only to place users in units
+            data_cfg.cutoff = _date(cutoff, "--cutoff") or end_day
+            data_cfg.horizon_days = 1
+            if data_cfg.cutoff is None:
+                fail("--events needs --end (or --cutoff): the day by which users are placed in units")
+        plan = KpiPlan(start=start_day, end=end_day, granularity=granularity, churn_window_days=churn_window_days,
+                       max_active_days=max_active_days, epsilon=epsilon, delta=delta)
+    except ValidationError as exc:
+        fail(validation_problems(exc))
+
+    def header(run_plan: KpiPlan, fed: Any) -> None:
+        from server.kpis import kpi_config, noise_config
+
+        console.print(f"KPIs of {len(fed.files)} units on {data_cfg.dataset} ({fed.events['user_id'].nunique():,} users, "
+                      f"{run_plan.start} to {run_plan.end}, {run_plan.granularity}ly cohorts) -> {out}", highlight=False)
+        if run_plan.epsilon is None:
+            console.print("  privacy: none (exact tables; no differential privacy) | secure aggregation: off",
+                          highlight=False)
+        else:
+            _, eps, dlt = noise_config(run_plan, kpi_config(run_plan, "header"))
+            console.print(f"  privacy: DP per end user, epsilon {eps:.3f}, delta {dlt:g} for the whole report (units "
+                          f"add the noise; at most {run_plan.max_active_days} active days per user in DAU/WAU/MAU) | "
+                          "secure aggregation: off", highlight=False)
+
+    try:
+        with console.status("units compute their KPI tables (Flower simulation)"):
+            report = run_kpi_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header, plots=plots)
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    print_kpis(report, out)
+
+
+def print_kpis(report: dict[str, Any], out: Path) -> None:
+    """The readable summary of a KPI report."""
+    from rich.table import Table
+
+    activity = report["activity"]
+    monthly = Table(title="activity (monthly means of the daily figures)")
+    for col in ("month", "DAU", "WAU", "MAU", "DAU/MAU"):
+        monthly.add_column(col, justify="right" if col != "month" else "left")
+    by_month: dict[str, list[int]] = {}
+    for i, day in enumerate(activity["days"]):
+        by_month.setdefault(day[:7], []).append(i)
+    for month, idx in by_month.items():
+        mean = {k: sum(activity[k][i] for i in idx) / len(idx) for k in ("dau", "wau", "mau")}
+        sticky = [activity["stickiness"][i] for i in idx if activity["stickiness"][i] is not None]
+        monthly.add_row(month, f"{mean['dau']:,.0f}", f"{mean['wau']:,.0f}", f"{mean['mau']:,.0f}",
+                        f"{sum(sticky) / len(sticky):.3f}" if sticky else "-")
+    console.print(monthly)
+    retention = report["retention"]
+    table = Table(title=f"cohort retention: % active in {retention['granularity']} k (first 8)")
+    table.add_column("cohort")
+    table.add_column("size", justify="right")
+    for k in range(1, 9):
+        table.add_column(f"k={k}", justify="right")
+    for c in retention["cohorts"]:
+        if c["size"] < 1:
+            continue
+        cells = [f"{100 * s:.1f}" if s is not None else "-" for s in c["active_share"][1:9]]
+        table.add_row(c["cohort"], f"{c['size']:,.0f}", *cells, *([""] * (8 - len(cells))))
+    console.print(table)
+    privacy = report["privacy"]
+    if privacy["epsilon"] is not None:
+        console.print(f"privacy: epsilon {privacy['epsilon']:.3f}, delta {privacy['delta']:g} per end user "
+                      f"({privacy['accountant']})", highlight=False)
+    else:
+        console.print("privacy: no noise added (exact tables); pass --epsilon for differential privacy")
+    c = report.get("pooled_comparison")
+    if c:
+        console.print(f"against the pooled computation (simulation only): retention cells median abs error "
+                      f"{c['retention_median_abs_error_pp']:.3f} pp (max {c['retention_max_abs_error_pp']:.2f}, "
+                      f"{c['retention_cells']} cells), MAU median relative error {c['mau_median_relative_error']:.3f}, "
+                      f"DAU {c['dau_median_relative_error']:.3f}, churn rates {c['churn_rate_median_abs_error_pp']:.2f} pp",
+                      highlight=False)
+    console.print(f"kpis.json{' and plots' if report.get('plots') else ''} in {out} "
+                  f"({report['seconds']['total']:.0f} s)", highlight=False)

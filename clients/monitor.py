@@ -1,0 +1,401 @@
+"""Incremental monitoring on a unit: fold new events into the per-user state, then emit lifecycle
+transitions, tier changes and warnings as they occur, and turn them into the unit's action list.
+
+One update (:func:`apply_update`) is one SQLite transaction (:class:`clients.state_store.StateStore`):
+
+1. the batch is skipped if its content hash was applied before; events whose ``event_id`` was
+   applied before are dropped;
+2. the state's day moves to ``as_of`` (default: the later of the state's day and the batch's last
+   event day; it never moves back);
+3. the batch's users are read, their records merged (:func:`clients.user_state.merge_batch`) and
+   written back; the users whose timer fired (``next_check <= as_of``: a stage, tier or warning
+   can change with time alone, e.g. an inactivity threshold passed) are read too;
+4. each of those users is evaluated at ``as_of``: lifecycle stage (:func:`clients.features.lifecycle_stage`),
+   value tier (RFM scores on the configured thresholds), inactivity (``inactivity_days`` without any
+   event) and churn probability (``--scores``) against ``churn_threshold``. A change is an alert;
+   an alert is emitted once per episode (a warning reopens only after its condition cleared);
+5. alerts become at most one action per user by the playbook (:func:`clients.playbook.plan_actions`,
+   lowest priority number wins), capped by the unit's contact policy against its earlier actions;
+6. the user's next check is the first day any of these can change without new events (the day
+   an inactivity, decline, tenure or recency-score threshold is crossed, or an active day leaves
+   the 30- or 60-day trend windows), so an update costs time in proportion to the new events and
+   the timers that fire, not to the history.
+
+The first update of an empty state is the **baseline**: it builds the state and emits nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from clients.features import DAY_NS
+from clients.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule, plan_actions
+from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment, value_tier
+from clients.state_store import StateStore
+from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, I64_MIN, NO_DAY, RECORD, UNSET, empty_records,
+                                features_from_records, group_batch, late_purchase_users, merge_batch, user_keys)
+from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
+from fedseg.errors import FedsegError
+from fedseg.segments import FREQUENCY_EDGES, MONETARY_EDGES, RECENCY_EDGES, VALUE_TIERS, quantile_bins
+
+NEVER: Final = 2**31 - 1
+MONITOR_RULES: Final = [*DEFAULT_RULES,
+                        PlaybookRule(action="re-engagement reminder", priority=7, warning=True)]
+
+
+class MonitorConfig(BaseModel):
+    """The unit's monitoring settings (kept in the state file; changed only when given again)."""
+
+    inactivity_days: float = Field(SegmentationPlan.model_fields["inactivity_days"].default, gt=0,
+                                   description="Warn once a user has had no event of any type for this many days.")
+    churn_threshold: float = Field(SegmentationPlan.model_fields["churn_threshold"].default, gt=0, lt=1,
+                                   description="Warn when a user's churn probability reaches this (with --scores).")
+    lifecycle: LifecycleRules = LifecycleRules()
+    rfm_thresholds: dict[str, list[int]] | None = Field(
+        None, description="Quintile threshold bins of recency, frequency and monetary (fedseg segment's "
+        "rfm_threshold_bins); None: the unit's own quintiles, fixed at the baseline.")
+    playbook: PlaybookConfig = Field(default_factory=lambda: PlaybookConfig(rules=list(MONITOR_RULES)))
+
+
+class MonitorError(FedsegError):
+    """An update cannot be applied (the message says why; nothing was changed)."""
+
+
+@dataclass
+class UpdateResult:
+    """What one update did."""
+
+    batch_id: str
+    status: str                     # "applied", "baseline" or "already applied"
+    as_of: dt.date | None
+    events: int = 0
+    duplicates: int = 0
+    users_in_batch: int = 0
+    new_users: int = 0
+    timers_fired: int = 0
+    alerts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    actions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def batch_id_of(events: pd.DataFrame) -> str:
+    """``sha256:<hex>`` of the canonical batch (values and order): the batch's identity."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def day_of(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days
+
+
+def date_of(day: int) -> dt.date:
+    return dt.date(1970, 1, 1) + dt.timedelta(days=int(day))
+
+
+def load_config(store: StateStore, given: MonitorConfig | None) -> MonitorConfig:
+    stored = store.meta("config")
+    if given is not None:
+        return given
+    return MonitorConfig.model_validate_json(stored) if stored else MonitorConfig()
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def _scores(features: pd.DataFrame, thresholds: dict[str, list[int]]) -> tuple[np.ndarray, ...]:
+    r = quintile_score(binned(features["recency_days"].to_numpy(), RECENCY_EDGES), thresholds["recency"], False)
+    f = quintile_score(binned(features["frequency"].to_numpy(), FREQUENCY_EDGES), thresholds["frequency"], True)
+    m = quintile_score(binned(features["monetary_total"].to_numpy(), MONETARY_EDGES), thresholds["monetary"], True)
+    return r, f, m
+
+
+def local_thresholds(features: pd.DataFrame) -> dict[str, list[int]]:
+    """Quintile threshold bins of the unit's own users (used when the federation's are not given)."""
+    return {name: quantile_bins(h) for name, h in rfm_histograms(features).items()}
+
+
+def _crossing(ts_ns: np.ndarray, days: np.ndarray | float) -> np.ndarray:
+    """A day at most the first cutoff day at which ``t_ref - ts`` exceeds (or reaches) ``days``
+    (conservative by up to two days: an early check only re-arms the timer)."""
+    return np.floor(ts_ns / DAY_NS + days - 1e-6).astype(np.int64) - 1
+
+
+def _highest_bit(x: np.ndarray) -> np.ndarray:
+    """Index of the highest set bit of each uint64 (-1 for 0)."""
+    exponent = np.frexp(x.astype(np.float64))[1].astype(np.int64)  # float rounding may overshoot by one
+    shifted = np.right_shift(x, np.maximum(exponent - 1, 0).astype(np.uint64))
+    exponent = np.where((exponent > 0) & (shifted == 0), exponent - 1, exponent)
+    return exponent - 1
+
+
+def _oldest_active_within(rec: np.ndarray, as_of: int, days: int) -> np.ndarray:
+    """The earliest active day in the last ``days`` days before ``as_of`` (NO_DAY if none)."""
+    from clients.user_state import _low_bits
+
+    shift = as_of - rec["anchor"].astype(np.int64)
+    lo_keep, hi_keep = _low_bits(days - shift)
+    lo, hi = rec["mask_lo"] & lo_keep, rec["mask_hi"] & hi_keep
+    bit = np.where(hi != 0, 64 + _highest_bit(hi), _highest_bit(lo))
+    return np.where((bit >= 0) & (rec["anchor"] != NO_DAY), rec["anchor"] - bit, NO_DAY)
+
+
+def next_check(rec: np.ndarray, features: pd.DataFrame, as_of: int, cfg: MonitorConfig,
+               thresholds: dict[str, list[int]]) -> np.ndarray:
+    """The first day (or a day or two before it) at which the user's stage, tier or inactivity can
+    change without new events (see the module doc); :data:`NEVER` if none."""
+    rules = cfg.lifecycle
+    out = np.full(len(rec), NEVER, dtype=np.int64)
+
+    def candidate(active: np.ndarray, day: np.ndarray) -> None:
+        np.minimum(out, np.where(active, np.maximum(day, as_of + 1), NEVER), out=out)
+
+    freq = rec["n_pdays"]
+    recency, idle = features["recency_days"].to_numpy(), features["days_since_last_event"].to_numpy()
+    tenure = features["tenure_days"].to_numpy()
+    start = rec["first_ts"]
+    candidate(tenure <= rules.introduction_days, _crossing(start, rules.introduction_days))
+    cadence = np.maximum(rules.cadence_factor * rec["max_gap"], rules.single_purchase_decline_days / 3)
+    candidate((freq >= 2) & (recency <= cadence), _crossing(rec["last_purchase_ts"], cadence))
+    candidate((freq == 1) & (recency <= rules.single_purchase_decline_days),
+              _crossing(rec["last_purchase_ts"], rules.single_purchase_decline_days))
+    candidate((freq == 0) & (idle <= rules.inactive_decline_days), _crossing(rec["last_ts"], rules.inactive_decline_days))
+    candidate(idle < cfg.inactivity_days, _crossing(rec["last_ts"], cfg.inactivity_days))
+    # the R score drops when recency reaches the next threshold bin's upper edge
+    bins = binned(recency, RECENCY_EDGES)
+    thr = np.asarray(sorted(thresholds["recency"]))
+    nxt = np.searchsorted(thr, bins, side="left")  # first threshold t >= bin: R drops once bin > t
+    has_next = (nxt < len(thr))
+    edge_index = np.where(has_next, thr[np.minimum(nxt, len(thr) - 1)] + 1, 0)
+    has_next &= edge_index < len(RECENCY_EDGES)
+    edge = RECENCY_EDGES[np.minimum(edge_index, len(RECENCY_EDGES) - 1)]
+    ref = np.where(freq > 0, rec["last_purchase_ts"], rec["first_ts"])
+    candidate(has_next, _crossing(ref, edge))
+    # the trend changes when an active day leaves the last 30 days (a + 30) or the 30 before (a + 60)
+    for window in (30, 60):
+        oldest = _oldest_active_within(rec, as_of, window)
+        candidate(oldest != NO_DAY, oldest + window)
+    return out
+
+
+def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConfig, thresholds: dict[str, list[int]]
+             ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Features, stage, scores, tier and warnings of each user at ``as_of``; returns the table and
+    the records with ``stage``, ``tier`` and ``flags`` set (the input records are the old ones)."""
+    table = features_from_records(rec, user_ids, as_of, cfg.lifecycle)
+    r, f, m = _scores(table, thresholds)
+    table["r_score"], table["f_score"], table["m_score"] = r, f, m
+    table["rfm_segment"] = rfm_segment(r, f, m)
+    table["value_tier"] = value_tier(r, f, m)
+    table["churn_probability"] = rec["churn_prob"].astype(np.float64)
+    new = rec.copy()
+    new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
+    new["tier"] = pd.Categorical(table["value_tier"], categories=list(VALUE_TIERS)).codes
+    idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
+    risky = table["churn_probability"].fillna(-1.0).to_numpy() >= cfg.churn_threshold
+    flags = rec["flags"] & ~np.uint8(FLAG_INACTIVE | FLAG_CHURN)
+    new["flags"] = flags | np.where(idle, FLAG_INACTIVE, 0).astype(np.uint8) | np.where(risky, FLAG_CHURN, 0).astype(np.uint8)
+    return table, new
+
+
+def alerts_of(old: np.ndarray, new: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig) -> pd.DataFrame:
+    """One row per change: lifecycle transitions, tier changes, tier drops and newly opened warnings."""
+    stages = np.array(["absent", *LIFECYCLE_STAGES], dtype=object)
+    tiers = np.array(["none", *VALUE_TIERS], dtype=object)
+    user = table["user_id"].to_numpy()
+    parts = []
+    moved = old["stage"] != new["stage"]
+    parts.append(pd.DataFrame({"user_id": user[moved], "kind": "transition",
+                               "detail": stages[old["stage"][moved] + 1] + " -> " + stages[new["stage"][moved] + 1]}))
+    changed = (old["tier"] != new["tier"]) & (old["tier"] != UNSET)
+    drop = changed & (new["tier"] < old["tier"])
+    parts.append(pd.DataFrame({"user_id": user[changed & ~drop], "kind": "tier_change",
+                               "detail": tiers[old["tier"][changed & ~drop] + 1] + " -> " + tiers[new["tier"][changed & ~drop] + 1]}))
+    parts.append(pd.DataFrame({"user_id": user[drop], "kind": "tier_drop",
+                               "detail": tiers[old["tier"][drop] + 1] + " -> " + tiers[new["tier"][drop] + 1]}))
+    opened = (new["flags"] & FLAG_INACTIVE).astype(bool) & ~(old["flags"] & FLAG_INACTIVE).astype(bool)
+    idle = table["days_since_last_event"].to_numpy()[opened]
+    parts.append(pd.DataFrame({"user_id": user[opened], "kind": "inactivity",
+                               "detail": [f"no activity for {d:.0f} days (threshold {cfg.inactivity_days:g})"
+                                          for d in idle]}))
+    risky = (new["flags"] & FLAG_CHURN).astype(bool) & ~(old["flags"] & FLAG_CHURN).astype(bool)
+    probs = table["churn_probability"].to_numpy()[risky]
+    parts.append(pd.DataFrame({"user_id": user[risky], "kind": "churn_probability",
+                               "detail": [f"churn probability {p:.2f} >= {cfg.churn_threshold:.2f}" for p in probs]}))
+    return pd.concat(parts, ignore_index=True)
+
+
+#: Alert kinds that are warnings (they fill the playbook's ``warning`` column).
+WARNINGS: Final = ("inactivity", "churn_probability", "tier_drop")
+
+
+def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as_of: int,
+               store: StateStore) -> pd.DataFrame:
+    """At most one action per alerted user by the playbook, capped by the unit's earlier actions."""
+    if alerts.empty:
+        return pd.DataFrame(columns=["user_id", "action", "rule_priority", "warning", "suppressed", "suppressed_reason"])
+    warned = alerts.loc[alerts["kind"].isin(WARNINGS)].groupby("user_id")["detail"].agg("; ".join)
+    users = table.loc[table["user_id"].isin(set(alerts["user_id"]))].copy()
+    users["warning"] = users["user_id"].map(warned)
+    users["warning"] = users["warning"].astype(object).where(users["warning"].notna(), None)
+    window = cfg.playbook.window_days
+    log = store.frame("SELECT user_id, day FROM actions WHERE suppressed = 0 AND day > ?", (as_of - window - 1,))
+    log = log.loc[log["user_id"].isin(set(users["user_id"]))]
+    contacts = pd.DataFrame({"user_id": log["user_id"],
+                             "ts": pd.to_datetime(log["day"].astype(np.int64), unit="D")}) if len(log) else None
+    return plan_actions(users, cfg.playbook, date_of(as_of), contact_log=contacts)
+
+
+# ---------------------------------------------------------------------------------- the update
+def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_of: dt.date | None = None,
+                 config: MonitorConfig | None = None, scores: pd.DataFrame | None = None,
+                 on_progress: Callable[[str], None] | None = None) -> UpdateResult:
+    """Apply one batch of canonical events (see the module doc); all or nothing."""
+    progress = on_progress or (lambda _: None)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+        progress(name)
+
+    batch_id = batch_id_of(events) + ("" if scores is None else "+" + batch_id_of(scores)[7:23])
+    if as_of is not None:
+        batch_id += f"@{as_of.isoformat()}"
+    done = store.batch_applied(batch_id)
+    if done is not None:
+        return UpdateResult(batch_id=batch_id, status="already applied", as_of=date_of(done["as_of"]),
+                            events=int(done["events"]))
+    with store.transaction():
+        cfg = load_config(store, config)
+        previous = store.meta("as_of")
+        baseline = previous is None
+        old_day = NO_DAY if previous is None else int(previous)
+        duplicates = 0
+        if "event_id" in events and events["event_id"].notna().any():
+            has_id = events["event_id"].notna().to_numpy()
+            ids = pd.util.hash_array(events.loc[has_id, "event_id"].astype(str).to_numpy(object),
+                                     hash_key="fedseg-event-id1").view(np.int64)
+            keep = np.ones(len(events), dtype=bool)
+            keep[np.flatnonzero(has_id)] = store.new_event_ids(ids)
+            duplicates = int((~keep).sum())
+            if duplicates:
+                events = events.loc[keep].reset_index(drop=True)
+        lap("duplicates checked")
+        batch = group_batch(events)
+        new_day = max(old_day, batch.last_day)
+        if as_of is not None:
+            if day_of(as_of) < batch.last_day:
+                raise MonitorError(f"the batch has events up to {date_of(batch.last_day)}, after --as-of {as_of}; "
+                                   "give a later --as-of or leave it out")
+            if day_of(as_of) < old_day:
+                raise MonitorError(f"the state is already at {date_of(old_day)}; --as-of {as_of} would move it back")
+            new_day = day_of(as_of)
+        if new_day == NO_DAY:
+            raise MonitorError("an empty batch on an empty state: nothing to start from; give events")
+        found, old = store.read(batch.keys)
+        clash = found & (old["check"] != batch.checks)
+        if clash.any():  # pragma: no cover - a 64-bit key collision, about 1e-8 for 1M users
+            raise MonitorError(f"user ids {batch.user_ids[np.flatnonzero(clash)[:2]].tolist()} collide with stored "
+                               "users' keys; rebuild the state with a new key (report this)")
+        old[~found] = empty_records(int((~found).sum()))
+        lap("users read")
+        late = late_purchase_users(old, batch)
+        late_days = None
+        if len(late):
+            keys, days = store.purchase_days(batch.keys[late])
+            late_days = (np.searchsorted(batch.keys, keys), days)
+        merged = merge_batch(old, batch, late_days)
+        p_user, p_day = batch.purchase
+        store.add_purchase_days(batch.keys[p_user], p_day)
+        lap("batch merged")
+
+        keys, ids, before, after = batch.keys, batch.user_ids, old, merged
+        is_new = ~found
+        if scores is not None and len(scores):
+            keys, ids, before, after, is_new = _with_scores(store, scores, keys, ids, before, after, is_new)
+        due_keys, due_ids, due_recs = store.due(new_day, exclude=keys)
+        keys = np.r_[keys, due_keys]
+        ids = np.r_[ids, due_ids]
+        before = np.r_[before, due_recs]
+        after = np.r_[after, due_recs]
+        is_new = np.r_[is_new, np.zeros(len(due_keys), dtype=bool)]
+        lap("timers read")
+        if cfg.rfm_thresholds is None:  # the unit's own scale, fixed at the baseline
+            cfg = cfg.model_copy(update={"rfm_thresholds": local_thresholds(
+                features_from_records(after, ids, new_day, cfg.lifecycle))})
+        table, evaluated = evaluate(after, ids, new_day, cfg, cfg.rfm_thresholds)
+        checks = next_check(evaluated, table, new_day, cfg, cfg.rfm_thresholds)
+        lap("users evaluated")
+        store.write(keys, ids, evaluated, checks, is_new)
+        lap("users written")
+        alerts = pd.DataFrame(columns=["user_id", "kind", "detail"]) if baseline else alerts_of(before, evaluated, table, cfg)
+        actions = actions_of(alerts, table, cfg, new_day, store)
+        store.add_frame("alerts", alerts.assign(day=new_day, batch_id=batch_id))
+        store.add_frame("actions", actions.assign(day=new_day, batch_id=batch_id, reason=actions["warning"])
+                        .drop(columns=["warning"]))
+        store.set_meta("as_of", str(new_day))
+        store.set_meta("config", cfg.model_dump_json())
+        store.record_batch(batch_id=batch_id, source=source, events=len(events), duplicates=duplicates,
+                           new_users=int(is_new.sum()), as_of=new_day, alerts=len(alerts), actions=len(actions),
+                           applied_at=dt.datetime.now(dt.UTC).isoformat())
+        lap("alerts and actions written")
+    lap("committed")
+    return UpdateResult(batch_id=batch_id, status="baseline" if baseline else "applied", as_of=date_of(new_day),
+                        events=len(events), duplicates=duplicates, users_in_batch=len(batch.keys),
+                        new_users=int(is_new.sum()), timers_fired=len(due_keys), alerts=alerts.assign(day=date_of(new_day)),
+                        actions=actions.assign(day=date_of(new_day)), seconds=seconds)
+
+
+def _with_scores(store: StateStore, scores: pd.DataFrame, keys: np.ndarray, ids: np.ndarray, before: np.ndarray,
+                 after: np.ndarray, is_new: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Add the scored users (known to the state) to the evaluated set with their new probability."""
+    s_keys, _ = user_keys(scores["user_id"].to_numpy())
+    order = np.argsort(s_keys)
+    s_keys, s_ids = s_keys[order], scores["user_id"].to_numpy(object)[order]
+    probs = scores["churn_probability"].to_numpy(np.float64)[order]
+    in_batch = np.isin(s_keys, keys)
+    pos = np.searchsorted(keys, s_keys[in_batch])
+    after = after.copy()
+    after["churn_prob"][pos] = probs[in_batch]
+    extra_keys, extra_ids, extra_probs = s_keys[~in_batch], s_ids[~in_batch], probs[~in_batch]
+    found, recs = store.read(extra_keys)
+    recs, extra_keys, extra_ids, extra_probs = recs[found], extra_keys[found], extra_ids[found], extra_probs[found]
+    updated = recs.copy()
+    updated["churn_prob"] = extra_probs
+    return (np.r_[keys, extra_keys], np.r_[ids, extra_ids], np.r_[before, recs], np.r_[after, updated],
+            np.r_[is_new, np.zeros(len(extra_keys), dtype=bool)])
+
+
+def state_features(store: StateStore) -> pd.DataFrame:
+    """Every user's features at the state's day (a full scan: exports and tags, not updates)."""
+    previous = store.meta("as_of")
+    if previous is None:
+        raise MonitorError(f"{store.path} holds no state yet; run fedseg unit update --events FILE first")
+    cfg = load_config(store, None)
+    frames = [features_from_records(recs, ids, int(previous), cfg.lifecycle) for ids, recs in store.scan()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_state_records(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every user id and record of a state file (tests, exports)."""
+    store = StateStore(path)
+    try:
+        parts = list(store.scan())
+    finally:
+        store.close()
+    if not parts:
+        return np.zeros(0, object), np.zeros(0, RECORD)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+

@@ -41,8 +41,8 @@ from pydantic import BaseModel, Field
 from clients.features import DAY_NS
 from clients.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule, plan_actions
 from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment, value_tier
-from clients.state_store import StateStore
-from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, I64_MIN, NO_DAY, RECORD, UNSET, empty_records,
+from clients.state_store import Loaded, StateStore, bucket_of, pack_pairs, purchase_pairs
+from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, empty_records,
                                 features_from_records, group_batch, late_purchase_users, merge_batch, user_keys)
 from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
 from fedseg.errors import FedsegError
@@ -192,12 +192,12 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     table = features_from_records(rec, user_ids, as_of, cfg.lifecycle)
     r, f, m = _scores(table, thresholds)
     table["r_score"], table["f_score"], table["m_score"] = r, f, m
-    table["rfm_segment"] = rfm_segment(r, f, m)
-    table["value_tier"] = value_tier(r, f, m)
+    table["rfm_segment"] = pd.Series(rfm_segment(r, f, m), dtype=object)
+    table["value_tier"] = pd.Series(value_tier(r, f, m), dtype=object)
     table["churn_probability"] = rec["churn_prob"].astype(np.float64)
     new = rec.copy()
     new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
-    new["tier"] = pd.Categorical(table["value_tier"], categories=list(VALUE_TIERS)).codes
+    new["tier"] = pd.Index(VALUE_TIERS).get_indexer(table["value_tier"].to_numpy(object))
     idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
     risky = table["churn_probability"].fillna(-1.0).to_numpy() >= cfg.churn_threshold
     flags = rec["flags"] & ~np.uint8(FLAG_INACTIVE | FLAG_CHURN)
@@ -206,30 +206,35 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
 
 
 def alerts_of(old: np.ndarray, new: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig) -> pd.DataFrame:
-    """One row per change: lifecycle transitions, tier changes, tier drops and newly opened warnings."""
+    """One row per change: lifecycle transitions, tier changes, tier drops and newly opened
+    warnings; ``row`` is the user's row in ``table``."""
     stages = np.array(["absent", *LIFECYCLE_STAGES], dtype=object)
     tiers = np.array(["none", *VALUE_TIERS], dtype=object)
-    user = table["user_id"].to_numpy()
-    parts = []
-    moved = old["stage"] != new["stage"]
-    parts.append(pd.DataFrame({"user_id": user[moved], "kind": "transition",
-                               "detail": stages[old["stage"][moved] + 1] + " -> " + stages[new["stage"][moved] + 1]}))
+    idle = table["days_since_last_event"].to_numpy()
+    probs = table["churn_probability"].to_numpy()
     changed = (old["tier"] != new["tier"]) & (old["tier"] != UNSET)
     drop = changed & (new["tier"] < old["tier"])
-    parts.append(pd.DataFrame({"user_id": user[changed & ~drop], "kind": "tier_change",
-                               "detail": tiers[old["tier"][changed & ~drop] + 1] + " -> " + tiers[new["tier"][changed & ~drop] + 1]}))
-    parts.append(pd.DataFrame({"user_id": user[drop], "kind": "tier_drop",
-                               "detail": tiers[old["tier"][drop] + 1] + " -> " + tiers[new["tier"][drop] + 1]}))
-    opened = (new["flags"] & FLAG_INACTIVE).astype(bool) & ~(old["flags"] & FLAG_INACTIVE).astype(bool)
-    idle = table["days_since_last_event"].to_numpy()[opened]
-    parts.append(pd.DataFrame({"user_id": user[opened], "kind": "inactivity",
-                               "detail": [f"no activity for {d:.0f} days (threshold {cfg.inactivity_days:g})"
-                                          for d in idle]}))
-    risky = (new["flags"] & FLAG_CHURN).astype(bool) & ~(old["flags"] & FLAG_CHURN).astype(bool)
-    probs = table["churn_probability"].to_numpy()[risky]
-    parts.append(pd.DataFrame({"user_id": user[risky], "kind": "churn_probability",
-                               "detail": [f"churn probability {p:.2f} >= {cfg.churn_threshold:.2f}" for p in probs]}))
-    return pd.concat(parts, ignore_index=True)
+
+    def opened(flag: int) -> np.ndarray:
+        return (new["flags"] & flag).astype(bool) & ~(old["flags"] & flag).astype(bool)
+
+    parts = []
+    for kind, mask, detail in (
+        ("transition", old["stage"] != new["stage"], lambda m: stages[old["stage"][m] + 1] + " -> " + stages[new["stage"][m] + 1]),
+        ("tier_change", changed & ~drop, lambda m: tiers[old["tier"][m] + 1] + " -> " + tiers[new["tier"][m] + 1]),
+        ("tier_drop", drop, lambda m: tiers[old["tier"][m] + 1] + " -> " + tiers[new["tier"][m] + 1]),
+        ("inactivity", opened(FLAG_INACTIVE),
+         lambda m: np.array([f"no activity for {d:.0f} days (threshold {cfg.inactivity_days:g})" for d in idle[m]],
+                            dtype=object)),
+        ("churn_probability", opened(FLAG_CHURN),
+         lambda m: np.array([f"churn probability {p:.2f} >= {cfg.churn_threshold:.2f}" for p in probs[m]],
+                            dtype=object)),
+    ):
+        rows = np.flatnonzero(mask)
+        parts.append(pd.DataFrame({"row": rows, "kind": kind, "detail": detail(mask) if len(rows) else []}))
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(0, "user_id", table["user_id"].to_numpy()[out["row"].to_numpy(np.int64)])
+    return out
 
 
 #: Alert kinds that are warnings (they fill the playbook's ``warning`` column).
@@ -241,23 +246,32 @@ def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as
     """At most one action per alerted user by the playbook, capped by the unit's earlier actions."""
     if alerts.empty:
         return pd.DataFrame(columns=["user_id", "action", "rule_priority", "warning", "suppressed", "suppressed_reason"])
-    warned = alerts.loc[alerts["kind"].isin(WARNINGS)].groupby("user_id")["detail"].agg("; ".join)
-    users = table.loc[table["user_id"].isin(set(alerts["user_id"]))].copy()
-    users["warning"] = users["user_id"].map(warned)
-    users["warning"] = users["warning"].astype(object).where(users["warning"].notna(), None)
+    rows = np.unique(alerts["row"].to_numpy(np.int64))
+    warnings = alerts.loc[alerts["kind"].isin(WARNINGS)]
+    several = warnings["row"].duplicated(keep=False)   # most users have one warning: join only the others
+    warned = pd.concat([warnings.loc[~several].set_index("row")["detail"],
+                        warnings.loc[several].groupby("row")["detail"].agg("; ".join)])
+    users = table.iloc[rows].reset_index(drop=True)
+    warning = pd.Series(rows).map(warned)
+    users["warning"] = warning.astype(object).where(warning.notna(), None).to_numpy()
     window = cfg.playbook.window_days
-    log = store.frame("SELECT user_id, day FROM actions WHERE suppressed = 0 AND day > ?", (as_of - window - 1,))
-    log = log.loc[log["user_id"].isin(set(users["user_id"]))]
-    contacts = pd.DataFrame({"user_id": log["user_id"],
-                             "ts": pd.to_datetime(log["day"].astype(np.int64), unit="D")}) if len(log) else None
+    log = store.log("actions", since_day=as_of - window)
+    contacts = None
+    if len(log):
+        log = log.loc[~log["suppressed"].astype(bool)]
+        log = log.loc[pd.Index(users["user_id"]).get_indexer(log["user_id"]) >= 0]
+        contacts = pd.DataFrame({"user_id": log["user_id"].to_numpy(), "ts": pd.to_datetime(log["day"])})
     return plan_actions(users, cfg.playbook, date_of(as_of), contact_log=contacts)
 
 
 # ---------------------------------------------------------------------------------- the update
 def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_of: dt.date | None = None,
                  config: MonitorConfig | None = None, scores: pd.DataFrame | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> UpdateResult:
-    """Apply one batch of canonical events (see the module doc); all or nothing."""
+                 on_progress: Callable[[str], None] | None = None, batch_id: str | None = None) -> UpdateResult:
+    """Apply one batch of canonical events (see the module doc); all or nothing.
+
+    ``batch_id`` names the batch (the command line uses the file's sha256); by default a hash of
+    the events' content."""
     progress = on_progress or (lambda _: None)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -269,7 +283,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         clock = now
         progress(name)
 
-    batch_id = batch_id_of(events) + ("" if scores is None else "+" + batch_id_of(scores)[7:23])
+    batch_id = (batch_id or batch_id_of(events)) + ("" if scores is None else "+" + batch_id_of(scores)[7:23])
     if as_of is not None:
         batch_id += f"@{as_of.isoformat()}"
     done = store.batch_applied(batch_id)
@@ -303,78 +317,79 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
             new_day = day_of(as_of)
         if new_day == NO_DAY:
             raise MonitorError("an empty batch on an empty state: nothing to start from; give events")
-        found, old = store.read(batch.keys)
-        clash = found & (old["check"] != batch.checks)
-        if clash.any():  # pragma: no cover - a 64-bit key collision, about 1e-8 for 1M users
-            raise MonitorError(f"user ids {batch.user_ids[np.flatnonzero(clash)[:2]].tolist()} collide with stored "
-                               "users' keys; rebuild the state with a new key (report this)")
-        old[~found] = empty_records(int((~found).sum()))
+        s_keys, s_probs = _score_keys(scores)
+        touched = np.unique(np.r_[bucket_of(batch.keys), store.due(new_day), bucket_of(s_keys)])
+        loaded = store.read(touched)
+        found, pos = loaded.position(batch.keys)
+        clash = np.zeros(len(found), dtype=bool)
+        clash[found] = loaded.ids[pos[found]] != batch.user_ids[found]
+        if clash.any() or (len(batch.keys) and (np.diff(batch.keys) == 0).any()):  # pragma: no cover - 3e-8 at 1M users
+            raise MonitorError("two user ids share a 64-bit key (a hash collision); nothing was changed: report this")
+        if (~found).any() and pd.Series(batch.user_ids[~found]).str.contains("\x00", regex=False).any():
+            raise MonitorError("a user id holds a NUL character; remove it from the events")
+        old = empty_records(len(batch.keys))
+        old[found] = loaded.recs[pos[found]]
         lap("users read")
         late = late_purchase_users(old, batch)
         late_days = None
         if len(late):
-            keys, days = store.purchase_days(batch.keys[late])
+            keys, days = purchase_pairs(loaded, batch.keys[late])
             late_days = (np.searchsorted(batch.keys, keys), days)
         merged = merge_batch(old, batch, late_days)
         p_user, p_day = batch.purchase
-        store.add_purchase_days(batch.keys[p_user], p_day)
+        new_pdays = pack_pairs(batch.keys[p_user], p_day)
         lap("batch merged")
 
-        keys, ids, before, after = batch.keys, batch.user_ids, old, merged
-        is_new = ~found
-        if scores is not None and len(scores):
-            keys, ids, before, after, is_new = _with_scores(store, scores, keys, ids, before, after, is_new)
-        due_keys, due_ids, due_recs = store.due(new_day, exclude=keys)
-        keys = np.r_[keys, due_keys]
-        ids = np.r_[ids, due_ids]
-        before = np.r_[before, due_recs]
-        after = np.r_[after, due_recs]
-        is_new = np.r_[is_new, np.zeros(len(due_keys), dtype=bool)]
+        # every user of the touched buckets, old and new records side by side, sorted by uid
+        before = np.r_[loaded.recs, empty_records(int((~found).sum()))]
+        before["uid"][len(loaded.recs):] = batch.keys[~found]
+        after = np.r_[loaded.recs, merged[~found]]
+        after[pos[found]] = merged[found]
+        ids = np.r_[loaded.ids, batch.user_ids[~found]]
+        order = np.argsort(after["uid"], kind="stable")
+        before, after, ids = before[order], after[order], ids[order]
+        in_batch = np.isin(after["uid"], batch.keys)
+        scored = np.isin(after["uid"], s_keys)
+        if scored.any():
+            after["churn_prob"][scored] = s_probs[np.searchsorted(s_keys, after["uid"][scored])]
+        due = (after["next_check"] <= new_day) & ~in_batch & ~scored
+        chosen = in_batch | scored | due
         lap("timers read")
         if cfg.rfm_thresholds is None:  # the unit's own scale, fixed at the baseline
             cfg = cfg.model_copy(update={"rfm_thresholds": local_thresholds(
-                features_from_records(after, ids, new_day, cfg.lifecycle))})
-        table, evaluated = evaluate(after, ids, new_day, cfg, cfg.rfm_thresholds)
-        checks = next_check(evaluated, table, new_day, cfg, cfg.rfm_thresholds)
+                features_from_records(after[chosen], ids[chosen], new_day, cfg.lifecycle))})
+        table, evaluated = evaluate(after[chosen], ids[chosen], new_day, cfg, cfg.rfm_thresholds)
+        evaluated["next_check"] = np.minimum(next_check(evaluated, table, new_day, cfg, cfg.rfm_thresholds), NEVER)
         lap("users evaluated")
-        store.write(keys, ids, evaluated, checks, is_new)
+        after[chosen] = evaluated
+        store.write(Loaded(touched, after, ids, loaded.pdays), new_pdays)
         lap("users written")
-        alerts = pd.DataFrame(columns=["user_id", "kind", "detail"]) if baseline else alerts_of(before, evaluated, table, cfg)
+        alerts = pd.DataFrame(columns=["user_id", "kind", "detail"]) if baseline else \
+            alerts_of(before[chosen], evaluated, table, cfg)
         actions = actions_of(alerts, table, cfg, new_day, store)
-        store.add_frame("alerts", alerts.assign(day=new_day, batch_id=batch_id))
-        store.add_frame("actions", actions.assign(day=new_day, batch_id=batch_id, reason=actions["warning"])
-                        .drop(columns=["warning"]))
+        alerts = alerts.drop(columns=["row"], errors="ignore").assign(day=date_of(new_day))
+        actions = actions.rename(columns={"warning": "reason"}).assign(day=date_of(new_day))
+        store.add_log(batch_id, new_day, alerts, actions)
         store.set_meta("as_of", str(new_day))
         store.set_meta("config", cfg.model_dump_json())
         store.record_batch(batch_id=batch_id, source=source, events=len(events), duplicates=duplicates,
-                           new_users=int(is_new.sum()), as_of=new_day, alerts=len(alerts), actions=len(actions),
+                           new_users=int((~found).sum()), as_of=new_day, alerts=len(alerts), actions=len(actions),
                            applied_at=dt.datetime.now(dt.UTC).isoformat())
         lap("alerts and actions written")
     lap("committed")
     return UpdateResult(batch_id=batch_id, status="baseline" if baseline else "applied", as_of=date_of(new_day),
                         events=len(events), duplicates=duplicates, users_in_batch=len(batch.keys),
-                        new_users=int(is_new.sum()), timers_fired=len(due_keys), alerts=alerts.assign(day=date_of(new_day)),
-                        actions=actions.assign(day=date_of(new_day)), seconds=seconds)
+                        new_users=int((~found).sum()), timers_fired=int(due.sum()), alerts=alerts, actions=actions,
+                        seconds=seconds)
 
 
-def _with_scores(store: StateStore, scores: pd.DataFrame, keys: np.ndarray, ids: np.ndarray, before: np.ndarray,
-                 after: np.ndarray, is_new: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Add the scored users (known to the state) to the evaluated set with their new probability."""
-    s_keys, _ = user_keys(scores["user_id"].to_numpy())
-    order = np.argsort(s_keys)
-    s_keys, s_ids = s_keys[order], scores["user_id"].to_numpy(object)[order]
-    probs = scores["churn_probability"].to_numpy(np.float64)[order]
-    in_batch = np.isin(s_keys, keys)
-    pos = np.searchsorted(keys, s_keys[in_batch])
-    after = after.copy()
-    after["churn_prob"][pos] = probs[in_batch]
-    extra_keys, extra_ids, extra_probs = s_keys[~in_batch], s_ids[~in_batch], probs[~in_batch]
-    found, recs = store.read(extra_keys)
-    recs, extra_keys, extra_ids, extra_probs = recs[found], extra_keys[found], extra_ids[found], extra_probs[found]
-    updated = recs.copy()
-    updated["churn_prob"] = extra_probs
-    return (np.r_[keys, extra_keys], np.r_[ids, extra_ids], np.r_[before, recs], np.r_[after, updated],
-            np.r_[is_new, np.zeros(len(extra_keys), dtype=bool)])
+def _score_keys(scores: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted user keys of a churn-score file and their probabilities (empty without one)."""
+    if scores is None or not len(scores):
+        return np.zeros(0, np.int64), np.zeros(0)
+    keys = user_keys(scores["user_id"].to_numpy())
+    order = np.argsort(keys)
+    return keys[order], scores["churn_probability"].to_numpy(np.float64)[order]
 
 
 def state_features(store: StateStore) -> pd.DataFrame:

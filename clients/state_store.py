@@ -1,61 +1,84 @@
 """The unit's monitoring state on disk: one SQLite file (standard library), one transaction per update.
 
-Why SQLite: it ships with Python (no new dependency for every unit), it is a single file the unit
+Why SQLite: it ships with Python (no new dependency on any unit), the state is one file the unit
 can copy and back up, and a transaction is atomic across every table: a crash (power loss, kill
--9) mid-update leaves the state as it was before the update (the rollback journal / WAL is
-replayed on the next open). DuckDB would scan faster but is one more pinned native dependency on
-every unit; the update path touches only the users a batch names, so SQLite's B-tree lookups suffice
-(the benchmark in ``bench/bench_monitor.py`` meets the 5 s target for 1M events on 1M users).
+-9) mid-update leaves the state as it was before the update (the write-ahead log is replayed on
+the next open). DuckDB would scan faster but is one more pinned native dependency on every unit,
+and an update touches only the users a batch names (and those whose timer fired).
 
-Tables:
+Layout: users are spread over ``2^16`` **buckets** by the top bits of their key (a 64-bit hash of
+the user id, :func:`clients.user_state.user_keys`); one row per bucket holds its users' records
+(:data:`clients.user_state.RECORD`, packed), their ids, their (uid, purchase day) pairs and the
+earliest ``next_check`` among them (indexed). An update reads and rewrites only the buckets of the
+users it touches: a few SQLite rows per thousand users instead of one B-tree update per user, which
+is what brings 1M events on 1M users under 5 s (``bench/bench_monitor.py``). A bucket holds about
+``users / 65,536`` users (15 at 1M users): the cost of an update stays proportional to the users it
+touches. Event ids already applied are kept the same way (sorted 64-bit hashes per bucket).
 
-- ``meta``: schema version, the state's day (``as_of``, days since 1970-01-01) and the monitoring
-  settings (JSON);
-- ``users``: one row per user: ``uid`` (64-bit hash of the user id, :func:`clients.user_state.user_keys`),
-  ``user_id``, ``next_check`` (the first day its stage, tier or warnings can change without new
-  events; indexed) and ``rec`` (its :data:`clients.user_state.RECORD` as a BLOB);
-- ``purchase_days``: every (uid, purchase day), read only for late events;
-- ``batches``: every applied batch (its content hash: a batch applied twice is skipped);
-- ``seen_events``: hashes of applied event ids (duplicates across batches are dropped);
-- ``alerts`` and ``actions``: the event stream and the unit's action list.
+Tables: ``meta`` (schema, the state's day ``as_of`` in days since 1970-01-01, the monitoring
+settings as JSON), ``buckets``, ``seen_events``, ``batches`` (every applied batch; a batch applied
+twice is skipped) and ``log``: per update, its alerts (the event stream) and its actions (the unit's
+action list), each one Parquet segment, appended in the update's transaction.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
+from clients.features import _sorted_unique
 from clients.user_state import RECORD
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+BUCKET_BITS: Final = 16
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS users (uid INTEGER PRIMARY KEY, user_id TEXT NOT NULL, next_check INTEGER NOT NULL,
-                                  rec BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS users_next_check ON users(next_check);
-CREATE TABLE IF NOT EXISTS purchase_days (uid INTEGER NOT NULL, day INTEGER NOT NULL, PRIMARY KEY (uid, day))
-    WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (bucket INTEGER PRIMARY KEY, next_check INTEGER NOT NULL, users INTEGER NOT NULL,
+                                    recs BLOB NOT NULL, ids BLOB NOT NULL, pdays BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS buckets_next_check ON buckets(next_check);
+CREATE TABLE IF NOT EXISTS seen_events (bucket INTEGER PRIMARY KEY, ids BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, events INTEGER NOT NULL,
                                     duplicates INTEGER NOT NULL, new_users INTEGER NOT NULL, as_of INTEGER NOT NULL,
                                     alerts INTEGER NOT NULL, actions INTEGER NOT NULL, applied_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS seen_events (id INTEGER PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS alerts (day INTEGER NOT NULL, user_id TEXT NOT NULL, kind TEXT NOT NULL,
-                                   detail TEXT NOT NULL, batch_id TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS alerts_day ON alerts(day);
-CREATE TABLE IF NOT EXISTS actions (day INTEGER NOT NULL, user_id TEXT NOT NULL, action TEXT NOT NULL,
-                                    reason TEXT, rule_priority INTEGER NOT NULL, suppressed INTEGER NOT NULL,
-                                    suppressed_reason TEXT, batch_id TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS actions_day ON actions(day);
+CREATE TABLE IF NOT EXISTS log (batch_id TEXT PRIMARY KEY, day INTEGER NOT NULL, alerts BLOB NOT NULL,
+                                actions BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS log_day ON log(day);
 """
-#: Above this share of the state's users, a read scans the table instead of looking users up.
-SCAN_SHARE: Final = 0.2
+#: Above this share of the buckets, a read scans the table instead of looking buckets up.
+SCAN_SHARE: Final = 0.3
+PAIR: Final = np.dtype([("uid", "<i8"), ("day", "<i4")])
+
+
+def bucket_of(keys: np.ndarray) -> np.ndarray:
+    """The bucket of each user key (its top :data:`BUCKET_BITS` bits)."""
+    return (np.asarray(keys, dtype=np.int64).view(np.uint64) >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+
+
+@dataclass
+class Loaded:
+    """The users of some buckets: records, ids, bucket of each, and the buckets' purchase-day pairs."""
+
+    buckets: np.ndarray       # the buckets read (sorted)
+    recs: np.ndarray          # RECORD, sorted by uid
+    ids: np.ndarray           # object, aligned with recs
+    pdays: dict[int, bytes]   # raw (uid, day) pairs per bucket
+
+    def position(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each key is loaded, and where."""
+        pos = np.searchsorted(self.recs["uid"], keys)
+        inside = pos < len(self.recs)
+        found = inside & (self.recs["uid"][np.minimum(pos, max(len(self.recs) - 1, 0))] == keys) if len(self.recs) \
+            else np.zeros(len(keys), dtype=bool)
+        return found, pos
 
 
 class StateStore:
@@ -102,82 +125,55 @@ class StateStore:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text))
 
     def n_users(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        return int(self.db.execute("SELECT COALESCE(SUM(users), 0) FROM buckets").fetchone()[0])
 
     # ------------------------------------------------------------------ users
-    def read(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For sorted ``keys``: whether each is stored, and its record (zeros where not)."""
-        found = np.zeros(len(keys), dtype=bool)
-        recs = np.zeros(len(keys), dtype=RECORD)
-        if len(keys) == 0:
-            return found, recs
-        total = self.n_users()
-        if total == 0:
-            return found, recs
-        if len(keys) > SCAN_SHARE * total:
-            rows = self.db.execute("SELECT uid, rec FROM users").fetchall()
+    def read(self, buckets: np.ndarray) -> Loaded:
+        """The users of ``buckets`` (sorted, distinct)."""
+        total = int(self.db.execute("SELECT COUNT(*) FROM buckets").fetchone()[0])
+        if len(buckets) == 0 or total == 0:
+            rows = []
+        elif len(buckets) > SCAN_SHARE * total:
+            wanted = set(buckets.tolist())
+            rows = [r for r in self.db.execute("SELECT bucket, recs, ids, pdays FROM buckets") if r[0] in wanted]
         else:
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (uid INTEGER PRIMARY KEY)")
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (bucket INTEGER PRIMARY KEY)")
             self.db.execute("DELETE FROM wanted")
-            self.db.executemany("INSERT INTO wanted VALUES (?)", ((int(k),) for k in keys))
-            rows = self.db.execute("SELECT u.uid, u.rec FROM users u JOIN wanted w ON u.uid = w.uid").fetchall()
-        if not rows:
-            return found, recs
-        uids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        stored = np.frombuffer(b"".join(r[1] for r in rows), dtype=RECORD)
-        pos = np.searchsorted(keys, uids)
-        hit = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == uids)
-        found[pos[hit]] = True
-        recs[pos[hit]] = stored[hit]
-        return found, recs
+            self.db.executemany("INSERT INTO wanted VALUES (?)", ((b,) for b in buckets.tolist()))
+            rows = self.db.execute("SELECT b.bucket, b.recs, b.ids, b.pdays FROM buckets b JOIN wanted w "
+                                   "ON b.bucket = w.bucket").fetchall()
+        return _loaded(buckets, rows)
 
-    def due(self, day: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Users whose ``next_check`` is at most ``day`` (timers that fired), but ``exclude``:
-        sorted keys, user ids, records."""
-        rows = self.db.execute("SELECT uid, user_id, rec FROM users WHERE next_check <= ? ORDER BY uid",
-                               (int(day),)).fetchall()
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros(0, object), np.zeros(0, RECORD)
-        uids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        keep = ~np.isin(uids, exclude)
-        ids = np.array([r[1] for r in rows], dtype=object)
-        recs = np.frombuffer(b"".join(r[2] for r in rows), dtype=RECORD)
-        return uids[keep], ids[keep], recs[keep].copy()
+    def due(self, day: int) -> np.ndarray:
+        """Buckets holding a user whose ``next_check`` is at most ``day`` (a timer fired)."""
+        return np.array([r[0] for r in self.db.execute("SELECT bucket FROM buckets WHERE next_check <= ?",
+                                                       (int(day),))], dtype=np.int64)
 
-    def write(self, keys: np.ndarray, user_ids: np.ndarray, recs: np.ndarray, next_check: np.ndarray,
-              is_new: np.ndarray) -> None:
-        """Insert the new users' rows and update the others'."""
+    def write(self, loaded: Loaded, new_pdays: dict[int, bytes]) -> None:
+        """Rewrite every bucket of ``loaded`` (its records sorted by uid); ``new_pdays``: raw
+        (uid, day) pairs to append to each bucket's purchase days."""
+        recs = loaded.recs
+        if len(recs) == 0:
+            return
+        bucket = bucket_of(recs["uid"])
+        cuts = np.flatnonzero(np.diff(bucket)) + 1
+        starts, stops = np.r_[0, cuts], np.r_[cuts, len(recs)]
+        raw = memoryview(np.ascontiguousarray(recs).tobytes())
         size = RECORD.itemsize
-        data = memoryview(np.ascontiguousarray(recs).tobytes())
-        blob = [data[i * size:(i + 1) * size] for i in range(len(recs))]
-        checks = next_check.astype(np.int64).tolist()
-        uid = keys.tolist()
-        new = np.flatnonzero(is_new).tolist()
-        old = np.flatnonzero(~is_new).tolist()
-        self.db.executemany("INSERT INTO users (uid, user_id, next_check, rec) VALUES (?, ?, ?, ?)",
-                            ((uid[i], str(user_ids[i]), checks[i], blob[i]) for i in new))
-        self.db.executemany("UPDATE users SET next_check = ?, rec = ? WHERE uid = ?",
-                            ((checks[i], blob[i], uid[i]) for i in old))
+        ids = loaded.ids.tolist()
+        first_check = np.minimum.reduceat(recs["next_check"], starts) if len(recs) else np.zeros(0)
+        rows = []
+        for b, lo, hi, check in zip(bucket[starts].tolist(), starts.tolist(), stops.tolist(), first_check.tolist()):
+            pdays = loaded.pdays.get(b, b"") + new_pdays.get(b, b"")
+            rows.append((b, check, hi - lo, raw[lo * size:hi * size], "\x00".join(ids[lo:hi]).encode(), pdays))
+        self.db.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?, ?)", rows)
 
-    def scan(self, chunk: int = 500_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every user's id and record, in chunks (exports, tags)."""
-        cursor = self.db.execute("SELECT user_id, rec FROM users ORDER BY uid")
-        while rows := cursor.fetchmany(chunk):
-            yield (np.array([r[0] for r in rows], dtype=object),
-                   np.frombuffer(b"".join(r[1] for r in rows), dtype=RECORD).copy())
-
-    # ------------------------------------------------------------------ purchase days
-    def add_purchase_days(self, keys: np.ndarray, days: np.ndarray) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO purchase_days VALUES (?, ?)",
-                            zip(keys.tolist(), days.tolist()))
-
-    def purchase_days(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored (uid, day) of ``keys``."""
-        rows: list[tuple[int, int]] = []
-        for k in keys.tolist():
-            rows.extend(self.db.execute("SELECT uid, day FROM purchase_days WHERE uid = ?", (k,)).fetchall())
-        arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
+    def scan(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every user's id and record, a chunk of buckets at a time (exports, tags)."""
+        cursor = self.db.execute("SELECT bucket, recs, ids, pdays FROM buckets ORDER BY bucket")
+        while rows := cursor.fetchmany(4096):
+            loaded = _loaded(np.array([r[0] for r in rows]), rows)
+            yield loaded.ids, loaded.recs
 
     # ------------------------------------------------------------------ batches, events
     def batch_applied(self, batch_id: str) -> dict[str, Any] | None:
@@ -191,25 +187,91 @@ class StateStore:
 
     def new_event_ids(self, ids: np.ndarray) -> np.ndarray:
         """Which of these event-id hashes were never applied (the first of repeats within the batch
-        counts as new); all are remembered."""
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS batch_ids (id INTEGER PRIMARY KEY)")
-        self.db.execute("DELETE FROM batch_ids")
-        self.db.executemany("INSERT OR IGNORE INTO batch_ids VALUES (?)", ((k,) for k in ids.tolist()))
-        seen = np.array([r[0] for r in self.db.execute(
-            "SELECT b.id FROM batch_ids b JOIN seen_events s ON s.id = b.id")], dtype=np.int64)
-        self.db.execute("INSERT OR IGNORE INTO seen_events SELECT id FROM batch_ids")
-        fresh = ~np.isin(ids, seen)
+        counts as new); all are remembered (sorted per bucket)."""
+        if len(ids) == 0:
+            return np.zeros(0, dtype=bool)
+        wanted = np.unique(bucket_of(ids))
+        total = int(self.db.execute("SELECT COUNT(*) FROM seen_events").fetchone()[0])
+        if len(wanted) > SCAN_SHARE * max(total, 1):
+            keep = set(wanted.tolist())
+            blobs = [r[1] for r in self.db.execute("SELECT bucket, ids FROM seen_events") if r[0] in keep]
+        else:
+            blobs = []
+            for chunk in np.array_split(wanted, max(1, len(wanted) // 900)):
+                blobs += [r[0] for r in self.db.execute(
+                    f"SELECT ids FROM seen_events WHERE bucket IN ({','.join('?' * len(chunk))})", chunk.tolist())]
+        stored = np.frombuffer(b"".join(blobs), dtype=np.uint64)
+        mine = ids.view(np.uint64)
+        order = np.argsort(mine, kind="stable")
+        ordered = mine[order]
         first = np.zeros(len(ids), dtype=bool)
-        first[np.unique(ids, return_index=True)[1]] = True
-        return fresh & first
+        first[order[np.r_[True, ordered[1:] != ordered[:-1]]]] = True
+        fresh = first & ~np.isin(mine, stored)
+        merged = _sorted_unique(np.r_[stored, mine])            # sorted unsigned: buckets in order
+        self.db.executemany("INSERT OR REPLACE INTO seen_events VALUES (?, ?)",
+                            _by_bucket(merged, (merged >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)))
+        return fresh
 
     # ------------------------------------------------------------------ alerts, actions
-    def add_frame(self, table: str, frame: pd.DataFrame) -> None:
-        if len(frame):
-            cols = list(frame.columns)
-            self.db.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                                frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None))
+    def add_log(self, batch_id: str, day: int, alerts: pd.DataFrame, actions: pd.DataFrame) -> None:
+        """The batch's alerts and actions, one Parquet segment each (append-only)."""
+        self.db.execute("INSERT INTO log VALUES (?, ?, ?, ?)", (batch_id, int(day), _parquet(alerts), _parquet(actions)))
+
+    def log(self, what: str, since_day: int | None = None) -> pd.DataFrame:
+        """Every logged ``alerts`` or ``actions`` row (of updates on or after ``since_day``)."""
+        column = {"alerts": "alerts", "actions": "actions"}[what]
+        rows = self.db.execute(f"SELECT {column} FROM log WHERE day >= ? ORDER BY rowid",
+                               (-(2**62) if since_day is None else int(since_day),)).fetchall()
+        frames = [pd.read_parquet(io.BytesIO(r[0])) for r in rows if r[0]]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def frame(self, sql: str, params: tuple = ()) -> pd.DataFrame:  # type: ignore[type-arg]
         cur = self.db.execute(sql, params)
         return pd.DataFrame(cur.fetchall(), columns=[c[0] for c in cur.description])
+
+
+def _loaded(buckets: np.ndarray, rows: list[Any]) -> Loaded:
+    """Decode bucket rows (bucket, recs, ids, pdays) into one uid-sorted set of users."""
+    if not rows:
+        return Loaded(buckets, np.zeros(0, RECORD), np.zeros(0, object), {})
+    recs = np.frombuffer(b"".join(r[1] for r in rows), dtype=RECORD).copy()
+    ids = np.array(b"\x00".join(r[2] for r in rows).decode().split("\x00"), dtype=object)
+    order = np.argsort(recs["uid"], kind="stable")
+    return Loaded(buckets, recs[order], ids[order], {int(r[0]): bytes(r[3]) for r in rows})
+
+
+def purchase_pairs(loaded: Loaded, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored (uid, day) purchase pair of ``keys`` (from their buckets' pairs)."""
+    blobs = [loaded.pdays.get(b, b"") for b in np.unique(bucket_of(keys)).tolist()]
+    pairs = np.frombuffer(b"".join(blobs), dtype=PAIR)
+    mine = np.isin(pairs["uid"], keys)
+    return pairs["uid"][mine].astype(np.int64), pairs["day"][mine].astype(np.int64)
+
+
+def _by_bucket(values: np.ndarray, buckets: np.ndarray) -> list[tuple[int, bytes]]:
+    """(bucket, raw bytes of its values) for values sorted by bucket."""
+    if len(values) == 0:
+        return []
+    raw = memoryview(np.ascontiguousarray(values).tobytes())
+    size = values.dtype.itemsize
+    cuts = np.flatnonzero(np.diff(buckets)) + 1
+    starts, stops = np.r_[0, cuts], np.r_[cuts, len(values)]
+    return [(b, bytes(raw[lo * size:hi * size]))
+            for b, lo, hi in zip(buckets[starts].tolist(), starts.tolist(), stops.tolist())]
+
+
+def pack_pairs(keys: np.ndarray, days: np.ndarray) -> dict[int, bytes]:
+    """(uid, day) pairs as raw bytes per bucket (appended to the buckets' purchase days)."""
+    buckets = bucket_of(keys)
+    order = np.argsort(buckets, kind="stable")
+    pairs = np.zeros(len(keys), dtype=PAIR)
+    pairs["uid"], pairs["day"] = keys[order], days[order]
+    return dict(_by_bucket(pairs, buckets[order]))
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    if frame is None or not len(frame):
+        return b""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()

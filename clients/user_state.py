@@ -27,7 +27,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from clients.features import DAY_NS, REFUND, lifecycle_stage
+from clients.features import DAY_NS, REFUND, _sorted_unique, lifecycle_stage
 from fedseg.config import LifecycleRules
 from fedseg.contract import PURCHASE
 
@@ -37,16 +37,15 @@ NO_DAY: Final = np.iinfo(np.int32).min
 #: Days covered by the activity mask before the anchor (the longest window is 90 days).
 MASK_DAYS: Final = 128
 
-#: The record of one user (little-endian; 112 bytes).
+#: The record of one user (little-endian, packed; 128 bytes).
 RECORD: Final = np.dtype([
-    ("check", "<u8"),            # a second, independent hash of the user id (detects key collisions)
+    ("uid", "<i8"),              # the user's key: a 64-bit hash of the user id (user_keys)
     ("first_ts", "<i8"), ("last_ts", "<i8"), ("last_purchase_ts", "<i8"), ("signup_ts", "<i8"),
     ("n_events", "<i8"), ("revenue", "<f8"), ("refunds", "<f8"),
     ("gap_sum", "<i8"), ("gap_sumsq", "<i8"),
     ("n_pdays", "<i4"), ("first_pday", "<i4"), ("last_pday", "<i4"), ("max_gap", "<i4"),
-    ("anchor", "<i4"), ("stage", "i1"), ("tier", "i1"), ("flags", "u1"), ("pad", "u1"),
-    ("mask_lo", "<u8"), ("mask_hi", "<u8"),
-    ("churn_prob", "<f4"), ("pad2", "<u4"),
+    ("anchor", "<i4"), ("next_check", "<i4"), ("stage", "i1"), ("tier", "i1"), ("flags", "u1"), ("pad", "u1"),
+    ("churn_prob", "<f4"), ("mask_lo", "<u8"), ("mask_hi", "<u8"),
 ])
 #: ``flags`` bits: an inactivity warning is open; a churn-probability warning is open.
 FLAG_INACTIVE: Final = 1
@@ -66,12 +65,10 @@ def empty_records(n: int) -> np.ndarray:
     return rec
 
 
-def user_keys(user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes of each user id: the key (signed, SQLite's INTEGER) and the check."""
-    values = np.asarray(user_ids, dtype=object)
-    key = pd.util.hash_array(values, hash_key="fedseg-user-key1").view(np.int64)
-    check = pd.util.hash_array(values, hash_key="fedseg-user-chk2")
-    return key, check
+def user_keys(user_ids: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each user id (signed: SQLite's INTEGER); equal ids, equal keys. Collisions
+    (about 3e-8 for 1M users) are detected by comparing the stored id."""
+    return pd.util.hash_array(np.asarray(user_ids, dtype=object), hash_key="fedseg-user-key1").view(np.int64)
 
 
 @dataclass
@@ -79,7 +76,6 @@ class Batch:
     """A batch of events grouped by user: per-user totals and the distinct (user, day) pairs."""
 
     keys: np.ndarray          # user key per batch user (sorted)
-    checks: np.ndarray
     user_ids: np.ndarray      # the user id strings (object)
     first_ts: np.ndarray
     last_ts: np.ndarray
@@ -94,11 +90,13 @@ class Batch:
 
 def group_batch(events: pd.DataFrame) -> Batch:
     """Per-user totals of a canonical events frame (vectorised: one sort, bincounts)."""
-    key, check = user_keys(events["user_id"].to_numpy())
-    codes, uniques = pd.factorize(key, sort=True)
-    n = len(uniques)
-    first_row = np.full(n, len(key), dtype=np.int64)
-    np.minimum.at(first_row, codes, np.arange(len(key)))
+    id_codes, id_uniques = pd.factorize(events["user_id"].to_numpy(dtype=object))
+    id_keys = user_keys(np.asarray(id_uniques, dtype=object))   # hash each distinct id once
+    order = np.argsort(id_keys, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[id_codes] if len(id_codes) else id_codes.astype(np.int64)
+    n = len(order)
     ts = events["ts"].to_numpy(dtype="datetime64[ns]").astype(np.int64)
     kind = events["event_type"].to_numpy()
     amount = events["amount"].to_numpy(dtype=np.float64)
@@ -113,11 +111,11 @@ def group_batch(events: pd.DataFrame) -> Batch:
 
     def pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base = int(day.min()) if len(day) else 0
-        packed = np.unique(codes[mask].astype(np.int64) << 32 | (day[mask] - base))
+        packed = _sorted_unique(codes[mask].astype(np.int64) << 32 | (day[mask] - base))
         return packed >> 32, (packed & 0xFFFFFFFF) + base
 
-    return Batch(keys=np.asarray(uniques, dtype=np.int64), checks=check[first_row],
-                 user_ids=events["user_id"].to_numpy()[first_row], first_ts=first_ts, last_ts=last_ts,
+    return Batch(keys=id_keys[order], user_ids=np.asarray(id_uniques, dtype=object)[order], first_ts=first_ts,
+                 last_ts=last_ts,
                  last_purchase_ts=last_p, n_events=np.bincount(codes, minlength=n),
                  revenue=np.bincount(codes[purchase], weights=amount[purchase], minlength=n),
                  refunds=np.bincount(codes[refund], weights=amount[refund], minlength=n),
@@ -176,7 +174,7 @@ def merge_batch(rec: np.ndarray, batch: Batch, late_days: tuple[np.ndarray, np.n
     ``late_days``: for the users of :func:`late_purchase_users`, every purchase day they had
     before this batch (batch user index, day)."""
     out = rec.copy()
-    out["check"] = batch.checks
+    out["uid"] = batch.keys
     out["first_ts"] = np.minimum(rec["first_ts"], batch.first_ts)
     out["last_ts"] = np.maximum(rec["last_ts"], batch.last_ts)
     out["last_purchase_ts"] = np.maximum(rec["last_purchase_ts"], batch.last_purchase_ts)
@@ -212,7 +210,7 @@ def merge_batch(rec: np.ndarray, batch: Batch, late_days: tuple[np.ndarray, np.n
             raise ValueError("late purchase days need the users' stored purchase days")
         lu = np.r_[late_days[0], user[is_late[user]]].astype(np.int64)
         ld = np.r_[late_days[1], day[is_late[user]]].astype(np.int64)
-        packed = np.unique(lu << 32 | (ld - ld.min()))
+        packed = _sorted_unique(lu << 32 | (ld - ld.min()))
         stats = gap_stats(packed >> 32, (packed & 0xFFFFFFFF) + ld.min(), n)
         for name, values in stats.items():
             out[name][late_users] = values[late_users]
@@ -285,7 +283,7 @@ def features_from_records(rec: np.ndarray, user_ids: np.ndarray, as_of: int,
     last30 = active_days_between(rec, as_of, 0, 30)
     prev30 = active_days_between(rec, as_of, 30, 60)
     frame = pd.DataFrame({
-        "user_id": np.asarray(user_ids, dtype=object),
+        "user_id": pd.Series(np.asarray(user_ids, dtype=object), dtype=object),
         "recency_days": np.where(has_p, days_before(np.where(has_p, rec["last_purchase_ts"], t_ref)),
                                  days_before(rec["first_ts"])),
         "frequency": freq,

@@ -51,6 +51,7 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("clients.cli", "data"),
     ("simulations.data_cli", "data"),
     ("clients.unit_cli", None),
+    ("clients.monitor_cli", "unit"),
     ("simulations.cli", None),
     ("simulations.monitor_cli", None),
     ("privacy.cli", "privacy"),

@@ -95,8 +95,8 @@ def test_daily_updates_emit_changes_when_they_happen_and_equal_a_recompute(tmp_p
             store = StateStore(tmp_path / "state.sqlite")
     assert {"transition", "inactivity", "tier_change"} <= set(kinds), kinds
     # a warning is emitted once per episode: never twice in a row for the same user without clearing
-    alerts = store.frame("SELECT user_id, kind, day FROM alerts WHERE kind = 'inactivity' ORDER BY day")
-    assert not alerts.duplicated(["user_id", "day"]).any()
+    alerts = store.log("alerts")
+    assert not alerts.loc[alerts["kind"] == "inactivity"].duplicated(["user_id", "day"]).any()
     store.close()
 
 
@@ -121,7 +121,7 @@ def dump(path: Path) -> list:
 
     with sqlite3.connect(path) as db:
         return [sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
-                for t in ("meta", "users", "purchase_days", "seen_events", "alerts", "actions")]
+                for t in ("meta", "buckets", "seen_events", "batches", "log")]
 
 
 CRASHER = """

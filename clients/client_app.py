@@ -12,8 +12,8 @@ Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
   score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
 - ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`);
 - ``query.kpis``: the unit's monitoring KPI tables (:mod:`clients.kpis`), noisy under DP;
-- ``query.tag_quantiles``, ``query.tags``: tag thresholds' histograms and tag prevalence by
-  segment (:mod:`clients.tag_handlers`), noisy under DP.
+- ``query.tag_quantiles``, ``query.tags``: the histograms of the tags' quantiles and the tag x
+  segment counts (:mod:`clients.tags`), noisy under DP; per-user tags stay on the unit.
 
 Under differential privacy the unit charges every release to its own account *before* making
 it (write-ahead), built from the parameters it actually applies, and draws its DP-SGD sample and
@@ -46,6 +46,7 @@ from flwr.clientapp import ClientApp
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
 from clients.kpis import kpi_answer
+from clients.tags import quantile_answer, tags_answer
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
 from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
 from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
@@ -55,6 +56,7 @@ from fedseg.protocol import RoundConfig
 from fedseg.models import build_model, uses_sequences
 from privacy.budget import UnitPrivacy
 from privacy.kpis_dp import kpi_releases
+from privacy.tags_dp import tag_releases
 from privacy.segmentation_dp import step_releases
 from privacy.training_dp import client_release, dpsgd_release, evaluation_release, scaler_release
 
@@ -229,6 +231,11 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     app.query(protocol.KPIS.removeprefix("query."), mods=[outgoing_guard_mod])(
         private_answer("kpis", kpi_releases, lambda events, users, config, rng, out, name: kpi_answer(events, config, rng)))
+    app.query(protocol.TAG_QUANTILES.removeprefix("query."), mods=[outgoing_guard_mod])(
+        private_answer("tags", lambda config: tag_releases("quantiles", config),
+                       lambda events, users, config, rng, out, name: quantile_answer(events, users, config, rng)))
+    app.query(protocol.TAGS.removeprefix("query."), mods=[outgoing_guard_mod])(
+        private_answer("tags", lambda config: tag_releases("tags", config), tags_answer))
 
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:

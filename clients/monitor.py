@@ -38,12 +38,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from clients.features import DAY_NS
+from clients.features import DAY_NS, _sorted_unique
 from clients.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule, plan_actions
 from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment, value_tier
 from clients.state_store import Loaded, StateStore, bucket_of, pack_pairs, purchase_pairs
 from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, empty_records,
-                                features_from_records, group_batch, late_purchase_users, merge_batch, user_keys)
+                                features_from_records, group_batch, in_sorted, late_purchase_users, merge_batch,
+                                user_keys)
 from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
 from fedseg.errors import FedsegError
 from fedseg.segments import FREQUENCY_EDGES, MONETARY_EDGES, RECENCY_EDGES, VALUE_TIERS, quantile_bins
@@ -246,7 +247,7 @@ def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as
     """At most one action per alerted user by the playbook, capped by the unit's earlier actions."""
     if alerts.empty:
         return pd.DataFrame(columns=["user_id", "action", "rule_priority", "warning", "suppressed", "suppressed_reason"])
-    rows = np.unique(alerts["row"].to_numpy(np.int64))
+    rows = _sorted_unique(alerts["row"].to_numpy(np.int64))
     warnings = alerts.loc[alerts["kind"].isin(WARNINGS)]
     several = warnings["row"].duplicated(keep=False)   # most users have one warning: join only the others
     warned = pd.concat([warnings.loc[~several].set_index("row")["detail"],
@@ -318,7 +319,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         if new_day == NO_DAY:
             raise MonitorError("an empty batch on an empty state: nothing to start from; give events")
         s_keys, s_probs = _score_keys(scores)
-        touched = np.unique(np.r_[bucket_of(batch.keys), store.due(new_day), bucket_of(s_keys)])
+        touched = _sorted_unique(np.r_[bucket_of(batch.keys), store.due(new_day), bucket_of(s_keys)])
         loaded = store.read(touched)
         found, pos = loaded.position(batch.keys)
         clash = np.zeros(len(found), dtype=bool)
@@ -348,8 +349,8 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         ids = np.r_[loaded.ids, batch.user_ids[~found]]
         order = np.argsort(after["uid"], kind="stable")
         before, after, ids = before[order], after[order], ids[order]
-        in_batch = np.isin(after["uid"], batch.keys)
-        scored = np.isin(after["uid"], s_keys)
+        in_batch = in_sorted(after["uid"], batch.keys)
+        scored = in_sorted(after["uid"], s_keys)
         if scored.any():
             after["churn_prob"][scored] = s_probs[np.searchsorted(s_keys, after["uid"][scored])]
         due = (after["next_check"] <= new_day) & ~in_batch & ~scored

@@ -195,3 +195,66 @@ def actions(
         store.close()
     write_table(table, out)
     console.print(f"{len(table):,} {'alerts' if alerts else 'actions'} -> {out}", highlight=False)
+
+
+@app.command("tags")
+def unit_tags(
+    state: StateOption = DEFAULT_STATE,
+    tags_file: Annotated[Path | None, typer.Option("--tags", help="TOML file of tag rules (default: the documented default set).")] = None,
+    report: Annotated[Path | None, typer.Option(help="tags.json of a federated fedseg tags run: its quantiles (the federation's scale). Default: this unit's own quantiles.")] = None,
+    out: Annotated[Path, typer.Option(help="Per-user tags (.parquet or .csv); they never leave the unit.")] = Path("fedseg-output/tags.parquet"),
+) -> None:
+    """Tag every user of the monitoring state as of its day (rules in docs/monitoring.md)."""
+    import numpy as np
+    import pandas as pd
+
+    from clients.monitor import state_features
+    from clients.state_store import StateStore
+    from clients.tags import quantile_histograms, tag_columns, tag_users
+    from fedseg.io import check_table_path, write_table
+    from fedseg.tags import QUANTILE_EDGES, load_rules, needed_quantiles, quantile_value
+
+    check_table_path(out)
+    rules = load_rules(tags_file)
+    if not state.exists():
+        raise FedsegError(f"{state}: no monitoring state; fedseg unit update --events FILE --state {state} makes one")
+    store = StateStore(state)
+    try:
+        features = state_features(store)
+    finally:
+        store.close()
+    columns = tag_columns(features)
+    quantiles: dict[tuple[str, int], float] = {}
+    if report is not None:
+        try:
+            given = json.loads(report.read_text())["quantiles"]
+        except (FileNotFoundError, ValueError, KeyError):
+            raise FedsegError(f"--report {report}: not a tags.json written by fedseg tags") from None
+        for rule in rules:
+            for feature, q in rule.quantiles:
+                key = f"q{q}({feature})"
+                if key not in given:
+                    raise FedsegError(f"--report {report} has no {key}, which tag {rule.name!r} needs; run fedseg tags "
+                                      "with these rules")
+                quantiles[(feature, q)] = float(given[key])
+    else:
+        names = needed_quantiles(rules)
+        hist = quantile_histograms(columns, names)
+        offset = 0
+        for name in names:
+            size = len(QUANTILE_EDGES[name])
+            for rule in rules:
+                for feature, q in rule.quantiles:
+                    if feature == name:
+                        quantiles[(feature, q)] = quantile_value(feature, hist[offset:offset + size], q)
+            offset += size
+    tags = tag_users(rules, columns, quantiles)
+    table = pd.concat([features[["user_id", "lifecycle_stage"]].reset_index(drop=True), tags], axis=1)
+    table["tags"] = [",".join(t for t, on in zip(tags.columns, row) if on) for row in tags.to_numpy()]
+    write_table(table, out)
+    shares = ", ".join(f"{c} {100 * float(np.mean(tags[c])):.1f}%" for c in tags.columns)
+    console.print(f"{len(table):,} users tagged ({shares}) with "
+                  f"{'the federation' if report else 'this unit'}'s quantiles -> {out}", highlight=False)
+    if any(r.features & {"discount_share", "relative_price", "priced_purchases", "churn_probability"} for r in rules):
+        console.print("note: the state keeps no prices or scores: price and churn-probability conditions are false "
+                      "here (fedseg tags computes them from the events)", highlight=False)

@@ -6,14 +6,13 @@ can copy and back up, and a transaction is atomic across every table: a crash (p
 the next open). DuckDB would scan faster but is one more pinned native dependency on every unit,
 and an update touches only the users a batch names (and those whose timer fired).
 
-Layout: users are spread over ``2^16`` **buckets** by the top bits of their key (a 64-bit hash of
+Layout: users are spread over ``2^14`` **buckets** by the top bits of their key (a 64-bit hash of
 the user id, :func:`clients.user_state.user_keys`); one row per bucket holds its users' records
 (:data:`clients.user_state.RECORD`, packed), their ids, their (uid, purchase day) pairs and the
 earliest ``next_check`` among them (indexed). An update reads and rewrites only the buckets of the
-users it touches: a few SQLite rows per thousand users instead of one B-tree update per user, which
-is what brings 1M events on 1M users under 5 s (``bench/bench_monitor.py``). A bucket holds about
-``users / 65,536`` users (15 at 1M users): the cost of an update stays proportional to the users it
-touches. Event ids already applied are kept the same way (sorted 64-bit hashes per bucket).
+users it touches: one SQLite row per bucket instead of one B-tree update per user (``bench/bench_monitor.py``).
+A bucket holds about ``users / 16,384`` users (61 at 1M users, one 16 KiB page): the cost of an
+update stays proportional to the users it touches, times the bucket size. Event ids already applied are kept the same way (sorted 64-bit hashes per bucket).
 
 Tables: ``meta`` (schema, the state's day ``as_of`` in days since 1970-01-01, the monitoring
 settings as JSON), ``buckets``, ``seen_events``, ``batches`` (every applied batch; a batch applied
@@ -36,10 +35,10 @@ import numpy as np
 import pandas as pd
 
 from clients.features import _sorted_unique
-from clients.user_state import RECORD
+from clients.user_state import RECORD, in_sorted
 
 SCHEMA_VERSION: Final = 2
-BUCKET_BITS: Final = 16
+BUCKET_BITS: Final = 14
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS buckets (bucket INTEGER PRIMARY KEY, next_check INTEGER NOT NULL, users INTEGER NOT NULL,
@@ -88,6 +87,7 @@ class StateStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA page_size=16384")  # a bucket row (about 60 users at 1M) fits in a page
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache
@@ -190,7 +190,7 @@ class StateStore:
         counts as new); all are remembered (sorted per bucket)."""
         if len(ids) == 0:
             return np.zeros(0, dtype=bool)
-        wanted = np.unique(bucket_of(ids))
+        wanted = _sorted_unique(bucket_of(ids))
         total = int(self.db.execute("SELECT COUNT(*) FROM seen_events").fetchone()[0])
         if len(wanted) > SCAN_SHARE * max(total, 1):
             keep = set(wanted.tolist())
@@ -200,13 +200,13 @@ class StateStore:
             for chunk in np.array_split(wanted, max(1, len(wanted) // 900)):
                 blobs += [r[0] for r in self.db.execute(
                     f"SELECT ids FROM seen_events WHERE bucket IN ({','.join('?' * len(chunk))})", chunk.tolist())]
-        stored = np.frombuffer(b"".join(blobs), dtype=np.uint64)
+        stored = np.sort(np.frombuffer(b"".join(blobs), dtype=np.uint64))
         mine = ids.view(np.uint64)
         order = np.argsort(mine, kind="stable")
         ordered = mine[order]
         first = np.zeros(len(ids), dtype=bool)
         first[order[np.r_[True, ordered[1:] != ordered[:-1]]]] = True
-        fresh = first & ~np.isin(mine, stored)
+        fresh = first & ~in_sorted(mine, stored)
         merged = _sorted_unique(np.r_[stored, mine])            # sorted unsigned: buckets in order
         self.db.executemany("INSERT OR REPLACE INTO seen_events VALUES (?, ?)",
                             _by_bucket(merged, (merged >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)))

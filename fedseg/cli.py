@@ -108,7 +108,9 @@ def main() -> None:
     try:
         app()
     except FedsegError as exc:
+        from rich.markup import escape
+
         from fedseg.console import err_console
 
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(exc.exit_code) from None

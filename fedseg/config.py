@@ -285,6 +285,34 @@ class KpiPlan(BaseModel):
         return self
 
 
+class TagPlan(BaseModel):
+    """Settings of one federated tag report (``fedseg tags``; the rule language is :mod:`fedseg.tags`)."""
+
+    cutoff: dt.date | None = Field(None, description="Tag users as of this day (inclusive); None: the data's last "
+                                   "day (simulation; a deployment states it).")
+    tags_file: Path | None = Field(None, description="TOML file of tag rules; None: the default tag set "
+                                   "(fedseg/default_tags.toml).")
+    segment_by: Literal["lifecycle", "rfm"] = Field("lifecycle", description="Columns of the tag x segment matrix: "
+                                                    "lifecycle stages, or the 11 RFM segments (federated quintiles).")
+    epsilon: float | None = Field(None, gt=0, description="Total epsilon per end user for the whole report; None: "
+                                  "no noise.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units.")
+    quantile_share: float = Field(0.5, gt=0, lt=1, description="Share of the budget (zCDP rho) spent on the quantile "
+                                  "histograms; the rest goes to the tag x segment counts.")
+    dataset: str = Field("cdnow", description="Bundled dataset for units without data ('cdnow'; '' in deployments).")
+    min_units: int = Field(2, ge=1, description="Units that must be connected and answer.")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the units' answers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TagPlan":
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("--delta without --epsilon: the report adds no noise; give --epsilon for differential "
+                             "privacy")
+        return self
+
+
 # ---------------------------------------------------------------------------- run config
 #: ``[tool.flwr.app.config]`` keys whose names differ from the training plan's fields.
 RUN_CONFIG_RENAMES: Final = {"num-server-rounds": "num_rounds"}

@@ -150,3 +150,106 @@ def print_kpis(report: dict[str, Any], out: Path) -> None:
                       highlight=False)
     console.print(f"kpis.json{' and plots' if report.get('plots') else ''} in {out} "
                   f"({report['seconds']['total']:.0f} s)", highlight=False)
+
+
+@app.command("tags")
+def tags(
+    dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
+    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    sep: Sep = ",",
+    encoding: Encoding = "utf-8",
+    date_format: DateFormat = None,
+    units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
+    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
+    tags_file: Annotated[Path | None, typer.Option("--tags", help="TOML file of tag rules (default: the documented default set, fedseg/default_tags.toml).")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="Tag users as of this day, YYYY-MM-DD (default: the data's last day).")] = None,
+    segment_by: Annotated[str, typer.Option(help="Columns of the behaviour matrix: lifecycle (stages) or rfm (the 11 RFM segments).")] = "lifecycle",
+    epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole report (default: exact, no noise).")] = None,
+    delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), shared with every task.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (partition).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/tags-<dataset>-<time>).")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Federated tags: rules over features evaluated on every unit's users; the coordinator sees
+    only tag prevalence and the tag x segment matrix (noisy under --epsilon).
+
+    Units keep the per-user tags (<out>/units/tags_<unit>.parquet). With no options: CDNOW over 5
+    units, the default tag set, by lifecycle stage.
+    """
+    from pydantic import ValidationError
+
+    from fedseg.config import TagPlan
+    from fedseg.errors import FedsegError
+    from fedseg.tags import load_rules
+    from simulations.tag_runner import run_tag_job
+
+    if out is None:
+        out = Path("runs") / f"tags-{dataset if events is None else 'file'}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    cutoff_day = _date(cutoff, "--cutoff")
+    try:
+        plan = TagPlan(cutoff=cutoff_day, tags_file=tags_file, segment_by=segment_by, epsilon=epsilon, delta=delta)
+        data_cfg = _data_config(dataset, events, users, file_format(sep, encoding, date_format), units, partition,
+                                alpha, seed, out)
+        if events is not None:
+            if cutoff_day is None:
+                fail("--events needs --cutoff: the day the users are tagged as of")
+            data_cfg.cutoff, data_cfg.horizon_days = cutoff_day, 1
+    except ValidationError as exc:
+        fail(validation_problems(exc))
+    rules = load_rules(tags_file)
+
+    def header(run_plan: TagPlan, fed: Any) -> None:
+        from server.tags import plan_steps
+
+        console.print(f"tags of {len(fed.files)} units on {data_cfg.dataset} ({len(fed.features):,} users) as of "
+                      f"{run_plan.cutoff}: {', '.join(r.name for r in rules)} -> {out}", highlight=False)
+        if run_plan.epsilon is None:
+            console.print("  privacy: none (exact counts; no differential privacy) | secure aggregation: off",
+                          highlight=False)
+        else:
+            _, _, eps, dlt = plan_steps(run_plan, rules, "header")
+            console.print(f"  privacy: DP per end user, epsilon {eps:.3f}, delta {dlt:g} for the whole report (units add "
+                          "the noise) | secure aggregation: off", highlight=False)
+
+    try:
+        with console.status("units tag their users (Flower simulation)"):
+            report = run_tag_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header)
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    print_tags(report, out)
+
+
+def print_tags(report: dict[str, Any], out: Path) -> None:
+    """Prevalence and the behaviour matrix (share of each segment holding each tag)."""
+    from rich.table import Table
+
+    segments = list(report["segments"])
+    table = Table(title=f"tags: prevalence and share of each {report['segment_by']} segment "
+                        f"({report['users']:,.0f} users, {report['units']} units)")
+    table.add_column("tag")
+    table.add_column("users", justify="right")
+    table.add_column("share", justify="right")
+    for s in segments:
+        table.add_column(s, justify="right")
+    for t in report["tags"]:
+        cells = [("-" if t["share_of_segment"][s] is None else f"{100 * t['share_of_segment'][s]:.1f}%")
+                 for s in segments]
+        table.add_row(t["tag"], f"{t['users']:,.0f}", "-" if t["prevalence"] is None else f"{100 * t['prevalence']:.1f}%",
+                      *cells)
+    table.add_row("(segment users)", "", "", *[f"{report['segments'][s]:,.0f}" for s in segments])
+    console.print(table)
+    if report["quantiles"]:
+        console.print("quantiles: " + ", ".join(f"{k} = {v:g}" for k, v in report["quantiles"].items()), highlight=False)
+    privacy = report["privacy"]
+    console.print((f"privacy: epsilon {privacy['epsilon']:.3f}, delta {privacy['delta']:g} per end user"
+                   if privacy["epsilon"] is not None else "privacy: no noise added (exact counts)"), highlight=False)
+    c = report.get("pooled_comparison")
+    if c:
+        console.print(f"against the units' per-user files (simulation only): largest prevalence error "
+                      f"{c['max_prevalence_abs_error_pp']:.3f} pp", highlight=False)
+    console.print(f"tags.json in {out}, per-user tags in {out / 'units'} ({report['seconds']:.0f} s)", highlight=False)

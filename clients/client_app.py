@@ -35,6 +35,7 @@ Every reply passes :func:`clients.guard.outgoing_guard_mod`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,39 +176,6 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             name = events_fingerprint(unit_events(context, cfg, unit_files)[0])
         return unit_account(context, unit_name(context), name, ledger_path)
 
-    def segmentation_handler(name: str, step):  # noqa: ANN001, ANN202
-        def handler(msg: Message, context: Context) -> Message:
-            config = dict(msg.content.config_records[protocol.CONFIG])
-            cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 273)),
-                              dataset=str(config.get("dataset", "")))
-            events, users, _ = unit_events(context, cfg, unit_files)
-            releases = step_releases(name, config)
-            own = account(context, cfg)
-            if not releases:
-                own.require_private("segmentation")
-            for release in releases:
-                own.charge(str(config.get(protocol.RUN_ID, "")), "segmentation", release)
-            if step is final_step:
-                out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config \
-                    else output_dir
-                answer = final_step(events, users, config, out_dir, unit_name(context))
-            else:
-                answer = step(events, users, config)
-            return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
-        return handler
-
-    def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
-        """Round config, the unit's data, the scaler and the global model the message carries."""
-        cfg = _round_config(msg)
-        data = unit_data(context, cfg, unit_files)
-        mean, std = _scaler(cfg)
-        model = build_model(cfg.model)
-        model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
-        return cfg, data, mean, std, model
-
-    for name, step in (("grid", grid_step), ("lloyd", lloyd_step), ("rfm", rfm_step), ("final", final_step)):
-        app.query(f"seg_{name}", mods=[outgoing_guard_mod])(segmentation_handler(name, step))
-
     def private_answer(task: str, releases_of, answer):  # noqa: ANN001, ANN202
         """A handler that charges the releases its config asks for (write-ahead), then answers
         with the unit's private randomness; without noise it answers only units without a budget."""
@@ -229,6 +197,14 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
         return handler
 
+    def segmentation_answer(step):  # noqa: ANN001, ANN202
+        def answer(events, users, config, rng, out_dir, unit):  # noqa: ANN001, ANN202
+            return final_step(events, users, config, out_dir, unit) if step is final_step else step(events, users, config)
+        return answer
+
+    for name, step in (("grid", grid_step), ("lloyd", lloyd_step), ("rfm", rfm_step), ("final", final_step)):
+        app.query(f"seg_{name}", mods=[outgoing_guard_mod])(
+            private_answer("segmentation", functools.partial(step_releases, name), segmentation_answer(step)))
     app.query(protocol.KPIS.removeprefix("query."), mods=[outgoing_guard_mod])(
         private_answer("kpis", kpi_releases, lambda events, users, config, rng, out, name: kpi_answer(events, config, rng)))
     app.query(protocol.TAG_QUANTILES.removeprefix("query."), mods=[outgoing_guard_mod])(
@@ -236,6 +212,15 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                        lambda events, users, config, rng, out, name: quantile_answer(events, users, config, rng)))
     app.query(protocol.TAGS.removeprefix("query."), mods=[outgoing_guard_mod])(
         private_answer("tags", lambda config: tag_releases("tags", config), tags_answer))
+
+    def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
+        """Round config, the unit's data, the scaler and the global model the message carries."""
+        cfg = _round_config(msg)
+        data = unit_data(context, cfg, unit_files)
+        mean, std = _scaler(cfg)
+        model = build_model(cfg.model)
+        model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
+        return cfg, data, mean, std, model
 
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:

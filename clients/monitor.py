@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment
 from clients.state_store import Loaded, StateStore, bucket_of, pack_pairs, purchase_pairs
 from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, empty_records,
                                 features_from_records, group_batch, in_sorted, late_purchase_users, merge_batch,
-                                user_keys)
+                                ukey, user_keys)
 from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
 from fedseg.errors import FedsegError
 from fedseg.segments import FREQUENCY_EDGES, MONETARY_EDGES, RECENCY_EDGES, VALUE_TIERS, quantile_bins
@@ -335,38 +335,47 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         late_days = None
         if len(late):
             keys, days = purchase_pairs(loaded, batch.keys[late])
-            late_days = (np.searchsorted(batch.keys, keys), days)
+            late_days = (np.searchsorted(ukey(batch.keys), ukey(keys)), days)
         merged = merge_batch(old, batch, late_days)
+        if len(s_keys):
+            hit = in_sorted(ukey(batch.keys), ukey(s_keys))
+            merged["churn_prob"][hit] = s_probs[np.searchsorted(ukey(s_keys), ukey(batch.keys[hit]))]
         p_user, p_day = batch.purchase
         new_pdays = pack_pairs(batch.keys[p_user], p_day)
         lap("batch merged")
 
-        # every user of the touched buckets, old and new records side by side, sorted by uid
-        before = np.r_[loaded.recs, empty_records(int((~found).sum()))]
-        before["uid"][len(loaded.recs):] = batch.keys[~found]
-        after = np.r_[loaded.recs, merged[~found]]
-        after[pos[found]] = merged[found]
-        ids = np.r_[loaded.ids, batch.user_ids[~found]]
-        order = np.argsort(after["uid"], kind="stable")
-        before, after, ids = before[order], after[order], ids[order]
-        in_batch = in_sorted(after["uid"], batch.keys)
-        scored = in_sorted(after["uid"], s_keys)
+        # the users evaluated: the batch's, then the other loaded users who were scored or whose timer fired
+        rest = np.ones(len(loaded.recs), dtype=bool)
+        rest[pos[found]] = False
+        rest_keys = ukey(loaded.recs["uid"])
+        scored = rest & in_sorted(rest_keys, ukey(s_keys))
+        pick = np.flatnonzero(scored | (rest & (loaded.recs["next_check"] <= new_day)))
+        others = loaded.recs[pick]
         if scored.any():
-            after["churn_prob"][scored] = s_probs[np.searchsorted(s_keys, after["uid"][scored])]
-        due = (after["next_check"] <= new_day) & ~in_batch & ~scored
-        chosen = in_batch | scored | due
+            mine = scored[pick]
+            others["churn_prob"][mine] = s_probs[np.searchsorted(ukey(s_keys), ukey(others["uid"][mine]))]
+        before = np.concatenate([old, loaded.recs[pick]])
+        after = np.concatenate([merged, others])
+        ids = np.concatenate([batch.user_ids, loaded.ids[pick]])
+        due = len(pick) - int(scored.sum())
         lap("timers read")
         if cfg.rfm_thresholds is None:  # the unit's own scale, fixed at the baseline
             cfg = cfg.model_copy(update={"rfm_thresholds": local_thresholds(
-                features_from_records(after[chosen], ids[chosen], new_day, cfg.lifecycle))})
-        table, evaluated = evaluate(after[chosen], ids[chosen], new_day, cfg, cfg.rfm_thresholds)
+                features_from_records(after, ids, new_day, cfg.lifecycle))})
+        table, evaluated = evaluate(after, ids, new_day, cfg, cfg.rfm_thresholds)
         evaluated["next_check"] = np.minimum(next_check(evaluated, table, new_day, cfg, cfg.rfm_thresholds), NEVER)
         lap("users evaluated")
-        after[chosen] = evaluated
-        store.write(Loaded(touched, after, ids, loaded.pdays), new_pdays)
+        final = loaded.recs                      # updated in place, new users inserted in key order
+        nb = len(batch.keys)
+        final[pos[found]] = evaluated[:nb][found]
+        final[pick] = evaluated[nb:]
+        at = np.searchsorted(rest_keys, ukey(batch.keys[~found]))
+        final = np.insert(final, at, evaluated[:nb][~found])
+        final_ids = np.insert(loaded.ids, at, batch.user_ids[~found])
+        store.write(Loaded(touched, final, final_ids, loaded.pdays), new_pdays)
         lap("users written")
         alerts = pd.DataFrame(columns=["user_id", "kind", "detail"]) if baseline else \
-            alerts_of(before[chosen], evaluated, table, cfg)
+            alerts_of(before, evaluated, table, cfg)
         actions = actions_of(alerts, table, cfg, new_day, store)
         alerts = alerts.drop(columns=["row"], errors="ignore").assign(day=date_of(new_day))
         actions = actions.rename(columns={"warning": "reason"}).assign(day=date_of(new_day))
@@ -380,7 +389,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
     lap("committed")
     return UpdateResult(batch_id=batch_id, status="baseline" if baseline else "applied", as_of=date_of(new_day),
                         events=len(events), duplicates=duplicates, users_in_batch=len(batch.keys),
-                        new_users=int((~found).sum()), timers_fired=int(due.sum()), alerts=alerts, actions=actions,
+                        new_users=int((~found).sum()), timers_fired=due, alerts=alerts, actions=actions,
                         seconds=seconds)
 
 
@@ -389,7 +398,7 @@ def _score_keys(scores: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
     if scores is None or not len(scores):
         return np.zeros(0, np.int64), np.zeros(0)
     keys = user_keys(scores["user_id"].to_numpy())
-    order = np.argsort(keys)
+    order = np.argsort(ukey(keys))
     return keys[order], scores["churn_probability"].to_numpy(np.float64)[order]
 
 

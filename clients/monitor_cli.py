@@ -212,7 +212,7 @@ def unit_tags(
     from clients.state_store import StateStore
     from clients.tags import quantile_histograms, tag_columns, tag_users
     from fedseg.io import check_table_path, write_table
-    from fedseg.tags import QUANTILE_EDGES, load_rules, needed_quantiles, quantile_value
+    from fedseg.tags import load_rules, needed_quantiles, quantiles_from_histograms
 
     check_table_path(out)
     rules = load_rules(tags_file)
@@ -238,16 +238,7 @@ def unit_tags(
                                       "with these rules")
                 quantiles[(feature, q)] = float(given[key])
     else:
-        names = needed_quantiles(rules)
-        hist = quantile_histograms(columns, names)
-        offset = 0
-        for name in names:
-            size = len(QUANTILE_EDGES[name])
-            for rule in rules:
-                for feature, q in rule.quantiles:
-                    if feature == name:
-                        quantiles[(feature, q)] = quantile_value(feature, hist[offset:offset + size], q)
-            offset += size
+        quantiles = quantiles_from_histograms(rules, quantile_histograms(columns, needed_quantiles(rules)))
     tags = tag_users(rules, columns, quantiles)
     table = pd.concat([features[["user_id", "lifecycle_stage"]].reset_index(drop=True), tags], axis=1)
     table["tags"] = [",".join(t for t, on in zip(tags.columns, row) if on) for row in tags.to_numpy()]

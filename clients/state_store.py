@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from clients.features import _sorted_unique
-from clients.user_state import RECORD, in_sorted
+from clients.user_state import RECORD, in_sorted, ukey
 
 SCHEMA_VERSION: Final = 2
 BUCKET_BITS: Final = 14
@@ -67,17 +67,15 @@ class Loaded:
     """The users of some buckets: records, ids, bucket of each, and the buckets' purchase-day pairs."""
 
     buckets: np.ndarray       # the buckets read (sorted)
-    recs: np.ndarray          # RECORD, sorted by uid
+    recs: np.ndarray          # RECORD, sorted by unsigned uid (ukey): grouped by bucket
     ids: np.ndarray           # object, aligned with recs
     pdays: dict[int, bytes]   # raw (uid, day) pairs per bucket
 
     def position(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether each key is loaded, and where."""
-        pos = np.searchsorted(self.recs["uid"], keys)
-        inside = pos < len(self.recs)
-        found = inside & (self.recs["uid"][np.minimum(pos, max(len(self.recs) - 1, 0))] == keys) if len(self.recs) \
-            else np.zeros(len(keys), dtype=bool)
-        return found, pos
+        stored = ukey(self.recs["uid"])
+        pos = np.searchsorted(stored, ukey(keys))
+        return in_sorted(ukey(keys), stored), pos
 
 
 class StateStore:
@@ -150,7 +148,7 @@ class StateStore:
                                                        (int(day),))], dtype=np.int64)
 
     def write(self, loaded: Loaded, new_pdays: dict[int, bytes]) -> None:
-        """Rewrite every bucket of ``loaded`` (its records sorted by uid); ``new_pdays``: raw
+        """Rewrite every bucket of ``loaded`` (its records sorted by unsigned uid); ``new_pdays``: raw
         (uid, day) pairs to append to each bucket's purchase days."""
         recs = loaded.recs
         if len(recs) == 0:
@@ -203,10 +201,9 @@ class StateStore:
         stored = np.sort(np.frombuffer(b"".join(blobs), dtype=np.uint64))
         mine = ids.view(np.uint64)
         order = np.argsort(mine, kind="stable")
-        ordered = mine[order]
-        first = np.zeros(len(ids), dtype=bool)
-        first[order[np.r_[True, ordered[1:] != ordered[:-1]]]] = True
-        fresh = first & ~in_sorted(mine, stored)
+        ordered = mine[order]                    # look up in key order: cache-friendly binary searches
+        fresh = np.zeros(len(ids), dtype=bool)
+        fresh[order] = np.r_[True, ordered[1:] != ordered[:-1]] & ~in_sorted(ordered, stored)
         merged = _sorted_unique(np.r_[stored, mine])            # sorted unsigned: buckets in order
         self.db.executemany("INSERT OR REPLACE INTO seen_events VALUES (?, ?)",
                             _by_bucket(merged, (merged >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)))
@@ -231,20 +228,21 @@ class StateStore:
 
 
 def _loaded(buckets: np.ndarray, rows: list[Any]) -> Loaded:
-    """Decode bucket rows (bucket, recs, ids, pdays) into one uid-sorted set of users."""
+    """Decode bucket rows (bucket, recs, ids, pdays) into one set of users sorted by unsigned uid
+    (each bucket's records are stored in that order)."""
     if not rows:
         return Loaded(buckets, np.zeros(0, RECORD), np.zeros(0, object), {})
+    rows = sorted(rows, key=lambda r: r[0])
     recs = np.frombuffer(b"".join(r[1] for r in rows), dtype=RECORD).copy()
     ids = np.array(b"\x00".join(r[2] for r in rows).decode().split("\x00"), dtype=object)
-    order = np.argsort(recs["uid"], kind="stable")
-    return Loaded(buckets, recs[order], ids[order], {int(r[0]): bytes(r[3]) for r in rows})
+    return Loaded(buckets, recs, ids, {int(r[0]): bytes(r[3]) for r in rows})
 
 
 def purchase_pairs(loaded: Loaded, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every stored (uid, day) purchase pair of ``keys`` (from their buckets' pairs)."""
     blobs = [loaded.pdays.get(b, b"") for b in np.unique(bucket_of(keys)).tolist()]
     pairs = np.frombuffer(b"".join(blobs), dtype=PAIR)
-    mine = np.isin(pairs["uid"], keys)
+    mine = in_sorted(ukey(pairs["uid"]), np.sort(ukey(keys)))
     return pairs["uid"][mine].astype(np.int64), pairs["day"][mine].astype(np.int64)
 
 

@@ -222,6 +222,21 @@ def quantile_value(feature: str, histogram: np.ndarray, percentile: int) -> floa
     return float(edges[index + 1]) if index + 1 < len(edges) else float(edges[-1])
 
 
+def quantiles_from_histograms(rules: list[TagRule], histograms: np.ndarray) -> dict[tuple[str, int], float]:
+    """Every ``qNN(feature)`` the rules call, from the histograms of :func:`needed_quantiles`
+    concatenated in that order."""
+    out: dict[tuple[str, int], float] = {}
+    offset = 0
+    for feature in needed_quantiles(rules):
+        size = len(QUANTILE_EDGES[feature])
+        for rule in rules:
+            for f, q in rule.quantiles:
+                if f == feature:
+                    out[(f, q)] = quantile_value(f, histograms[offset:offset + size], q)
+        offset += size
+    return out
+
+
 def evaluate(rule: TagRule, columns: dict[str, np.ndarray], quantiles: dict[tuple[str, int], float]) -> np.ndarray:
     """The rule for every user (vectorised); ``columns`` maps feature names to arrays."""
 

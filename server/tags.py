@@ -30,7 +30,7 @@ from fedseg import protocol
 from fedseg.config import LIFECYCLE_STAGES, TagPlan
 from fedseg.errors import FedsegError
 from fedseg.segments import RFM_EDGES, RFM_SEGMENT_NAMES, quantile_bins
-from fedseg.tags import QUANTILE_EDGES, TagRule, load_rules, needed_quantiles, quantile_value, rules_to_toml
+from fedseg.tags import QUANTILE_EDGES, TagRule, load_rules, needed_quantiles, quantiles_from_histograms, rules_to_toml
 from privacy.accounting import default_delta, epsilon, split_gaussian_budget
 from privacy.tags_dp import TASK, step_sensitivity, tag_releases
 from server.grid import agree_privacy, ask, wait_for_units
@@ -78,14 +78,8 @@ def run_tags(grid: Grid, plan: TagPlan, nodes: list[int] | None = None) -> dict[
     thresholds: dict[str, list[int]] = {}
     if quantile_cfg is not None:
         merged = _ask(grid, nodes, protocol.TAG_QUANTILES, quantile_cfg, plan.timeout_s, "histograms")
-        offset = 0
-        for feature in json.loads(quantile_cfg["features"]):
-            size = len(QUANTILE_EDGES[feature])
-            for rule in rules:
-                for f, q in rule.quantiles:
-                    if f == feature:
-                        quantiles[(f, q)] = quantile_value(f, merged[offset:offset + size], q)
-            offset += size
+        quantiles = quantiles_from_histograms(rules, merged)
+        offset = sum(len(QUANTILE_EDGES[f]) for f in json.loads(quantile_cfg["features"]))
         if plan.segment_by == "rfm":
             for name, edges in RFM_EDGES.items():
                 thresholds[name] = quantile_bins(merged[offset:offset + len(edges)])

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fedseg.config import KpiPlan
-from fedseg.errors import FedsegError
 from fedseg.io import write_json
-from simulations.runner import SimulationConfig, dataset_id, prepare_federation, quiet_flower
+from simulations.runner import SimulationConfig, dataset_id, prepare_federation
 
 
 def run_kpi_job(data_cfg: SimulationConfig, plan: KpiPlan, verbose: bool = False, ledger: Path | None = None,
@@ -29,11 +28,7 @@ def run_kpi_job(data_cfg: SimulationConfig, plan: KpiPlan, verbose: bool = False
 
     The report range defaults to the data's first and last day; the default delta uses the
     number of users (a simulation knows it)."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from clients.client_app import make_client_app
+    from simulations.jobs import run_coordinator_job
     from server.kpis import run_kpis
 
     started = time.perf_counter()
@@ -45,26 +40,10 @@ def run_kpi_job(data_cfg: SimulationConfig, plan: KpiPlan, verbose: bool = False
     KpiPlan.model_validate(plan.model_dump())  # the range filled in must still be consistent
     if on_start is not None:
         on_start(plan, fed)
-    reports: list[Any] = []
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            reports.append(run_kpis(grid, plan))
-        except FedsegError as exc:
-            reports.append(exc)
-
-    client = make_client_app(fed.files, output_dir=out / "units", ledger_path=ledger, dataset_id=dataset_id(data_cfg))
     t_fed = time.perf_counter()
-    run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.files),
-                   backend_config=quiet_flower(verbose), verbose_logging=verbose)
+    report = run_coordinator_job(lambda grid: run_kpis(grid, plan), fed.files, out, "KPI report",
+                                 ledger=ledger, dataset_id=dataset_id(data_cfg), verbose=verbose)
     federated_seconds = time.perf_counter() - t_fed
-    if not reports:
-        raise RuntimeError("the federated KPI report did not finish; run with --verbose to see why")
-    if isinstance(reports[0], Exception):
-        raise reports[0]
-    report = reports[0]
     report["data"] = {"dataset": data_cfg.dataset, "units": fed.unit_stats, "events": int(len(fed.events)),
                       "users": int(fed.events["user_id"].nunique())}
     pooled = pooled_report(fed.events, plan)

@@ -14,6 +14,19 @@ from simulations.cli import _date, validation_problems
 
 app = typer.Typer()
 
+# Options both commands share (one definition each).
+Dataset = Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")]
+Events = Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")]
+Users = Annotated[Path | None, typer.Option(help="Users file matching --events.")]
+Units = Annotated[int, typer.Option(help="Number of simulated units.")]
+Partition = Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")]
+Alpha = Annotated[float, typer.Option(help="Dirichlet concentration.")]
+Epsilon = Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole report (default: exact, no noise).")]
+Delta = Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")]
+Ledger = Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), shared with simulate, segment and audits.")]
+Seed = Annotated[int, typer.Option(help="Random seed (partition).")]
+Verbose = Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")]
+
 
 def _kpi_default(field: str) -> Any:
     from fedseg.config import KpiPlan
@@ -32,28 +45,28 @@ def _data_config(dataset: str, events: Path | None, users: Path | None, fmt: Any
 
 @app.command("kpis")
 def kpis(
-    dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
-    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
-    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    dataset: Dataset = "cdnow",
+    events: Events = None,
+    users: Users = None,
     sep: Sep = ",",
     encoding: Encoding = "utf-8",
     date_format: DateFormat = None,
-    units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
-    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
+    units: Units = 5,
+    partition: Partition = "auto",
+    alpha: Alpha = 0.5,
     start: Annotated[str | None, typer.Option(help="First day of the report, YYYY-MM-DD (default: the data's first day).")] = None,
     end: Annotated[str | None, typer.Option(help="Last day of the report, YYYY-MM-DD (default: the data's last day).")] = None,
     granularity: Annotated[str, typer.Option(help="Cohorts and retention periods: month (YYYY-MM) or week.")] = _kpi_default("granularity"),
     churn_window_days: Annotated[int, typer.Option(help="Churned at a snapshot: no purchase in this many days after it.")] = _kpi_default("churn_window_days"),
     max_active_days: Annotated[int, typer.Option(help="Under DP: active days kept per user in DAU/WAU/MAU (bounds their sensitivity).")] = _kpi_default("max_active_days"),
-    epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole report (default: exact, no noise).")] = None,
-    delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
-    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), shared with simulate, segment and audits.")] = None,
+    epsilon: Epsilon = None,
+    delta: Delta = None,
+    ledger: Ledger = None,
     cutoff: Annotated[str | None, typer.Option(help="With --events: the cutoff used to partition users (default: the end).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (partition).")] = 0,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/kpis-<dataset>-<time>).")] = None,
     plots: Annotated[bool, typer.Option(help="Write activity.png and retention.png.")] = True,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Federated KPIs: DAU/WAU/MAU and stickiness per day, cohort retention, churn by lifecycle stage.
 
@@ -154,24 +167,24 @@ def print_kpis(report: dict[str, Any], out: Path) -> None:
 
 @app.command("tags")
 def tags(
-    dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
-    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
-    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    dataset: Dataset = "cdnow",
+    events: Events = None,
+    users: Users = None,
     sep: Sep = ",",
     encoding: Encoding = "utf-8",
     date_format: DateFormat = None,
-    units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
-    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
+    units: Units = 5,
+    partition: Partition = "auto",
+    alpha: Alpha = 0.5,
     tags_file: Annotated[Path | None, typer.Option("--tags", help="TOML file of tag rules (default: the documented default set, fedseg/default_tags.toml).")] = None,
     cutoff: Annotated[str | None, typer.Option(help="Tag users as of this day, YYYY-MM-DD (default: the data's last day).")] = None,
     segment_by: Annotated[str, typer.Option(help="Columns of the behaviour matrix: lifecycle (stages) or rfm (the 11 RFM segments).")] = "lifecycle",
-    epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole report (default: exact, no noise).")] = None,
-    delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
-    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), shared with every task.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (partition).")] = 0,
+    epsilon: Epsilon = None,
+    delta: Delta = None,
+    ledger: Ledger = None,
+    seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/tags-<dataset>-<time>).")] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Federated tags: rules over features evaluated on every unit's users; the coordinator sees
     only tag prevalence and the tag x segment matrix (noisy under --epsilon).

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedseg.errors import FedsegError
 from fedseg.io import write_json
 from fedseg.config import SegmentationPlan
-from simulations.runner import SimulationConfig, dataset_id, prepare_federation, quiet_flower
+from simulations.runner import SimulationConfig, dataset_id, prepare_federation
 
 
 def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose: bool = False,
@@ -35,11 +34,7 @@ def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose:
     state that many days earlier. ``ledger``: the units' privacy ledger; ``on_start(plan, federation)``
     is called once the data is split (the console header).
     """
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from clients.client_app import make_client_app
+    from simulations.jobs import run_coordinator_job
     from server.segmentation import run_segmentation
 
     started = time.perf_counter()
@@ -53,24 +48,8 @@ def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose:
     plan = plan.model_copy(update=update)
     if on_start is not None:
         on_start(plan, fed)
-    reports: list[Any] = []
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            reports.append(run_segmentation(grid, plan))
-        except FedsegError as exc:
-            reports.append(exc)
-
-    client = make_client_app(fed.files, output_dir=out / "units", ledger_path=ledger, dataset_id=dataset_id(data_cfg))
-    run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.files),
-                   backend_config=quiet_flower(verbose), verbose_logging=verbose)
-    if not reports:
-        raise RuntimeError("the federated segmentation did not finish; run with --verbose to see why")
-    if isinstance(reports[0], Exception):
-        raise reports[0]
-    report = reports[0]
+    report = run_coordinator_job(lambda grid: run_segmentation(grid, plan), fed.files, out, "segmentation",
+                                 ledger=ledger, dataset_id=dataset_id(data_cfg), verbose=verbose)
     report["data"] = {"dataset": data_cfg.dataset, "units": fed.unit_stats, "users": int(len(fed.features))}
     if compare_centralised:
         report["centralised_comparison"] = compare_with_centralised(out / "units", fed.features, report["k"],

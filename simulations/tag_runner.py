@@ -13,19 +13,14 @@ import numpy as np
 import pandas as pd
 
 from fedseg.config import TagPlan
-from fedseg.errors import FedsegError
 from fedseg.io import write_json
-from simulations.runner import SimulationConfig, dataset_id, prepare_federation, quiet_flower
+from simulations.runner import SimulationConfig, dataset_id, prepare_federation
 
 
 def run_tag_job(data_cfg: SimulationConfig, plan: TagPlan, verbose: bool = False, ledger: Path | None = None,
                 on_start: Callable[[TagPlan, Any], None] | None = None) -> dict[str, Any]:
     """The federated tag report of the configured data; returns and writes ``tags.json``."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from clients.client_app import make_client_app
+    from simulations.jobs import run_coordinator_job
     from fedseg.tags import load_rules
     from server.tags import run_tags
 
@@ -37,24 +32,8 @@ def run_tag_job(data_cfg: SimulationConfig, plan: TagPlan, verbose: bool = False
                                    "min_units": len(fed.files), "population": max(int(len(fed.features)), 1)})
     if on_start is not None:
         on_start(plan, fed)
-    reports: list[Any] = []
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            reports.append(run_tags(grid, plan))
-        except FedsegError as exc:
-            reports.append(exc)
-
-    client = make_client_app(fed.files, output_dir=out / "units", ledger_path=ledger, dataset_id=dataset_id(data_cfg))
-    run_simulation(server_app=server, client_app=client, num_supernodes=len(fed.files),
-                   backend_config=quiet_flower(verbose), verbose_logging=verbose)
-    if not reports:
-        raise RuntimeError("the federated tag report did not finish; run with --verbose to see why")
-    if isinstance(reports[0], Exception):
-        raise reports[0]
-    report = reports[0]
+    report = run_coordinator_job(lambda grid: run_tags(grid, plan), fed.files, out, "tag report", ledger=ledger,
+                                 dataset_id=dataset_id(data_cfg), verbose=verbose)
     report["data"] = {"dataset": data_cfg.dataset, "units": fed.unit_stats}
     report["pooled_comparison"] = compare_with_pooled(report, out / "units")
     report["seconds"] = round(time.perf_counter() - started, 2)

@@ -322,7 +322,12 @@ SEGMENTATION_SHARED_KEYS: Final = {"cutoff": "cutoff", "horizon-days": "horizon_
                                    "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
 #: Optional fields that a TOML file spells as 0 or "" when unset (TOML has no null).
 UNSET_WHEN_EMPTY: Final = ("target_epsilon", "noise_multiplier", "delta", "epsilon", "k", "iterations", "restarts",
-                           "previous_cutoff")
+                           "previous_cutoff", "start", "end", "cutoff", "tags_file")
+#: Prefixes of the run-config keys of the other tasks' plans (``task = "segment" | "kpis" | "tags"``).
+TASK_PREFIXES: Final = {"segment": "segment-", "kpis": "kpi-", "tags": "tags-"}
+#: Training-plan keys the KPI and tag plans read too (with their own field names).
+MONITORING_SHARED_KEYS: Final = {"dataset": "dataset", "population": "population",
+                                 "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
 
 
 def unset_empty(values: dict[str, Any]) -> dict[str, Any]:
@@ -334,18 +339,32 @@ def plan_from_run_config(run_config: dict[str, Any]) -> TrainingPlan:
     """A validated training plan from Flower's run config (kebab-case keys; ``task`` and
     ``segment-*`` keys belong to other jobs)."""
     values = {RUN_CONFIG_RENAMES.get(k, k.replace("-", "_")): v for k, v in run_config.items()
-              if k != "task" and not k.startswith("segment-")}
+              if k != "task" and not k.startswith(tuple(TASK_PREFIXES.values()))}
     return TrainingPlan.model_validate(unset_empty(values))
+
+
+def _prefixed_plan(model: type[BaseModel], prefix: str, shared: dict[str, str], run_config: dict[str, Any]) -> Any:
+    """A plan from the run-config keys starting with ``prefix`` and the ``shared`` training keys."""
+    values = {k.removeprefix(prefix).replace("-", "_"): v for k, v in run_config.items() if k.startswith(prefix)}
+    for key, field in shared.items():
+        if key in run_config:
+            values.setdefault(field, run_config[key])
+    return model.model_validate(unset_empty(values))
 
 
 def segmentation_plan_from_run_config(run_config: dict[str, Any]) -> SegmentationPlan:
     """A segmentation plan from the ``segment-*`` keys and the shared ones (cutoff, seed, ...)."""
-    values = {k.removeprefix("segment-").replace("-", "_"): v for k, v in run_config.items()
-              if k.startswith("segment-")}
-    for key, field in SEGMENTATION_SHARED_KEYS.items():
-        if key in run_config:
-            values.setdefault(field, run_config[key])
-    return SegmentationPlan.model_validate(unset_empty(values))
+    return _prefixed_plan(SegmentationPlan, "segment-", SEGMENTATION_SHARED_KEYS, run_config)
+
+
+def kpi_plan_from_run_config(run_config: dict[str, Any]) -> KpiPlan:
+    """A KPI plan from the ``kpi-*`` keys and the shared ones (dataset, population, units, timeout)."""
+    return _prefixed_plan(KpiPlan, "kpi-", MONITORING_SHARED_KEYS, run_config)
+
+
+def tag_plan_from_run_config(run_config: dict[str, Any]) -> TagPlan:
+    """A tag plan from the ``tags-*`` keys and the shared ones."""
+    return _prefixed_plan(TagPlan, "tags-", MONITORING_SHARED_KEYS, run_config)
 
 
 def from_flower_config(model: type[BaseModel], config: dict[str, Any]) -> Any:

@@ -73,9 +73,9 @@ def noise_config(plan: KpiPlan, config: dict[str, Any]) -> tuple[dict[str, float
 
 def run_kpis(grid: Grid, plan: KpiPlan, nodes: list[int] | None = None) -> dict[str, Any]:
     """Ask every unit for its KPI tables once; return the ``kpis.json`` content."""
-    nodes = nodes or wait_for_units(grid, plan.min_units, plan.timeout_s)
     run_id = uuid.uuid4().hex[:12]
-    config = kpi_config(plan, run_id)
+    config = kpi_config(plan, run_id)   # a plan without a range fails before waiting for units
+    nodes = nodes or wait_for_units(grid, plan.min_units, plan.timeout_s)
     sigmas, eps, delta = noise_config(plan, config)
     config.update(sigmas)
     record = ConfigRecord(config)

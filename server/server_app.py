@@ -2,9 +2,10 @@
 
 Its configuration comes from ``[tool.flwr.app.config]`` in ``pyproject.toml`` (override with
 ``flwr run . --run-config "num-server-rounds=5 model='gru'"``). ``task`` selects the job:
-``train`` (default, :class:`fedseg.config.TrainingPlan`) or ``segment``
+``train`` (default, :class:`fedseg.config.TrainingPlan`), ``segment``
 (:class:`fedseg.config.SegmentationPlan`, keys prefixed ``segment-``, writing
-``<output-dir>/segments.json``).
+``<output-dir>/segments.json``), ``kpis`` (:class:`fedseg.config.KpiPlan`, ``kpi-``, ``kpis.json``) or
+``tags`` (:class:`fedseg.config.TagPlan`, ``tags-``, ``tags.json``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = dict(context.run_config)
-        if plan is None and run_config.get("task", "train") == "segment":
-            _segment(grid, run_config)
+        task = run_config.get("task", "train")
+        if plan is None and task in ("segment", "kpis", "tags"):
+            _report(grid, run_config, str(task))
             return
         run_plan = plan if plan is not None else plan_from_run_config(run_config)
         try:
@@ -57,15 +59,35 @@ def make_server_app(
     return app
 
 
-def _segment(grid: Grid, run_config: dict[str, Any]) -> None:
+def _report(grid: Grid, run_config: dict[str, Any], task: str) -> None:
+    """A segmentation, KPI or tag report from the run config, written to ``<output-dir>/<task>.json``;
+    a :class:`FedsegError` is one line in the run's log."""
+    from logging import ERROR
     from pathlib import Path
 
-    from fedseg.io import write_json
-    from server.segmentation import run_segmentation
+    from flwr.common.logger import log
 
-    report = run_segmentation(grid, segmentation_plan_from_run_config(run_config))
-    out = Path(str(run_config.get("output-dir", "runs/flwr")))
-    write_json(report, out / "segments.json")
+    from fedseg import config
+    from fedseg.errors import FedsegError
+    from fedseg.io import write_json
+
+    try:
+        if task == "segment":
+            from server.segmentation import run_segmentation
+
+            report, name = run_segmentation(grid, config.segmentation_plan_from_run_config(run_config)), "segments"
+        elif task == "kpis":
+            from server.kpis import run_kpis
+
+            report, name = run_kpis(grid, config.kpi_plan_from_run_config(run_config)), "kpis"
+        else:
+            from server.tags import run_tags
+
+            report, name = run_tags(grid, config.tag_plan_from_run_config(run_config)), "tags"
+    except (FedsegError, ValueError) as exc:
+        log(ERROR, "error: %s", exc)
+        return
+    write_json(report, Path(str(run_config.get("output-dir", "runs/flwr"))) / f"{name}.json")
 
 
 app = make_server_app()

@@ -31,7 +31,7 @@ def _comparable(value):  # noqa: ANN001, ANN202
 def test_every_training_key_in_pyproject_is_a_plan_field_with_the_plans_default():
     """Before: learning-rate 0.005 in pyproject but 0.01 in the plan, round-timeout-s 600 s but
     3600 s, so code that built a plan directly trained differently from `flwr run .`."""
-    keys = {k: v for k, v in RUN_CONFIG.items() if k != "task" and not k.startswith("segment-")}
+    keys = {k: v for k, v in RUN_CONFIG.items() if k != "task" and not k.startswith(("segment-", "kpi-", "tags-"))}
     fields = {RUN_CONFIG_RENAMES.get(k, k.replace("-", "_")): v for k, v in keys.items()}
     assert set(fields) == set(TrainingPlan.model_fields), "pyproject and TrainingPlan name different settings"
     for name, value in unset_empty(fields).items():
@@ -49,6 +49,24 @@ def test_every_segmentation_key_in_pyproject_is_a_plan_field_with_the_plans_defa
     assert plan.timeout_s == TrainingPlan().round_timeout_s and plan.min_units == TrainingPlan().min_available_units
     assert plan.model_dump(exclude={"timeout_s", "min_units"}) == \
         SegmentationPlan().model_dump(exclude={"timeout_s", "min_units"})
+
+
+@pytest.mark.parametrize("prefix, plan_type, reader", [
+    ("kpi-", "KpiPlan", "kpi_plan_from_run_config"),
+    ("tags-", "TagPlan", "tag_plan_from_run_config"),
+])
+def test_every_monitoring_key_in_pyproject_is_a_plan_field_with_the_plans_default(prefix, plan_type, reader):
+    import fedseg.config as config
+
+    model = getattr(config, plan_type)
+    keys = {k.removeprefix(prefix).replace("-", "_"): v for k, v in RUN_CONFIG.items() if k.startswith(prefix)}
+    shared = set(config.MONITORING_SHARED_KEYS.values())
+    assert set(keys) | shared | ({"budget"} if plan_type == "KpiPlan" else set()) == set(model.model_fields)
+    for name, value in unset_empty(keys).items():
+        assert _comparable(model.model_fields[name].default) == _comparable(value), name
+    plan = getattr(config, reader)(RUN_CONFIG)
+    assert plan.timeout_s == TrainingPlan().round_timeout_s and plan.min_units == TrainingPlan().min_available_units
+    assert plan.model_dump(exclude={"timeout_s", "min_units"}) == model().model_dump(exclude={"timeout_s", "min_units"})
 
 
 def test_the_command_line_defaults_are_the_plans():

@@ -102,6 +102,29 @@ def test_federated_exact_report_equals_the_pooled_computation(federation):
     json.dumps(report)
 
 
+def test_a_deployed_coordinator_runs_the_report_from_the_run_config(federation, tmp_path):
+    """`flwr run . --run-config "task='kpis' kpi-start=... kpi-end=..."`: the ServerApp's task switch
+    reads the kpi-* keys (pyproject mirrors KpiPlan) and writes <output-dir>/kpis.json."""
+    import tomllib
+    from pathlib import Path
+
+    from fedseg.config import kpi_plan_from_run_config
+    from server.kpis import KpiPlanError, kpi_config
+    from server.server_app import _report
+
+    root = Path(__file__).resolve().parents[2]
+    run_config = dict(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    with pytest.raises(KpiPlanError, match="needs its first and last day"):
+        kpi_config(kpi_plan_from_run_config(run_config), "x")   # a deployment must state the range
+    run_config.update({"task": "kpis", "kpi-start": "1997-01-01", "kpi-end": "1997-12-31", "min-available-units": 3,
+                       "output-dir": str(tmp_path), "dataset": ""})
+    _, files = federation
+    run_coordinator(lambda g: _report(g, run_config, "kpis"), files)
+    report = json.loads((tmp_path / "kpis.json").read_text())
+    assert report["period"] == {"start": "1997-01-01", "end": "1997-12-31", "days": 365}
+    assert [c["cohort"] for c in report["retention"]["cohorts"]][:3] == ["1997-01", "1997-02", "1997-03"]
+
+
 def test_dp_report_is_charged_to_the_ledger_and_refused_over_budget(federation, tmp_path):
     """Each unit accepts the plan, charges one release per table to its ledger before answering;
     the epsilon it states is what Opacus' independent RDP analysis gives; over budget: refused."""

@@ -198,7 +198,8 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     table["churn_probability"] = rec["churn_prob"].astype(np.float64)
     new = rec.copy()
     new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
-    new["tier"] = pd.Index(VALUE_TIERS).get_indexer(table["value_tier"].to_numpy(object))
+    tier = table["value_tier"].to_numpy(object)
+    new["tier"] = sum(np.where(tier == name, code, 0) for code, name in enumerate(VALUE_TIERS))
     idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
     risky = table["churn_probability"].fillna(-1.0).to_numpy() >= cfg.churn_threshold
     flags = rec["flags"] & ~np.uint8(FLAG_INACTIVE | FLAG_CHURN)
@@ -206,11 +207,30 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     return table, new
 
 
+def _labels(codes: np.ndarray, names: list[str]) -> pd.Categorical:
+    """Categorical labels from integer codes into a short list of names (no string per row)."""
+    return pd.Categorical.from_codes(codes, categories=names)
+
+
+def _transition_labels(old: np.ndarray, new: np.ndarray, names: list[str]) -> pd.Categorical:
+    """``"A -> B"`` for each pair of codes (offset by one: code -1 is ``names[0]``)."""
+    n = len(names)
+    pairs = [f"{a} -> {b}" for a in names for b in names]
+    return _labels((old.astype(np.int64) + 1) * n + new.astype(np.int64) + 1, pairs)
+
+
+def _numbered(values: np.ndarray, template: str) -> pd.Categorical:
+    """``template.format(v)`` for each value, formatting each distinct (rounded) value once."""
+    rounded = np.round(values.astype(np.float64), 2)
+    distinct, codes = np.unique(rounded, return_inverse=True)
+    return _labels(codes.ravel(), [template.format(v) for v in distinct])
+
+
 def alerts_of(old: np.ndarray, new: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig) -> pd.DataFrame:
     """One row per change: lifecycle transitions, tier changes, tier drops and newly opened
     warnings; ``row`` is the user's row in ``table``."""
-    stages = np.array(["absent", *LIFECYCLE_STAGES], dtype=object)
-    tiers = np.array(["none", *VALUE_TIERS], dtype=object)
+    stages = ["absent", *LIFECYCLE_STAGES]
+    tiers = ["none", *VALUE_TIERS]
     idle = table["days_since_last_event"].to_numpy()
     probs = table["churn_probability"].to_numpy()
     changed = (old["tier"] != new["tier"]) & (old["tier"] != UNSET)
@@ -221,21 +241,29 @@ def alerts_of(old: np.ndarray, new: np.ndarray, table: pd.DataFrame, cfg: Monito
 
     parts = []
     for kind, mask, detail in (
-        ("transition", old["stage"] != new["stage"], lambda m: stages[old["stage"][m] + 1] + " -> " + stages[new["stage"][m] + 1]),
-        ("tier_change", changed & ~drop, lambda m: tiers[old["tier"][m] + 1] + " -> " + tiers[new["tier"][m] + 1]),
-        ("tier_drop", drop, lambda m: tiers[old["tier"][m] + 1] + " -> " + tiers[new["tier"][m] + 1]),
+        ("transition", old["stage"] != new["stage"],
+         lambda m: _transition_labels(old["stage"][m], new["stage"][m], stages)),
+        ("tier_change", changed & ~drop, lambda m: _transition_labels(old["tier"][m], new["tier"][m], tiers)),
+        ("tier_drop", drop, lambda m: _transition_labels(old["tier"][m], new["tier"][m], tiers)),
         ("inactivity", opened(FLAG_INACTIVE),
-         lambda m: np.array([f"no activity for {d:.0f} days (threshold {cfg.inactivity_days:g})" for d in idle[m]],
-                            dtype=object)),
+         lambda m: _numbered(np.floor(idle[m]), "no activity for {:.0f} days (threshold " + f"{cfg.inactivity_days:g})")),
         ("churn_probability", opened(FLAG_CHURN),
-         lambda m: np.array([f"churn probability {p:.2f} >= {cfg.churn_threshold:.2f}" for p in probs[m]],
-                            dtype=object)),
+         lambda m: _numbered(probs[m], "churn probability {:.2f} >= " + f"{cfg.churn_threshold:.2f}")),
     ):
         rows = np.flatnonzero(mask)
-        parts.append(pd.DataFrame({"row": rows, "kind": kind, "detail": detail(mask) if len(rows) else []}))
-    out = pd.concat(parts, ignore_index=True)
-    out.insert(0, "user_id", table["user_id"].to_numpy()[out["row"].to_numpy(np.int64)])
-    return out
+        if len(rows):
+            parts.append((rows, kind, detail(mask)))
+    if not parts:
+        return pd.DataFrame({"user_id": pd.Series([], dtype=object), "row": np.zeros(0, np.int64), "kind": [],
+                             "detail": []})
+    from pandas.api.types import union_categoricals
+
+    rows = np.concatenate([p[0] for p in parts])
+    kinds = [p[1] for p in parts]
+    return pd.DataFrame({
+        "user_id": pd.Series(table["user_id"].to_numpy()[rows], dtype=object), "row": rows,
+        "kind": pd.Categorical.from_codes(np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts]), kinds),
+        "detail": union_categoricals([p[2] for p in parts])})
 
 
 #: Alert kinds that are warnings (they fill the playbook's ``warning`` column).

@@ -68,15 +68,22 @@ def in_sorted(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return keys[pos] == values
 
 
-def empty_records(n: int) -> np.ndarray:
-    """``n`` records of users without events yet."""
-    rec = np.zeros(n, dtype=RECORD)
+def _empty_record() -> np.ndarray:
+    rec = np.zeros(1, dtype=RECORD)
     rec["first_ts"], rec["last_ts"] = I64_MAX, I64_MIN
     rec["last_purchase_ts"], rec["signup_ts"] = I64_MIN, I64_MAX
     rec["first_pday"] = rec["last_pday"] = rec["anchor"] = NO_DAY
     rec["stage"] = rec["tier"] = UNSET
     rec["churn_prob"] = np.nan
     return rec
+
+
+_EMPTY: Final = _empty_record()
+
+
+def empty_records(n: int) -> np.ndarray:
+    """``n`` records of users without events yet."""
+    return np.repeat(_EMPTY, n)
 
 
 def user_keys(user_ids: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ Privacy (``TagPlan.epsilon``): each step is one Gaussian release the unit applie
 sensitivities of :mod:`privacy.tags_dp`; the budget (zCDP rho) is split ``quantile_share`` to the
 histograms and the rest to the counts (:func:`privacy.accounting.split_gaussian_budget`), so the
 accountant gives exactly the target epsilon. Units accept the plan first and charge each release to
-their ledger before answering. Noisy counts are clipped at 0 in the report (post-processing).
+their ledger before answering. Noisy counts are clipped at 0 and shares to [0, 1]; a segment's
+shares are null when its noisy size is below four merged noise deviations (post-processing).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def run_tags(grid: Grid, plan: TagPlan, nodes: list[int] | None = None) -> dict[
     sizes = np.maximum(np.sum([np.asarray(a[protocol.METRICS]["sizes"], float) for a in answers.values()], axis=0), 0.0)
     total = float(sizes.sum())
     merged_std = float(tags_cfg.get("sigma", 0.0)) * math.sqrt(len(answers))
+    # a segment's shares are reported when its noisy size is at least four merged noise deviations
+    min_size = max(1.0, 4.0 * merged_std)
     return {
         "cutoff": plan.cutoff.isoformat() if plan.cutoff else None,
         "users": total,
@@ -102,7 +105,7 @@ def run_tags(grid: Grid, plan: TagPlan, nodes: list[int] | None = None) -> dict[
         "tags": [{"tag": rule.name, "rule": rule.text, "description": rule.description,
                   "users": float(row.sum()), "prevalence": float(row.sum() / total) if total > 0 else None,
                   "by_segment": dict(zip(segments, row.tolist())),
-                  "share_of_segment": {s: (float(min(v / n, 1.0)) if n >= 1 else None)
+                  "share_of_segment": {s: (float(min(v / n, 1.0)) if n >= min_size else None)
                                        for s, v, n in zip(segments, row.tolist(), sizes.tolist())}}
                  for rule, row in zip(rules, matrix)],
         "quantiles": {f"q{q}({f})": v for (f, q), v in sorted(quantiles.items())},
@@ -112,5 +115,5 @@ def run_tags(grid: Grid, plan: TagPlan, nodes: list[int] | None = None) -> dict[
                     "delta": delta if plan.epsilon is not None else None,
                     "accountant": "RDP (dp-accounting) over the quantile histograms and the tag x segment counts, "
                                   "add/remove one end user; units add the noise",
-                    "merged_noise_std_counts": merged_std},
+                    "merged_noise_std_counts": merged_std, "min_reported_segment_size": min_size},
     }

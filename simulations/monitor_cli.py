@@ -238,23 +238,22 @@ def tags(
 
 
 def print_tags(report: dict[str, Any], out: Path) -> None:
-    """Prevalence and the behaviour matrix (share of each segment holding each tag)."""
+    """The behaviour matrix: one row per segment (and all users), the share holding each tag."""
     from rich.table import Table
 
-    segments = list(report["segments"])
-    table = Table(title=f"tags: prevalence and share of each {report['segment_by']} segment "
+    tags = report["tags"]
+    table = Table(title=f"tags by {report['segment_by']} segment: share of the segment's users "
                         f"({report['users']:,.0f} users, {report['units']} units)")
-    table.add_column("tag")
+    table.add_column("segment")
     table.add_column("users", justify="right")
-    table.add_column("share", justify="right")
-    for s in segments:
-        table.add_column(s, justify="right")
-    for t in report["tags"]:
-        cells = [("-" if t["share_of_segment"][s] is None else f"{100 * t['share_of_segment'][s]:.1f}%")
-                 for s in segments]
-        table.add_row(t["tag"], f"{t['users']:,.0f}", "-" if t["prevalence"] is None else f"{100 * t['prevalence']:.1f}%",
-                      *cells)
-    table.add_row("(segment users)", "", "", *[f"{report['segments'][s]:,.0f}" for s in segments])
+    for t in tags:
+        table.add_column(t["tag"], justify="right")
+    for segment, n in report["segments"].items():
+        cells = ["-" if t["share_of_segment"][segment] is None else f"{100 * t['share_of_segment'][segment]:.1f}%"
+                 for t in tags]
+        table.add_row(segment, f"{n:,.0f}", *cells)
+    table.add_row("all", f"{report['users']:,.0f}",
+                  *["-" if t["prevalence"] is None else f"{100 * t['prevalence']:.1f}%" for t in tags])
     console.print(table)
     if report["quantiles"]:
         console.print("quantiles: " + ", ".join(f"{k} = {v:g}" for k, v in report["quantiles"].items()), highlight=False)

@@ -188,3 +188,58 @@ def test_actions_respect_the_contact_caps(tmp_path):
     assert len(mine) == len(users) and mine["suppressed"].all()
     assert mine["suppressed_reason"].str.contains("contacted within the last 7 days").all()
     store.close()
+
+
+@pytest.mark.slow
+def test_cdnow_in_weekly_updates_equals_a_full_recompute(tmp_path):
+    """The whole CDNOW log (69,659 events, 23,570 users) in 78 weekly updates, the first a baseline
+    of January 1997, each week moving the clock: the state equals build_features on all events."""
+    from fedseg.datasets import load_cdnow
+
+    events = load_cdnow()
+    week = ((events["ts"] - pd.Timestamp("1997-01-01")).dt.days // 7).to_numpy()
+    store = StateStore(tmp_path / "state.sqlite")
+    alerts = 0
+    for w in range(int(week.max()) + 1):
+        result = apply_update(store, events.loc[week == w].reset_index(drop=True),
+                              as_of=dt.date(1997, 1, 1) + dt.timedelta(days=7 * w + 6))
+        alerts += len(result.alerts)
+    store.close()
+    assert alerts > 10_000
+    assert_state_equals_recompute(tmp_path / "state.sqlite", events)
+
+
+def test_unit_update_command_end_to_end_and_its_errors_are_one_line(tmp_path):
+    """fedseg unit update on files: baseline, an update with alerts and actions files, the same file
+    again (skipped), the clock moved back (refused in one line), status and actions export."""
+    from typer.testing import CliRunner
+
+    from fedseg.cli import app
+    from tests.clients.test_cli_errors import one_error_line
+
+    runner = CliRunner()
+    events = random_events(n_users=200, n_events=4000, seed=4)
+    cut = events["ts"].quantile(0.8)
+    old, new = tmp_path / "old.csv", tmp_path / "new.parquet"
+    events.loc[events["ts"] < cut].to_csv(old, index=False)
+    events.loc[events["ts"] >= cut].to_parquet(new)
+    state = tmp_path / "unit" / "monitor.sqlite"
+    first = runner.invoke(app, ["unit", "update", "--events", str(old), "--state", str(state), "--inactivity-days", "7"])
+    assert first.exit_code == 0 and "baseline" in first.output, first.output
+    second = runner.invoke(app, ["unit", "update", "--events", str(new), "--state", str(state)])
+    assert second.exit_code == 0 and "alerts:" in second.output, second.output
+    day = events["ts"].max().date()
+    actions = pd.read_parquet(tmp_path / "unit" / f"actions_{day}.parquet")
+    assert len(actions) and set(actions["action"]) <= {"win-back offer", "VIP privilege", "welcome guide",
+                                                        "streak reward", "re-engagement reminder"}
+    again = runner.invoke(app, ["unit", "update", "--events", str(new), "--state", str(state)])
+    assert again.exit_code == 0 and "already applied" in again.output
+    text = one_error_line(runner.invoke(app, ["unit", "update", "--as-of", "2000-01-01", "--state", str(state)]))
+    assert f"the state is already at {day}" in text
+    text = one_error_line(runner.invoke(app, ["unit", "update", "--state", str(state)]))
+    assert "give --events FILE" in text
+    status = runner.invoke(app, ["unit", "status", "--state", str(state)])
+    assert "200 users" in status.output
+    export = runner.invoke(app, ["unit", "actions", "--state", str(state), "--out", str(tmp_path / "a.csv")])
+    assert export.exit_code == 0 and len(pd.read_csv(tmp_path / "a.csv")) == len(actions)
+    assert_state_equals_recompute(state, events)

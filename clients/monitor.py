@@ -328,7 +328,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         if "event_id" in events and events["event_id"].notna().any():
             has_id = events["event_id"].notna().to_numpy()
             ids = pd.util.hash_array(events.loc[has_id, "event_id"].astype(str).to_numpy(object),
-                                     hash_key="fedseg-event-id1").view(np.int64)
+                                     hash_key="fedseg-event-id1", categorize=False).view(np.int64)
             keep = np.ones(len(events), dtype=bool)
             keep[np.flatnonzero(has_id)] = store.new_event_ids(ids)
             duplicates = int((~keep).sum())

@@ -233,7 +233,7 @@ def _loaded(buckets: np.ndarray, rows: list[Any]) -> Loaded:
     if not rows:
         return Loaded(buckets, np.zeros(0, RECORD), np.zeros(0, object), {})
     rows = sorted(rows, key=lambda r: r[0])
-    recs = np.frombuffer(b"".join(r[1] for r in rows), dtype=RECORD).copy()
+    recs = np.frombuffer(bytearray().join(r[1] for r in rows), dtype=RECORD)  # writable, one copy
     ids = np.array(b"\x00".join(r[2] for r in rows).decode().split("\x00"), dtype=object)
     return Loaded(buckets, recs, ids, {int(r[0]): bytes(r[3]) for r in rows})
 

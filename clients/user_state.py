@@ -88,8 +88,10 @@ def empty_records(n: int) -> np.ndarray:
 
 def user_keys(user_ids: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each user id (signed: SQLite's INTEGER); equal ids, equal keys. Collisions
-    (about 3e-8 for 1M users) are detected by comparing the stored id."""
-    return pd.util.hash_array(np.asarray(user_ids, dtype=object), hash_key="fedseg-user-key1").view(np.int64)
+    (about 3e-8 for 1M users) are detected by comparing the stored id. ``categorize=False``: the
+    same hashes without pandas factorizing the ids first (7x faster on a million distinct ids)."""
+    return pd.util.hash_array(np.asarray(user_ids, dtype=object), hash_key="fedseg-user-key1",
+                              categorize=False).view(np.int64)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedseg.config import TrainingPlan, plan_from_run_config, segmentation_plan_from_run_config
+from fedseg.config import TrainingPlan, plan_from_run_config
 from server.training import log_round, run_training
 
 def make_server_app(

@@ -146,6 +146,11 @@ def default_delta(n_users: float) -> float:
     return 10.0 ** exponent
 
 
+def delta_for(delta: float | None, population: int) -> float:
+    """A run's delta: as given, or :func:`default_delta` of its population (end users over all units)."""
+    return delta if delta is not None else default_delta(population)
+
+
 def delta_acceptable(delta: float, n_users: int) -> bool:
     """Whether ``delta`` meets the default-delta rule for a dataset of ``n_users`` users."""
     return delta <= 1.0 / (10.0 * max(n_users, 1)) * (1 + 1e-9)

@@ -864,7 +864,7 @@ def _pricing_rule(f: PricingFinding, spec: PricingSpec) -> RuleResult:
     subject = (f"{f.attribute} {f.group} [{f.slice}]" if f.kind == "slope"
                else f"{f.attribute}={f.group} vs {f.reference} [{f.slice}]")
     base = dict(rule=rule.name, subject=subject, metric="premium_pct" + (" per unit" if f.kind == "slope" else ""),
-                allowed=rule.allowed(), source=rule.source)
+                allowed=rule.allowed() + "%", source=rule.source)
     if f.suppressed:
         return RuleResult(**base, verdict="NOT TESTED", detail=f.suppressed_reason)
     test = ("one-sided test at the threshold" if spec.flag_rule == "above-threshold"

@@ -21,15 +21,20 @@ def test_cli_fairness_pricing_trail_verify(tmp_path):
     r = runner.invoke(app, ["audit", "fairness", "--input", str(scored), "--label", "churned", "--score", "score",
                             "--group", "gender", "--group", "region", "--intersect", "--bootstrap", "100",
                             "--out", str(tmp_path / "fair"), "--trail", str(log), "--signing-key", str(key)])
-    assert r.exit_code == 0, r.output
-    assert "four-fifths" in r.output and ("PASS" in r.output or "FAIL" in r.output)
+    assert r.exit_code == 1, r.output  # the default policy FAILs this model's calibration
+    assert "four-fifths" in r.output and "FAIL" in r.output and "result: FAIL" in r.output
+    assert "reference a (largest group)" in r.output
     rep = json.loads((tmp_path / "fair" / "report.json").read_text())
     g = rep["attributes"]["gender"]
     for k in ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
               "equal_opportunity_difference"):
         assert set(g[k]) == {"value", "ci_low", "ci_high"}
-    assert g["groups"]["a"]["n"] > 0 and g["suppressed"][0]["group"] == "d"
-    assert "data:image/png;base64," in (tmp_path / "fair" / "report.html").read_text()
+    assert g["groups"]["a"]["n"] > 0 and g["suppressed"][0]["group"] == "d" and g["suppressed"][0]["count"] == 12
+    assert set(g["groups"]["b"]["fnr"]["ratio_to_reference"]) == {"value", "ci_low", "ci_high"}
+    assert set(g["groups"]["b"]["false_omission_rate"]["difference_to_reference"]) == {"value", "ci_low", "ci_high"}
+    assert {r["verdict"] for r in rep["rules"]} >= {"PASS", "FAIL", "NOT TESTED"} and rep["overall"]["verdict"] == "FAIL"
+    page = (tmp_path / "fair" / "report.html").read_text()
+    assert "<svg" in page and "NOT TESTED" in page and "29 CFR 1607.4(D)" in page
 
     tx = tmp_path / "tx.csv"
     generate_transactions(n_rows=30_000, n_customers=3000, n_items=50, n_weeks=5, premium_pct=3.0, seed=1).to_csv(tx, index=False)
@@ -37,15 +42,22 @@ def test_cli_fairness_pricing_trail_verify(tmp_path):
                             "--time", "week", "--window", "raw", "--group", "loyalty", "--reference", "loyalty=new",
                             "--customer", "customer_id", "--returning", "returning", "--by", "category",
                             "--out", str(tmp_path / "price"), "--trail", str(log), "--signing-key", str(key)])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # a FAILed check exits 1
     rep = json.loads((tmp_path / "price" / "report.json").read_text())
     loyal = [f for f in rep["findings"] if f["group"] == "loyal" and f["slice"] == "all"][0]
     assert loyal["flagged"] and {"premium_pct", "ci_low", "ci_high", "p_value", "attribute", "reference"} <= set(loyal)
-    assert "FAIL" in r.output
+    assert "FAIL" in r.output and "Holm p" in r.output and "clusters" in r.output
+    assert "< 1e-300" in r.output  # before: "p 0"
 
     pub = keys / "audit_signing.pub"
-    r = runner.invoke(app, ["audit", "verify", str(log), "--public-key", str(pub), "--check-files"])
-    assert r.exit_code == 0 and "2 entries" in r.output
+    r = runner.invoke(app, ["audit", "verify", str(log), "--public-key", str(pub)])
+    assert r.exit_code == 0 and "2 entries" in r.output and "4 files match" in r.output, r.output
+    html = tmp_path / "fair" / "report.html"
+    html.write_text(html.read_text().replace("Fairness audit", "Fairness audit (edited)"))
+    r = runner.invoke(app, ["audit", "verify", str(log)])
+    assert r.exit_code == 1 and "TAMPERED" in r.output and "report.html" in r.output
+    r = runner.invoke(app, ["audit", "verify", str(log), "--log-only"])
+    assert r.exit_code == 0 and "log only" in r.output
     lines = log.read_text().splitlines()
     log.write_text("\n".join(reversed(lines)) + "\n")
     r = runner.invoke(app, ["audit", "verify", str(log)])
@@ -84,8 +96,87 @@ def test_cli_federated_dp_audit_checks_and_records_the_ledger(tmp_path):
             "--group", "gender", "--bootstrap", "50", "--epsilon", "1.0", "--ledger", str(ledger),
             "--dataset", "scores"]
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code in (0, 1) and "result:" in r.output, r.output  # 1: a rule FAILed on the noisy figures
     assert BudgetLedger(ledger).spent("shop0", "scores") == 1.0
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])   # 1.0 more would exceed 1.5
     assert r.exit_code == 2 and "only 0.500 of its budget 1.5 is left" in " ".join(r.output.split())
     assert BudgetLedger(ledger).spent("shop1", "scores") == 1.0
+
+
+def _one_line_error(r):
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    return lines[0]
+
+
+def test_cli_flags_that_do_not_apply_are_errors(tmp_path):
+    scored = tmp_path / "s.csv"
+    scored_frame().to_csv(scored, index=False)
+    base = ["audit", "fairness", "--input", str(scored), "--group", "gender", "--out", str(tmp_path / "o")]
+    # before: --label was silently ignored next to --outcome
+    assert "--outcome alone" in _one_line_error(runner.invoke(app, [*base, "--outcome", "offer", "--label", "churned"]))
+    assert "--threshold" in _one_line_error(runner.invoke(app, [*base, "--outcome", "offer", "--threshold", "0.3"]))
+    assert "--bootstrap" in _one_line_error(runner.invoke(app, [*base, "--outcome", "offer", "--bootstrap", "10"]))
+    assert "--seed" in _one_line_error(runner.invoke(app, [*base, "--label", "churned", "--score", "score",
+                                                           "--bootstrap", "0", "--seed", "3"]))
+    assert "not an audited attribute" in _one_line_error(runner.invoke(
+        app, [*base, "--label", "churned", "--score", "score", "--reference", "age=x"]))
+    assert "--signing-key" in _one_line_error(runner.invoke(app, [*base, "--outcome", "offer", "--signing-key", "k"]))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[rule]]\nname = 'x'\nmetric = 'fpr'\n")
+    assert "give min, max or both" in _one_line_error(runner.invoke(
+        app, [*base, "--label", "churned", "--score", "score", "--policy", str(bad)]))
+    fed = ["audit", "federated", "--unit", str(scored), "--engine", "inprocess", "--out", str(tmp_path / "f")]
+    assert "--label" in _one_line_error(runner.invoke(app, [*fed, "--audit", "pricing", "--price", "score", "--item",
+                                                            "gender", "--time", "region", "--label", "churned"]))
+    assert "--customer" in _one_line_error(runner.invoke(app, [*fed, "--group", "gender", "--label", "churned",
+                                                               "--score", "score", "--customer", "c"]))
+    assert "--epsilon" in _one_line_error(runner.invoke(app, [*fed, "--group", "gender", "--label", "churned",
+                                                              "--score", "score", "--ledger", "l.sqlite"]))
+    assert "--ledger" in _one_line_error(runner.invoke(app, [*fed, "--group", "gender", "--label", "churned",
+                                                             "--score", "score", "--epsilon", "1", "--dataset", "x"]))
+    tx = tmp_path / "tx.csv"
+    generate_transactions(n_rows=2000, n_customers=200, n_items=20, n_weeks=3, seed=1).to_csv(tx, index=False)
+    pr = ["audit", "pricing", "--input", str(tx), "--price", "price", "--item", "item_id", "--time", "week",
+          "--group", "loyalty", "--out", str(tmp_path / "p")]
+    assert "--window raw" in _one_line_error(runner.invoke(app, pr))   # before: numbers taken as weeks silently
+    assert "--customer" in _one_line_error(runner.invoke(app, [*pr, "--window", "raw", "--min-clusters", "5"]))
+    assert "quantile bins need the pooled data" in _one_line_error(runner.invoke(
+        app, ["audit", "federated", "--unit", str(tx), "--engine", "inprocess", "--out", str(tmp_path / "f"),
+              "--audit", "pricing", "--price", "price", "--item", "item_id", "--time", "week", "--window", "raw",
+              "--group", "customer_id", "--continuous", "customer_id"]))
+
+
+def test_cli_not_tested_pricing_exits_0_and_says_so(tmp_path):
+    tx = tmp_path / "tx.csv"
+    generate_transactions(n_rows=2000, n_customers=200, n_items=20, n_weeks=3, seed=1).to_csv(tx, index=False)
+    r = runner.invoke(app, ["audit", "pricing", "--input", str(tx), "--price", "price", "--item", "item_id",
+                            "--time", "week", "--window", "raw", "--group", "loyalty", "--min-count", "100000",
+                            "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0 and "result: NOT TESTED" in r.output and "PASS" not in r.output, r.output
+
+
+def test_cli_federated_dp_presentation(tmp_path):
+    """Noisy counts under the floor read 'suppressed: too small to release' (never n=-1), sizes are labelled noisy."""
+    frame = scored_frame()
+    units = []
+    for k, part in enumerate((frame.iloc[::2], frame.iloc[1::2])):
+        path = tmp_path / f"shop{k}.parquet"
+        part.to_parquet(path)
+        units += ["--unit", str(path)]
+    r = runner.invoke(app, ["audit", "federated", *units, "--engine", "inprocess", "--label", "churned", "--score",
+                            "score", "--group", "gender", "--bootstrap", "0", "--epsilon", "0.5",
+                            "--out", str(tmp_path / "dp")])
+    assert r.exit_code in (0, 1), r.output
+    out = " ".join(r.output.split())
+    assert "too small to release" in out and "n=-" not in out and "noisy" in out
+    rep = json.loads((tmp_path / "dp" / "report.json").read_text())
+    d = [s for s in rep["attributes"]["gender"]["suppressed"] if s["group"] == "d"][0]
+    assert d["count"] is None and d["reason"] == "suppressed: too small to release"
+    assert rep["attributes"]["gender"]["groups"]["a"]["n_noise_sd"] > 0
+    assert rep["rules"] and all(x["noisy"] for x in rep["rules"])
+    assert all("noisy" in x["detail"] for x in rep["rules"] if x["verdict"] != "NOT TESTED")
+    page = (tmp_path / "dp" / "report.html").read_text()
+    assert "too small to release" in page and "(noisy, SD" in page and "noisy (DP)" in page and "n=-" not in page

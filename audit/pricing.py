@@ -260,20 +260,41 @@ def _windows(col: pd.Series, window: str, name: str) -> pd.Series:
 
 
 def _codes_with_missing(values: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
-    """Factorize; missing values become the level MISSING (last). Labels are strings."""
-    codes, uniques = pd.factorize(values)
+    """Factorize; missing values become the level MISSING (last). Labels are sorted strings (the
+    order the federated server uses), codes int64; one gather remaps the codes."""
+    codes = None
+    if isinstance(values.dtype, pd.CategoricalDtype):  # the codes are there already
+        codes, uniques = values.cat.codes.to_numpy(), values.cat.categories
+        if (np.bincount(codes[codes >= 0], minlength=len(uniques)) == 0).any():
+            codes = None  # unused categories are not levels: factorize what occurs
+    if codes is None:
+        codes, uniques = pd.factorize(values)
     labels = np.asarray(uniques, dtype=object).astype(str)
-    order = np.argsort(labels, kind="stable")  # sorted labels: the order the federated server uses
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
-    labels = labels[order]
-    miss = codes < 0
-    n_miss = int(miss.sum())
+    order = np.argsort(labels, kind="stable")
+    n_miss = int(np.count_nonzero(codes < 0))
+    remap = np.empty(len(order) + 1, dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    remap[-1] = len(order)  # code -1 (missing) -> the MISSING level after the labels
+    codes = remap[codes]
+    labels = labels[order].astype(object)
     if n_miss:
-        codes = np.where(miss, len(labels), codes)
         labels = np.append(labels, MISSING).astype(object)
-    return codes.astype(np.int64), labels.astype(object), n_miss
+    return codes, labels, n_miss
+
+
+def _dense_codes(key: np.ndarray) -> tuple[np.ndarray, int]:
+    """Codes 0..u-1 of non-negative int64 keys (in key order) and u. A direct table when the key
+    range is at most a few times the rows (no hashing: O(rows + range)), else ``pd.factorize``."""
+    if key.size == 0:
+        return key.astype(np.int64), 0
+    top = int(key.max()) + 1
+    if top <= 4 * key.size + 1024:
+        seen = np.zeros(top, dtype=bool)
+        seen[key] = True
+        ids = np.cumsum(seen, dtype=np.int64) - 1
+        return ids[key], int(ids[-1]) + 1
+    codes, uniq = pd.factorize(key)
+    return codes.astype(np.int64), len(uniq)
 
 
 def _fmt_edge(x: float) -> str:
@@ -346,10 +367,10 @@ def prepare(frame: pd.DataFrame, spec: PricingSpec) -> Prepared:
             sl_codes, sl_labels, _ = _codes_with_missing(frame[slice_col])
             sl_names = [str(x) for x in sl_labels]
             key = sl_codes * (n_items * n_win) + base
-        codes, uniq = pd.factorize(key)
-        first = np.empty(len(uniq), dtype=np.int64)
+        codes, n_strata = _dense_codes(key)
+        first = np.empty(n_strata, dtype=np.int64)
         first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)
-        strata[slice_col] = Strata(codes=codes.astype(np.int64), n=len(uniq), slice_of=sl_codes[first],
+        strata[slice_col] = Strata(codes=codes, n=n_strata, slice_of=sl_codes[first],
                                    slice_names=sl_names, first=first, slice_codes=sl_codes)
     levels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     n_missing: dict[str, int] = {}
@@ -523,7 +544,9 @@ class ComparisonFit:
     attribute: str
     slice_col: str | None
     slices: list[SliceFit]
-    strata: pd.DataFrame  # [slice, item, window,] slice_idx, ybar, adj, p<level>... (slope: xbar)
+    # per stratum: slice_idx, ybar, adj, p<level>... (slope: xbar, n); a frame with slice, item, window
+    # labels in the federated audit, plain arrays in the pooled one
+    strata: pd.DataFrame | dict[str, np.ndarray]
     local: bool = False  # strata ids are the pooled frame's own (no key merge needed)
 
 
@@ -539,16 +562,16 @@ def _reference(attr: str, spec: PricingSpec, levels: list[str], totals: np.ndarr
     return ref
 
 
-def _fit_levels(attr: str, c: Coded, spec: PricingSpec) -> tuple[list[SliceFit], pd.DataFrame]:
+def _fit_levels(attr: str, c: Coded, spec: PricingSpec) -> tuple[list[SliceFit], dict[str, np.ndarray]]:
     levels, k = c.levels, len(c.levels)
-    N, SY = c.N, c.SY
-    one = np.ones(k)
-    ref = _reference(attr, spec, levels, np.ones(len(N)) @ N)
+    cols = np.ascontiguousarray(c.N.T)  # (K, strata): per-level work on contiguous rows
+    ycols = np.ascontiguousarray(c.SY.T)
+    ref = _reference(attr, spec, levels, cols.sum(axis=1))
     r = levels.index(ref)
-    n_s = N @ one  # row sums as a matrix-vector product: (n, 3).sum(axis=1) is slow in numpy
+    n_s = cols.sum(axis=0)
     safe = np.where(n_s > 0, n_s, 1)
-    ybar = np.where(n_s > 0, (SY @ one) / safe, 0.0)
-    P = N / safe[:, None]
+    ybar = np.where(n_s > 0, ycols.sum(axis=0) / safe, 0.0)
+    P = cols / safe
     betas = np.zeros((len(c.slice_names), k))
     fits = []
     single = len(c.slice_names) == 1
@@ -557,37 +580,36 @@ def _fit_levels(attr: str, c: Coded, spec: PricingSpec) -> tuple[list[SliceFit],
         bounds = np.searchsorted(c.slice_of[order], np.arange(len(c.slice_names) + 1))
     for si, sname in enumerate(c.slice_names):
         m = slice(None) if single else order[bounds[si]:bounds[si + 1]]
-        Nm, SYm, ybm, nsm = N[m], SY[m], ybar[m], n_s[m]
-        ones = np.ones(len(Nm))
-        shared = (Nm > 0) & (Nm[:, [r]] > 0)
-        n_rows = ones @ (Nm * shared)
-        n_ref = shared.T.astype(float) @ Nm[:, r]
-        n_strata = np.count_nonzero(shared, axis=0)
+        Nm, SYm, ybm, nsm = cols[:, m], ycols[:, m], ybar[m], n_s[m]
+        has_ref = Nm[r] > 0
+        n_rows, n_ref, n_strata = np.zeros(k), np.zeros(k), np.zeros(k, dtype=np.int64)
+        for j in range(k):
+            shared = (Nm[j] > 0) & has_ref
+            n_strata[j] = np.count_nonzero(shared)
+            n_rows[j] = Nm[j] @ shared
+            n_ref[j] = Nm[r] @ shared
         inc = [j for j in range(k) if j != r and n_strata[j] > 0]
         beta = np.zeros(k)
         a_inv = np.zeros((0, 0))
         if inc:
-            NJ = Nm[:, inc]
-            A = np.diag(ones @ NJ) - NJ.T @ (NJ / np.where(nsm > 0, nsm, 1)[:, None])
-            b = ones @ SYm[:, inc] - NJ.T @ ybm
+            NJ = Nm[inc]  # (|inc|, strata)
+            A = np.diag(NJ.sum(axis=1)) - (NJ / np.where(nsm > 0, nsm, 1)) @ NJ.T
+            b = SYm[inc].sum(axis=1) - NJ @ ybm
             a_inv = np.linalg.pinv(A)
             beta[inc] = a_inv @ b
-        tot_n = ones @ Nm
-        mean_y = np.divide(ones @ SYm, tot_n, out=np.full(k, np.nan), where=tot_n > 0)
+        tot_n = Nm.sum(axis=1)
+        mean_y = np.divide(SYm.sum(axis=1), tot_n, out=np.full(k, np.nan), where=tot_n > 0)
         betas[si] = beta
         fits.append(SliceFit(slice=str(sname), levels=levels, reference=ref, included=inc, beta=beta.tolist(),
                              a_inv=a_inv.tolist(), naive_log_gap=(mean_y - mean_y[r]).tolist(),
                              n_rows=n_rows.astype(int).tolist(), n_ref_rows=n_ref.astype(int).tolist(),
                              n_strata=n_strata.astype(int).tolist(), rows_total=int(round(float(tot_n.sum()))),
                              strata_total=int(np.count_nonzero(nsm > 0)), level_totals=tot_n.astype(int).tolist()))
-    adj = P @ betas[0] if single else np.einsum("sk,sk->s", P, betas[c.slice_of])
-    strata = pd.DataFrame({"slice_idx": c.slice_of, "ybar": ybar, "adj": adj})
-    for j in range(k):
-        strata[f"p{j}"] = P[:, j]
-    return fits, strata
+    adj = betas[0] @ P if single else np.einsum("ks,sk->s", P, betas[c.slice_of])
+    return fits, {"slice_idx": c.slice_of, "ybar": ybar, "adj": adj, **{f"p{j}": P[j] for j in range(k)}}
 
 
-def _fit_slope(c: Coded) -> tuple[list[SliceFit], pd.DataFrame]:
+def _fit_slope(c: Coded) -> tuple[list[SliceFit], dict[str, np.ndarray]]:
     n = c.N[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         nn = np.where(n > 0, n, 1)
@@ -611,14 +633,13 @@ def _fit_slope(c: Coded) -> tuple[list[SliceFit], pd.DataFrame]:
                              n_rows=[int(informative[si])], n_ref_rows=[int(informative[si])],
                              n_strata=[int(inf_strata[si])], rows_total=int(rows[si]),
                              strata_total=int(strata_n[si]), level_totals=[int(rows[si])], kind="slope"))
-    strata = pd.DataFrame({"slice_idx": c.slice_of, "ybar": ybar, "xbar": xbar, "adj": np.zeros(len(n)), "n": n})
-    return fits, strata
+    return fits, {"slice_idx": c.slice_of, "ybar": ybar, "xbar": xbar, "adj": np.zeros(len(n)), "n": n}
 
 
 def _fit_coded(attr: str, slice_col: str | None, c: Coded, spec: PricingSpec, local: bool) -> ComparisonFit:
     fits, strata = _fit_slope(c) if c.SX is not None else _fit_levels(attr, c, spec)
-    if c.keys is not None:
-        strata = pd.concat([c.keys, strata], axis=1)
+    if c.keys is not None:  # federated: a frame with the stratum labels (what travels to the units)
+        strata = pd.concat([c.keys, pd.DataFrame(strata)], axis=1)
     return ComparisonFit(attr, slice_col, fits, strata, local=local)
 
 
@@ -676,7 +697,8 @@ def local_meat(prep: Prepared, spec: PricingSpec, fits: dict[str, ComparisonFit]
         everything = bool(ok.all())
         sel = (lambda a: a) if everything else (lambda a: a[ok])  # noqa: E731
         row, g, y = sel(row), sel(g_local), sel(prep.y)
-        sl_s = strata["slice_idx"].to_numpy().astype(np.int64)
+        col = lambda name: np.asarray(strata[name])  # noqa: E731 - DataFrame (federated) or dict (pooled)
+        sl_s = col("slice_idx").astype(np.int64)
         sl = sl_s[row] if n_sl > 1 else np.zeros(len(row), np.int64)
         if prep.clusters is not None:
             n_cl = prep.n_clusters
@@ -688,17 +710,17 @@ def local_meat(prep: Prepared, spec: PricingSpec, fits: dict[str, ComparisonFit]
         beta = np.array([f.beta for f in cf.slices]) if cf.slices else np.zeros((0, k))
         if slope:
             xs = sel(x)
-            xc = xs - strata["xbar"].to_numpy()[row]
-            e = y - strata["ybar"].to_numpy()[row] - beta[sl, 0] * xc
+            xc = xs - col("xbar")[row]
+            e = y - col("ybar")[row] - beta[sl, 0] * xc
             cols = {0: xc * e}
             inc = [0]
             r = -1
         else:
             r = levels.index(cf.slices[0].reference) if cf.slices else 0
             inc = sorted({j for f in cf.slices for j in f.included})
-            const = (strata["ybar"] - strata["adj"]).to_numpy()
+            const = col("ybar") - col("adj")
             e = y - const[row] - (beta[sl, g] if n_sl > 1 else beta[0][g])
-            P = {j: strata[f"p{j}"].to_numpy() for j in range(k)}
+            P = {j: col(f"p{j}") for j in range(k)}
             cols = {j: np.where(g == j, e, 0.0) - e * P[j][row] for j in inc}
         meat = np.zeros((n_sl, k, k))
         if c is not None:
@@ -724,7 +746,7 @@ def local_meat(prep: Prepared, spec: PricingSpec, fits: dict[str, ComparisonFit]
         lev_cl = np.zeros((n_sl, k))
         ref_cl = np.zeros((n_sl, k))
         if slope:
-            lev_cl[:, 0] = ref_cl[:, 0] = distinct(strata["n"].to_numpy()[row] > 1)  # strata with 2+ rows
+            lev_cl[:, 0] = ref_cl[:, 0] = distinct(col("n")[row] > 1)  # strata with 2+ rows
         else:
             for j in inc:
                 shared_s = (P[j] > 0) & (P[r] > 0)

@@ -233,3 +233,10 @@ def test_several_by_columns():
     cols = {(x.slice_column, x.slice) for x in rep.findings}
     assert (None, "all") in cols and ("channel", "web") in cols and ("category", "cat3") in cols
     assert _find(rep, "loyalty", "loyal", "store").flagged
+
+
+def test_unused_categories_are_not_levels():
+    f = generate_transactions(n_rows=3000, n_customers=300, n_items=15, n_weeks=3, premium_pct=0.0, seed=5)
+    f["loyalty"] = f["loyalty"].cat.add_categories(["platinum"])
+    rep = pricing_audit(f, _spec(groups=["loyalty"], by=None, returning=None, min_count=1))
+    assert {x.group for x in rep.findings} == {"regular", "loyal"}

@@ -96,7 +96,10 @@ def load_private(path: str | Path) -> Ed25519PrivateKey:
         raise TrailError(f"{p}: no such signing key; create one with `fedseg audit keygen DIR`")
     if os.stat(p).st_mode & 0o077:
         raise TrailError(f"{p}: the signing key is readable by others; run chmod 600 {p}")
-    key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise TrailError(f"{p}: not a readable private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise TrailError(f"{p}: not an Ed25519 private key")
     return key
@@ -106,7 +109,10 @@ def load_public(path: str | Path) -> Ed25519PublicKey:
     p = Path(path)
     if not p.exists():
         raise TrailError(f"{p}: no such public key")
-    key = serialization.load_pem_public_key(p.read_bytes())
+    try:
+        key = serialization.load_pem_public_key(p.read_bytes())
+    except (ValueError, TypeError) as exc:
+        raise TrailError(f"{p}: not a readable public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise TrailError(f"{p}: not an Ed25519 public key")
     return key

@@ -180,3 +180,34 @@ def test_cli_federated_dp_presentation(tmp_path):
     assert all("noisy" in x["detail"] for x in rep["rules"] if x["verdict"] != "NOT TESTED")
     page = (tmp_path / "dp" / "report.html").read_text()
     assert "too small to release" in page and "(noisy, SD" in page and "noisy (DP)" in page and "n=-" not in page
+
+
+def test_cli_every_user_error_is_one_line_exit_2(tmp_path):
+    scored = tmp_path / "s.parquet"
+    scored_frame().to_parquet(scored)
+    bad_parquet = tmp_path / "bad.parquet"
+    bad_parquet.write_bytes(b"not parquet at all")
+    not_toml = tmp_path / "p.toml"
+    not_toml.write_text("[[rule]\nname=")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    bad_key = tmp_path / "bad.pub"
+    bad_key.write_text("garbage")
+    log = tmp_path / "log"
+    log.write_text("")
+    fair = ["audit", "fairness", "--label", "churned", "--score", "score", "--group", "gender"]
+    cases = [
+        ["audit", "fairness", "--input", str(scored)],                                  # missing option
+        [*fair, "--input", str(scored), "--out", "o", "--threshold", "abc"],            # bad value
+        [*fair, "--input", str(scored), "--out", "o", "--nope"],                        # unknown option
+        [*fair, "--input", str(bad_parquet), "--out", str(tmp_path / "o")],             # corrupt file
+        [*fair, "--input", str(tmp_path), "--out", str(tmp_path / "o")],                # a folder
+        [*fair, "--input", str(scored), "--out", str(tmp_path / "o"), "--policy", str(not_toml)],
+        [*fair, "--input", str(scored), "--out", str(a_file), "--bootstrap", "0"],      # --out is a file
+        ["audit", "verify", str(tmp_path / "missing.log")],
+        ["audit", "verify", str(log), "--public-key", str(bad_key)],
+        ["audit", "pricing", "--input", str(scored), "--price", "score", "--item", "gender", "--time", "region",
+         "--out", str(tmp_path / "p"), "--flag-rule", "sometimes", "--group", "gender", "--window", "raw"],
+    ]
+    for args in cases:
+        _one_line_error(runner.invoke(app, args))

@@ -159,27 +159,46 @@ def test_cli_not_tested_pricing_exits_0_and_says_so(tmp_path):
 
 
 def test_cli_federated_dp_presentation(tmp_path):
-    """Noisy counts under the floor read 'suppressed: too small to release' (never n=-1), sizes are labelled noisy."""
+    """Noisy counts under the floor read 'suppressed: too small to release' (never n=-1), sizes are labelled
+    noisy with their SD, verdicts say they were decided on noisy figures: console, JSON and HTML."""
+    import io
+
+    from rich.console import Console
+
+    from audit import DPConfig, FairnessSpec, federated_fairness, write_report
+    from audit.report_html import print_rules
+
     frame = scored_frame()
-    units = []
+    paths = []
     for k, part in enumerate((frame.iloc[::2], frame.iloc[1::2])):
         path = tmp_path / f"shop{k}.parquet"
         part.to_parquet(path)
-        units += ["--unit", str(path)]
-    r = runner.invoke(app, ["audit", "federated", *units, "--engine", "inprocess", "--label", "churned", "--score",
-                            "score", "--group", "gender", "--bootstrap", "0", "--epsilon", "0.5",
-                            "--out", str(tmp_path / "dp")])
-    assert r.exit_code in (0, 1), r.output
+        paths.append(path)
+    # CLI: the noise is fresh randomness, so make every group fall under the floor
+    r = runner.invoke(app, ["audit", "federated", "--unit", str(paths[0]), "--unit", str(paths[1]), "--engine",
+                            "inprocess", "--label", "churned", "--score", "score", "--group", "gender", "--bootstrap",
+                            "0", "--epsilon", "0.5", "--min-group-size", "100000", "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
-    assert "too small to release" in out and "n=-" not in out and "noisy" in out
-    rep = json.loads((tmp_path / "dp" / "report.json").read_text())
-    d = [s for s in rep["attributes"]["gender"]["suppressed"] if s["group"] == "d"][0]
-    assert d["count"] is None and d["reason"] == "suppressed: too small to release"
-    assert rep["attributes"]["gender"]["groups"]["a"]["n_noise_sd"] > 0
-    assert rep["rules"] and all(x["noisy"] for x in rep["rules"])
-    assert all("noisy" in x["detail"] for x in rep["rules"] if x["verdict"] != "NOT TESTED")
-    page = (tmp_path / "dp" / "report.html").read_text()
+    assert out.count("too small to release") >= 4 and "n=" not in out and "result: NOT TESTED" in out
+    # seeded noise, coarse score bins (as docs/audit.md advises under DP): group d (12 rows) is under the floor
+    spec = FairnessSpec(label="churned", score="score", groups=["gender"], bootstrap=0, score_bins=20)
+    rep = federated_fairness(paths, spec, dp=DPConfig(epsilon=4.0, seed=0))
+    a = rep.attributes["gender"]
+    d = [s for s in a.suppressed if s.group == "d"][0]
+    assert d.count is None and d.reason == "suppressed: too small to release"
+    assert a.groups["a"].n_noise_sd > 0 and set(a.groups) == {"a", "b", "c"}
+    assert rep.rules and all(x.noisy for x in rep.rules)
+    assert all("noisy" in x.detail for x in rep.rules if x.verdict != "NOT TESTED")
+    buf = io.StringIO()
+    print_rules(rep, Console(file=buf, width=200))
+    text = " ".join(buf.getvalue().split())
+    assert "too small to release" in text and "(noisy, SD" in text and "noisy (DP)" in text and "n=-" not in text
+    j, h = write_report(rep, tmp_path / "dp")
+    page = h.read_text()
     assert "too small to release" in page and "(noisy, SD" in page and "noisy (DP)" in page and "n=-" not in page
+    data = json.loads(j.read_text())
+    assert data["rules"][0]["noisy"] is True and data["attributes"]["gender"]["groups"]["a"]["n_noise_sd"] > 0
 
 
 def test_cli_every_user_error_is_one_line_exit_2(tmp_path):

@@ -277,9 +277,10 @@ def pricing_html(rep: PricingReport) -> str:
         ax.errorbar(v, range(len(shown)), xerr=[[max(f.premium_pct - f.ci_low, 0) for f in shown],
                                                 [max(f.ci_high - f.premium_pct, 0) for f in shown]], fmt="o",
                     color="#4a7ab7", ms=4)
-        for i, f in enumerate(shown):
-            if f.flagged:
-                ax.plot(f.premium_pct, i, "o", color="#c00", ms=4)
+        flagged = [(i, f.premium_pct) for i, f in enumerate(shown) if f.flagged]
+        if flagged:
+            ax.plot([v for _, v in flagged], [i for i, _ in flagged], "o", color="#c00", ms=5, zorder=4,
+                    label="flagged")
         ax.set_yticks(range(len(shown)), labels, fontsize=8)
         ax.axvline(0, color="k", lw=0.8)
         thr = sorted({f.threshold_pct for f in shown if f.threshold_pct is not None})
@@ -287,7 +288,7 @@ def pricing_html(rep: PricingReport) -> str:
             ax.axvline(t, color="r", ls="--", lw=1, label=f"threshold {t:g}%")
         ax.invert_yaxis()
         ax.set_xlabel("premium for the same item in the same window, % (95% CI)", fontsize=8)
-        if thr:
+        if thr or flagged:
             ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         body.append(_svg(fig))

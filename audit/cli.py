@@ -53,6 +53,9 @@ RefOpt = Annotated[list[str], typer.Option("--reference", help="ATTR=VALUE refer
 
 
 def _check_trail(trail: Path | None, key: Path | None) -> None:
+    from audit.stats import avoid_hugepage_stalls
+
+    avoid_hugepage_stalls()  # every audit command checks its trail options first: a cheap, common entry
     if trail is not None and key is None:
         fail("--trail needs --signing-key KEY (create one with `fedseg audit keygen DIR`).")
     if key is not None and trail is None:

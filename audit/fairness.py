@@ -70,7 +70,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from audit.intervals import bca, min_ratio_interval, mover_ratio, newcombe, range_interval, wilson
 from audit.models import Overall, RuleResult, now_utc, overall
-from audit.policy import RATES, Policy, decide, load_policy
+from audit.policy import Policy, decide, load_policy
 from audit.stats import Estimate
 
 MISSING = "(missing)"

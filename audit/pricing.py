@@ -586,8 +586,8 @@ def _fit_levels(attr: str, c: Coded, spec: PricingSpec) -> tuple[list[SliceFit],
         for j in range(k):
             shared = (Nm[j] > 0) & has_ref
             n_strata[j] = np.count_nonzero(shared)
-            n_rows[j] = Nm[j] @ shared
-            n_ref[j] = Nm[r] @ shared
+            n_rows[j] = np.add.reduce(Nm[j], where=shared)  # no float copy of the mask
+            n_ref[j] = np.add.reduce(Nm[r], where=shared)
         inc = [j for j in range(k) if j != r and n_strata[j] > 0]
         beta = np.zeros(k)
         a_inv = np.zeros((0, 0))

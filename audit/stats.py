@@ -96,7 +96,7 @@ def avoid_hugepage_stalls() -> str:
     defrag mode (``/sys/kernel/mm/transparent_hugepage/defrag`` = ``[madvise]``, as on the audit
     machine), every first touch of such an array compacts memory synchronously: allocating and
     filling 128 MB took 0.46 s there against 0.11 s without the advice, and a cold 2M-row pricing
-    audit 2.7-3.0 s against 1.7 s. The audit commands call this once (numpy's own switch, also
+    audit over 1.2M strata 3.3-4.8 s against 1.7-2.6 s (four alternating runs each, load 6). The audit commands call this once (numpy's own switch, also
     ``NUMPY_MADVISE_HUGEPAGE=0``); elsewhere it does nothing. Returns what it did.
     """
     try:

@@ -31,7 +31,7 @@ FPR range)``, equal-opportunity difference ``TPR range`` (fairlearn's definition
 fairlearn to 1e-9 in the tests) with the projected simultaneous (Bonferroni) pairwise interval.
 AUC: BCa bootstrap (jackknife acceleration in closed form from the cells). Calibration error:
 ``ECE +- q`` with ``q`` the quantile of the L1 norm of the bin gaps' estimation error
-(:func:`ece_interval`; the bootstrap is biased where gaps are near 0 and covered 8% there).
+(:func:`ece_interval`; bootstrap intervals of the biased plug-in ECE covered 0-8% where gaps are near 0).
 
 Every figure is computed from sufficient statistics, which is what makes the federated audit
 possible: per group the counts and score sums of cells ``(y, yhat, score bin)`` with

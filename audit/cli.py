@@ -16,32 +16,8 @@ import typer
 from fedseg.console import console, fail
 from fedseg.errors import FedsegError
 
-import click
-from typer.core import TyperCommand
-
-from fedseg.console import err_console
-
-
-class _OneLineErrors(TyperCommand):
-    """Usage errors (missing or unknown option, bad value) as one line ``error: ...``, exit 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{ctx.command_path} --help`)",
-                              highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-
-class _Audit(typer.Typer):
-    def command(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        kwargs.setdefault("cls", _OneLineErrors)
-        return super().command(*args, **kwargs)
-
-
-app = _Audit(help="Fairness and pricing audits (pooled or federated) with a signed, hash-chained trail.",
-             no_args_is_help=True)
+app = typer.Typer(help="Fairness and pricing audits (pooled or federated) with a signed, hash-chained trail.",
+                  no_args_is_help=True)
 
 Trail = Annotated[Path | None, typer.Option("--trail", help="Audit log (JSON lines) to append a signed entry to.")]
 Key = Annotated[Path | None, typer.Option("--signing-key", help="Ed25519 private key (from `fedseg audit keygen`).")]

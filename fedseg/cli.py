@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
-from fedseg.console import fail
+from fedseg.console import OneLineUsageErrors, fail
 from fedseg.errors import FedsegError
 
 app = typer.Typer(
@@ -73,9 +74,12 @@ def _one_line_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_commands(typer_app: typer.Typer) -> None:
+    """Every command: usage errors and FedsegErrors as one ``error:`` line (one error style)."""
     for info in typer_app.registered_commands:
         if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
             info.callback = _one_line_errors(info.callback)
+        if info.cls in (None, TyperCommand):
+            info.cls = OneLineUsageErrors
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
             _wrap_commands(group.typer_instance)

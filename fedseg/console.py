@@ -6,12 +6,27 @@ import contextlib
 from collections.abc import Iterator
 from typing import NoReturn
 
+import click
 import typer
+from typer.core import TyperCommand
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class OneLineUsageErrors(TyperCommand):
+    """A command whose usage errors (missing or unknown option, bad value) are one line
+    ``error: ...`` and exit 2, instead of click's framed box."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{ctx.command_path} --help`)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -34,6 +34,10 @@ SEG_GRID: Final = "query.seg_grid"
 SEG_LLOYD: Final = "query.seg_lloyd"
 SEG_RFM: Final = "query.seg_rfm"
 SEG_FINAL: Final = "query.seg_final"
+#: Federated audits (:mod:`audit.flower_app`): the unit's statistics, one message type per step.
+AUDIT_FAIRNESS: Final = "query.audit_fairness"
+AUDIT_PRICING_TABLES: Final = "query.audit_pricing_tables"
+AUDIT_PRICING_MEAT: Final = "query.audit_pricing_meat"
 
 # ---------------------------------------------------------------------------- record names
 CONFIG: Final = "config"
@@ -42,6 +46,8 @@ METRICS: Final = "metrics"
 IDENTITY: Final = "identity"
 PRIVACY_PLAN: Final = "privacy-plan"
 REFUSAL: Final = "refusal"
+#: An audit unit's answer (ConfigRecord): aggregate statistics serialised by :mod:`audit.federated`.
+AUDIT_STATS: Final = "stats"
 
 # ---------------------------------------------------------------------------- privacy plan keys
 #: Keys of the ``privacy-plan`` record: the coordinator's run id (stable across resumes), the
@@ -61,17 +67,30 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     EVALUATE: frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg"}),
     SCALER: frozenset({"n", "sum", "sumsq"}),
     PRIVACY: frozenset({"accepted", "epsilon"}),
+    AUDIT_FAIRNESS: frozenset(),
+    AUDIT_PRICING_TABLES: frozenset(),
+    AUDIT_PRICING_MEAT: frozenset(),
     SEG_GRID: frozenset({"grid"}),
     SEG_LLOYD: frozenset({"sums", "counts", "inertia"}),
     SEG_RFM: frozenset({"recency", "frequency", "monetary"}),
     SEG_FINAL: frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
                           "warnings", "transitions"}),
 }
-#: Config records a unit may send, by message type, with their exact keys.
+#: Config records a unit may send, by message type, with their exact keys. The audit answers are
+#: aggregate tables (per group cell counts and sums; per item-window-level counts and log-price
+#: sums; per slice cluster-score matrices), serialised whole.
 ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {
     SCALER: {IDENTITY: frozenset({"unit-id"})},
     PRIVACY: {IDENTITY: frozenset({"unit-id", "dataset-id"}), REFUSAL: frozenset({"reason"})},
+    AUDIT_FAIRNESS: {AUDIT_STATS: frozenset({"stats"})},
+    AUDIT_PRICING_TABLES: {AUDIT_STATS: frozenset({"tables", "rows", "dropped"})},
+    AUDIT_PRICING_MEAT: {AUDIT_STATS: frozenset({"meat"})},
 }
+#: Keys of an audit step's config: the spec (JSON of the audit's pydantic spec), the DP target
+#: (JSON, fairness only), the run id that keys the unit's privacy account, the server's fit.
+AUDIT_SPEC: Final = "spec"
+AUDIT_DP: Final = "dp"
+AUDIT_FIT: Final = "fit"
 
 
 class RoundConfig(BaseModel):

@@ -124,3 +124,25 @@ def test_flower_simulation_equals_pooled(tmp_path):
     pspec = PricingSpec(price="price", item="item_id", time="week", window="raw", groups=["loyalty"],
                         references={"loyalty": "new"}, customer="customer_id")
     assert_reports_equal(run_federated_audit(tp, pspec), pricing_audit(t, pspec))
+
+
+def test_flower_dp_audit_units_accept_charge_and_refuse(tmp_path):
+    """On Flower's engine each unit accepts the release with its own account, adds its own noise and
+    charges its ledger; a unit whose budget cannot cover the audit refuses it before any release."""
+    from audit.flower_app import run_federated_audit
+    from privacy.ledger import BudgetLedger
+    from server.grid import PrivacyPlanRefused
+
+    f, paths = _fair_units(tmp_path, n_units=2)
+    spec = FairnessSpec(label="churned", score="score", groups=["gender"], bootstrap=0, score_bins=20)
+    ledger = tmp_path / "ledger.sqlite"
+    BudgetLedger(ledger).set_budget("*", "scores", 1.5, 1e-5)
+    rep = run_federated_audit(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6), ledger_path=ledger,
+                              dataset_id="scores")
+    assert rep.dp_noise_sigma > 0
+    book = BudgetLedger(ledger)
+    assert [round(book.spent(p.stem, "scores")[0], 4) for p in paths] == [1.0, 1.0]
+    with pytest.raises(PrivacyPlanRefused, match=r"this run asks 1\.000 .* remaining 0\.500"):
+        run_federated_audit(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6), ledger_path=ledger,
+                            dataset_id="scores")
+    assert [round(book.spent(p.stem, "scores")[0], 4) for p in paths] == [1.0, 1.0]

@@ -239,7 +239,6 @@ def test_cli_secagg_identity_is_made_per_unit_and_the_registry_from_public_keys_
     import json
 
     from fedseg.cli import app
-    from privacy.secagg.identity import load_identity
 
     runner = CliRunner()
     # Today `keys secagg DIR --unit north --unit south` writes both units' private keys.
@@ -256,6 +255,8 @@ def test_cli_secagg_identity_is_made_per_unit_and_the_registry_from_public_keys_
     assert res.exit_code == 0, res.output
     registry = json.loads((tmp_path / "registry.json").read_text())
     assert sorted(registry) == ["east", "north", "south"]
+    from privacy.secagg.identity import load_identity
+
     for unit in ("north", "south", "east"):
         key, reg = load_identity(tmp_path / unit / f"{unit}.secagg.key", tmp_path / "registry.json", unit)
         from cryptography.hazmat.primitives import serialization as ser

@@ -65,9 +65,9 @@ class KeysExistError(KeysError):
 
     def __init__(self, existing: list[Path]) -> None:
         self.existing = existing
-        listed = "\n  ".join(str(p) for p in existing)
-        super().__init__(f"{len(existing)} key file(s) already exist and were left untouched:\n  {listed}\n"
-                         "Use another directory, or --force (force=True) to overwrite them.")
+        listed = ", ".join(str(p) for p in existing)
+        super().__init__(f"{len(existing)} key file(s) already exist and were left untouched: {listed}; "
+                         "use another directory, or --force (force=True) to overwrite them.")
 
 
 class UnitKeys(BaseModel):

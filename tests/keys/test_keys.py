@@ -232,7 +232,7 @@ def test_cli_a_unit_makes_its_own_supernode_key(tmp_path):
     res = runner.invoke(app, ["keys", "supernode", str(tmp_path / "both"), "--unit", "north", "--unit", "south"])
     assert res.exit_code == 2 and "one unit per command" in res.output and not (tmp_path / "both").exists()
     res = runner.invoke(app, ["keys", "supernode", str(tmp_path / "north-keys"), "--unit", "north"])
-    assert res.exit_code == 2 and "already exist" in res.output
+    assert res.exit_code == 2 and "already exist" in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def test_cli_secagg_identity_is_made_per_unit_and_the_registry_from_public_keys_only(tmp_path):

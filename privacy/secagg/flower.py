@@ -412,8 +412,9 @@ class SecAggAggregator:
 
         r3, e3 = self._send(grid, [node_of[u] for u in session.u2 if node_of[u] in node_ids], masked_record, timeout)
         errored |= e3
-        session.collect_masked({unit_of[nid]: r.content.array_records["secagg-masked"]["y"].numpy()
-                                for nid, r in r3.items()})
+        length = sum(int(np.prod(a.shape)) for a in train_record.array_records["arrays"].values())
+        masked = {unit_of[nid]: _parse(lambda r=r: _masked_vector(r, length)) for nid, r in r3.items()}
+        session.collect_masked({u: y for u, y in masked.items() if y is not None})
         u3_json = json.dumps(session.u3)
         u3_nodes = [node_of[u] for u in session.u3]
 
@@ -498,6 +499,13 @@ def _parse(make: Any) -> Any:
     except (SecAggError, ValueError, TypeError, KeyError, AttributeError) as exc:
         log(WARNING, "secure aggregation: a malformed reply was ignored: %s", exc)
         return None
+
+
+def _masked_vector(reply: Message, length: int) -> np.ndarray:
+    y = reply.content.array_records["secagg-masked"]["y"].numpy()
+    if y.dtype != np.uint64 or y.shape != (length,):
+        raise ValueError(f"masked input of shape {y.shape} and type {y.dtype}, not ({length},) uint64")
+    return y
 
 
 def _reveals(reply: Message) -> dict[str, tuple[str, str]]:

@@ -94,3 +94,26 @@ def test_a_unit_down_at_masked_is_left_out_and_the_next_round_goes_on(federation
     total, survivors, facts = aggregator.run_round(grid, nodes, _record(), timeout=10)
     assert len(survivors) == 6 and facts["advertised_in_advance"] == 0
     assert np.abs(total - sum(u.update for u in federation)).max() <= facts["error_bound"]
+
+
+def test_a_malformed_masked_reply_is_left_out_not_a_crash(federation):
+    class Sloppy(FlowerUnit):
+        def __init__(self, unit: FlowerUnit) -> None:
+            self.__dict__.update(unit.__dict__)
+            inner = unit.mod
+
+            def mod(msg, context, call_next):  # noqa: ANN001, ANN202
+                reply = inner(msg, context, call_next)
+                if str(msg.content["config"][STAGE]) == "masked":   # a unit sending a short vector
+                    return Message(RecordDict({"secagg-masked": ArrayRecord({"y": Array(np.zeros(3, dtype=np.uint64))})}),
+                                   reply_to=msg)
+                return reply
+
+            self.mod = mod
+
+    units = [Sloppy(federation[0]), *federation[1:]]
+    grid = LocalGrid(units)
+    total, survivors, facts = SecAggAggregator(SecAggConfig(), min_units=3).run_round(
+        grid, [u.node_id for u in units], _record(), timeout=10)
+    assert "unit_0" not in survivors and facts["dropped_after_sharing"] == ["unit_0"]
+    assert np.abs(total - sum(u.update for u in federation[1:])).max() <= facts["error_bound"]

@@ -69,9 +69,11 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
 
 
 #: What a secure-aggregation stage may send (cryptographic material, never a user's data).
-#: Allowed fields per stage; an unmask reply may carry the next round's key advertisement.
+#: Allowed fields per stage: a consistency reply may carry the next round's key advertisement,
+#: an unmask reply the next round's encrypted shares (privacy/secagg/flower.py).
 SECAGG_REPLIES: Final = {"advertise": ({"advert"},), "share": ({"boxes"},),
-                         "unmask": ({"reveals"}, {"reveals", "next-advert"})}
+                         "consistency": ({"signature"}, {"signature", "next-advert"}),
+                         "unmask": ({"reveals"}, {"reveals", "next-boxes"})}
 
 
 def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> None:

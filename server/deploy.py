@@ -10,7 +10,8 @@ so a partner does not have to, and refuses insecure set-ups unless asked explici
   ``uv sync`` the project's dependencies, which on this machine pulls a CUDA torch).
 - :func:`write_connection`: a named SuperLink connection in ``$FLWR_HOME/config.toml``, which
   ``flwr run . <name>`` and ``flwr supernode register ... <name>`` use.
-- :func:`register_units`: ``flwr supernode register`` for every unit public key in the folder.
+- :func:`register_units`: ``flwr supernode register`` for every unit public key in the folder
+  (``supernodes/<unit>.pub``, handed over by each unit, which made its key on its premises).
 
 The unit side (``flower-supernode``) is :meth:`clients.unit_config.UnitConfig.supernode_args`.
 """
@@ -114,8 +115,15 @@ def unit_public_keys(keys_dir: Path, units: list[str] | None = None) -> list[Pat
         return paths
     paths = sorted(folder.glob("*.pub"))
     if not paths:
-        raise DeployError(f"{folder}: no unit public keys (*.pub); make them with `fedseg keys init`.")
+        raise DeployError(f"{folder}: no unit public keys (*.pub); each unit makes its key with `fedseg keys "
+                          f"supernode --unit NAME DIR` on its own premises and hands over NAME.pub: put it here.")
     return paths
+
+
+def private_keys_beside(keys_dir: Path) -> list[Path]:
+    """Units' private keys found next to their public keys in the coordinator's folder (they
+    belong on the units' premises only)."""
+    return [p.with_suffix("") for p in sorted((keys_dir / SUPERNODE_DIR).glob("*.pub")) if p.with_suffix("").exists()]
 
 
 def register_units(keys_dir: Path, connection: str, units: list[str] | None = None,

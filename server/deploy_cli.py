@@ -2,14 +2,16 @@
 
 Coordinator::
 
-    fedseg keys init keys --host coordinator.example.com --unit shop_north --unit shop_south
+    fedseg keys init keys --host coordinator.example.com   # CA + SuperLink certificate
     fedseg deploy superlink keys --host 0.0.0.0          # TLS + node authentication
     fedseg deploy connect fedseg coordinator.example.com:8000 --ca keys/ca.crt
+    # each unit's NAME.pub (made on the unit, below) goes into keys/supernodes/
     fedseg deploy register keys --connection fedseg      # every unit's public key
     flwr run . fedseg --stream --run-config "output-dir='/srv/fedseg/run1'"
 
 Unit (each on its own premises)::
 
+    fedseg keys supernode --unit shop_north unit-keys    # its own key; hand over unit-keys/shop_north.pub
     fedseg deploy check unit.toml                        # validates config, keys and data
     fedseg deploy supernode unit.toml                    # starts flower-supernode
 """
@@ -83,13 +85,17 @@ def connect(
 
 @app.command("register")
 def register(
-    keys: Annotated[Path, typer.Argument(help="Key folder with supernodes/<unit>.pub.")],
+    keys: Annotated[Path, typer.Argument(help="Key folder with supernodes/<unit>.pub (handed over by each unit).")],
     connection: Annotated[str, typer.Option(help="SuperLink connection (see `fedseg deploy connect`).")],
     unit: Annotated[list[str] | None, typer.Option("--unit", help="Register only these units (repeat).")] = None,
 ) -> None:
     """Register units' public keys with the SuperLink (`flwr supernode register`)."""
-    from server.deploy import DeployError, register_units
+    from server.deploy import DeployError, private_keys_beside, register_units
 
+    for private in private_keys_beside(keys):
+        err_console.print(f"[bold yellow]warning:[/] {private} is a unit's private key in the coordinator's folder; "
+                          "it belongs on that unit's premises only (the coordinator needs the .pub)",
+                          highlight=False, soft_wrap=True)
     try:
         results = register_units(keys, connection, unit or None)
     except DeployError as exc:

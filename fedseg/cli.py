@@ -56,6 +56,7 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("privacy.cli", "privacy"),
     ("privacy.keys_cli", "keys"),
     ("server.deploy_cli", "deploy"),
+    ("clients.deploy_cli", "deploy"),
     ("audit.cli", "audit"),
 )
 

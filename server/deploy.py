@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedseg.flower_exec import flower_bin
 from privacy.keys import CA_CERT, SERVER_CERT, SERVER_KEY, SUPERNODE_DIR
 
 #: Flower's SuperLink default port (Fleet, Control and Runtime APIs over one HTTP server).
@@ -33,12 +33,6 @@ DEFAULT_PORT = 8000
 
 class DeployError(ValueError):
     """A deployment step cannot run as asked; the message says what to do."""
-
-
-def flower_bin(name: str) -> str:
-    """Path of a Flower executable installed beside this Python (falls back to PATH)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def flwr_home() -> Path:

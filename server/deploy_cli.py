@@ -1,4 +1,4 @@
-"""``fedseg deploy``: run fedseg on Flower's Deployment Engine (SuperLink, SuperNodes, ``flwr run``).
+"""``fedseg deploy`` (the coordinator's commands): run fedseg on Flower's Deployment Engine.
 
 Coordinator::
 
@@ -18,30 +18,17 @@ Unit (each on its own premises)::
 
 from __future__ import annotations
 
-import os
-import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fedseg.console import console, err_console, fail
+from fedseg.flower_exec import INSECURE_WARNING, run_or_print
 
 app = typer.Typer(help="Run on Flower's Deployment Engine: SuperLink, unit SuperNodes, registration.",
                   no_args_is_help=True)
-
-_INSECURE_WARNING = ("[bold yellow]warning:[/] --insecure: no TLS and no node authentication. Anyone who can reach "
-                     "the port can join the federation or read its traffic. Use it only on a test machine.")
-
-
-def _run(args: list[str], dry_run: bool) -> None:
-    console.print("[bold]command:[/] " + shlex.join(args), highlight=False, soft_wrap=True)
-    if dry_run:
-        return
-    if os.path.isabs(args[0]):
-        os.execv(args[0], args)
-    os.execvp(args[0], args)
-
+# The unit's own commands of this group (check, supernode) are in clients/deploy_cli.py.
 
 @app.command("superlink")
 def superlink(
@@ -56,12 +43,12 @@ def superlink(
     from server.deploy import DeployError, superlink_args
 
     if insecure:
-        err_console.print(_INSECURE_WARNING)
+        err_console.print(INSECURE_WARNING)
     try:
         args = superlink_args(keys, database.resolve(), host=host, port=port, insecure=insecure)
     except DeployError as exc:
         fail(str(exc))
-    _run(args, dry_run)
+    run_or_print(args, dry_run)
 
 
 @app.command("connect")
@@ -75,7 +62,7 @@ def connect(
     from server.deploy import DeployError, write_connection
 
     if insecure:
-        err_console.print(_INSECURE_WARNING)
+        err_console.print(INSECURE_WARNING)
     try:
         path = write_connection(name, address, ca, insecure=insecure)
     except DeployError as exc:
@@ -106,45 +93,3 @@ def register(
     if not all(r.ok for r in results):
         fail("some units were not registered; is the SuperLink running with --enable-supernode-auth, and does "
              "the connection's CA match its certificate?", code=1)
-
-
-def _load(config: Path, check_data: bool):  # noqa: ANN202
-    from clients.ingest import IngestError
-    from clients.unit_config import UnitConfigError, check_unit_data, load_unit_config
-
-    try:
-        cfg = load_unit_config(config)
-    except UnitConfigError as exc:
-        fail(str(exc))
-    if cfg.insecure:
-        err_console.print(_INSECURE_WARNING)
-    if check_data:
-        try:
-            with console.status(f"checking {cfg.data_path} against the data contract"):
-                lines = check_unit_data(cfg)
-        except IngestError as exc:
-            fail(f"{config}: the unit's data does not pass the data contract:\n{exc}\n(In unit.toml, "
-                 'on-error = "quarantine" sets malformed rows aside in a quarantine file and goes on.)')
-        for line in lines:
-            console.print(line, highlight=False, soft_wrap=True)
-    return cfg
-
-
-@app.command("check")
-def check(config: Annotated[Path, typer.Argument(help="The unit's unit.toml.")]) -> None:
-    """Validate a unit's configuration, keys and data without starting anything."""
-    cfg = _load(config, check_data=True)
-    console.print(f"[green]ok[/] unit {cfg.unit_id}: ready to connect to {cfg.superlink}", highlight=False)
-
-
-@app.command("supernode")
-def supernode(
-    config: Annotated[Path, typer.Argument(help="The unit's unit.toml.")],
-    skip_data_check: Annotated[bool, typer.Option("--skip-data-check", help="Do not read the data file first.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command, do not start it.")] = False,
-) -> None:
-    """Validate the unit's configuration and data, then start its Flower SuperNode."""
-    from server.deploy import flower_bin
-
-    cfg = _load(config, check_data=not skip_data_check)
-    _run(cfg.supernode_args(flower_bin("flower-supernode")), dry_run)

@@ -8,9 +8,14 @@ import math
 
 from pydantic import BaseModel, Field, model_validator
 
+from fedseg.errors import FedsegError
 
-class SecAggError(RuntimeError):
-    """The protocol cannot go on (too few units, a forged or replayed message, ...)."""
+
+class SecAggError(FedsegError):
+    """The protocol cannot go on (too few units, a forged or replayed message, ...): the round is
+    abandoned; one line for the person running it (exit 1)."""
+
+    exit_code = 1
 
 
 class SecAggConfig(BaseModel):

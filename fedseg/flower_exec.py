@@ -21,11 +21,16 @@ def flower_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def flower_env() -> dict[str, str]:
+    """The environment with this Python's scripts folder first on PATH: Flower's programs start
+    each other by name (the SuperLink starts ``flower-superexec``)."""
+    folder = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": folder + os.pathsep + os.environ.get("PATH", "")}
+
+
 def run_or_print(args: list[str], dry_run: bool) -> None:
     """Print the command; unless ``dry_run``, replace this process with it."""
     console.print("[bold]command:[/] " + shlex.join(args), highlight=False, soft_wrap=True)
     if dry_run:
         return
-    if os.path.isabs(args[0]):
-        os.execv(args[0], args)
-    os.execvp(args[0], args)
+    os.execvpe(args[0], args, flower_env())

@@ -93,3 +93,28 @@ def register(
     if not all(r.ok for r in results):
         fail("some units were not registered; is the SuperLink running with --enable-supernode-auth, and does "
              "the connection's CA match its certificate?", code=1)
+
+
+@app.command("local")
+def local(
+    units: Annotated[int, typer.Option(min=2, help="Simulated units (virtual SuperNodes) for `flwr run .`.")] = 5,
+    port: Annotated[int, typer.Option(min=1024, max=65533, help="Port of the SuperLink's API (and the next two).")] = 9301,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the local SuperLink started earlier.")] = False,
+) -> None:
+    """Start a local simulation SuperLink for `flwr run .` (CPU, nothing downloaded) and make it
+    the default connection; `flwr run . --stream` then runs the pyproject's ServerApp/ClientApp."""
+    from server.deploy import DeployError, start_local_superlink, stop_local_superlink
+
+    if stop:
+        pid = stop_local_superlink()
+        console.print("stopped the local SuperLink" + (f" (pid {pid})" if pid else ": none was running"))
+        return
+    try:
+        link = start_local_superlink(units, port)
+    except DeployError as exc:
+        fail(str(exc))
+    console.print(f"local SuperLink on {link.address} (pid {link.pid}, log {link.log}); default connection "
+                  f"'fedseg-local' with {units} simulated units in {link.config}", highlight=False, soft_wrap=True)
+    console.print("next: flwr run . --stream   (outputs: the run config's output-dir, default runs/flwr, relative to "
+                  f"{Path.cwd()}; the run prints the absolute path)\nstop:  fedseg deploy local --stop",
+                  highlight=False, soft_wrap=True)

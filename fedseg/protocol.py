@@ -86,6 +86,16 @@ ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {
     AUDIT_PRICING_TABLES: {AUDIT_STATS: frozenset({"tables", "rows", "dropped"})},
     AUDIT_PRICING_MEAT: {AUDIT_STATS: frozenset({"meat"})},
 }
+#: What a secure-aggregation stage (config ``secagg-stage`` of a ``train`` message) may send:
+#: cryptographic material, never a user's data; the allowed field sets per stage. A consistency
+#: reply may carry the next round's key advertisement, an unmask reply the next round's encrypted
+#: shares (privacy/secagg/flower.py); the masked input is checked by shape in clients/guard.py.
+SECAGG_REPLIES: Final[dict[str, tuple[frozenset[str], ...]]] = {
+    "advertise": (frozenset({"advert"}),),
+    "share": (frozenset({"boxes"}),),
+    "consistency": (frozenset({"signature"}), frozenset({"signature", "next-advert"})),
+    "unmask": (frozenset({"reveals"}), frozenset({"reveals", "next-boxes"})),
+}
 #: Keys of an audit step's config: the spec (JSON of the audit's pydantic spec), the DP target
 #: (JSON, fairness only), the run id that keys the unit's privacy account, the server's fit.
 AUDIT_SPEC: Final = "spec"

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from typer.core import TyperCommand
 
-from fedseg.console import OneLineUsageErrors, fail
+from fedseg.console import OneLineUsageErrors, OneLineUsageGroup, fail, validation_message
 from fedseg.errors import FedsegError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageGroup,
 )
 
 
@@ -70,6 +72,8 @@ def _one_line_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             return callback(*args, **kwargs)
         except FedsegError as exc:
             fail(str(exc), exc.exit_code)
+        except ValidationError as exc:  # a value the user gave, checked by a pydantic model
+            fail(validation_message(exc))
 
     return command
 
@@ -97,7 +101,7 @@ def _mount() -> None:
             groups[group].registered_commands.extend(sub.registered_commands)
         else:
             groups[group] = sub
-            app.add_typer(sub, name=group)
+            app.add_typer(sub, name=group, cls=OneLineUsageGroup)
     _wrap_commands(app)
 
 

@@ -11,9 +11,11 @@ private keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+
+from fedseg.console import fail
 
 app = typer.Typer(help="TLS certificates, SuperNode authentication keys and secure-aggregation identities.",
                   no_args_is_help=True)
@@ -22,9 +24,8 @@ _ON_PREMISES = ("each unit makes its own key on its own premises: run `fedseg ke
                 "(and `fedseg keys secagg --unit NAME DIR`) there, and hand over the .pub file only")
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code=2)
+def _fail(message: str) -> NoReturn:
+    fail(message)
 
 
 def _say(text: str) -> None:  # plain text: commands and paths stay copy-pasteable

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
 from fedseg.console import console, fail
 from fedseg.errors import FedsegError
+
+T = TypeVar("T")
 
 app = typer.Typer()
 
@@ -51,6 +54,22 @@ def validation_problems(exc: Any) -> str:
         problems.append((f"{flag}: " if flag else "") + e["msg"].removeprefix("Value error, "))
     return "; ".join(problems)
 
+
+
+def run_or_fail(job: Callable[[], T]) -> T:
+    """``job()``; a FedsegError (its exit code) or bad input (exit 2) ends in one error line."""
+    try:
+        return job()
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+def print_privacy_line(epsilon: float | None, exact: str, dp: Callable[[], str]) -> None:
+    """A report header's privacy line: ``none (<exact>; ...)`` without epsilon, else ``dp()``."""
+    text = f"none ({exact}; no differential privacy)" if epsilon is None else dp()
+    console.print(f"  privacy: {text} | secure aggregation: off", highlight=False)
 
 @app.command("simulate")
 def simulate(
@@ -139,12 +158,7 @@ def simulate(
                       f"{plan.local_epochs} local epochs -> {out}", highlight=False)
         console.print(f"  {privacy_header(plan)}", highlight=False)
 
-    try:
-        summary = run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    summary = run_or_fail(lambda: run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header))
     print_summary(summary, out)
 
 
@@ -252,21 +266,14 @@ def segment(
         partition = data_cfg.partition if data_cfg.partition != "auto" else ("column" if "unit_id" in fed.events else "iid")
         console.print(f"segmenting {len(fed.files)} units on {data_cfg.dataset} ({len(fed.features):,} users, "
                       f"{partition} partition) -> {out}", highlight=False)
-        if run_plan.epsilon is None:
-            console.print("  privacy: none (exact aggregates; no differential privacy) | secure aggregation: off",
-                          highlight=False)
-        else:
+        def dp() -> str:
             noise = noise_plan(run_plan)
-            console.print(f"  privacy: DP per end user, epsilon {noise.epsilon:.3f}, delta {noise.delta:g} (units add "
-                          "the noise) | secure aggregation: off", highlight=False)
+            return f"DP per end user, epsilon {noise.epsilon:.3f}, delta {noise.delta:g} (units add the noise)"
 
-    try:
-        report = run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91, ledger=ledger,
-                                 on_start=header)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+        print_privacy_line(run_plan.epsilon, "exact aggregates", dp)
+
+    report = run_or_fail(lambda: run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91,
+                                                 ledger=ledger, on_start=header))
     print_segments(report, out)
 
 

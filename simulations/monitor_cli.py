@@ -10,7 +10,7 @@ import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
 from fedseg.console import console, fail
-from simulations.cli import _date, validation_problems
+from simulations.cli import _date, print_privacy_line, run_or_fail, validation_problems
 
 app = typer.Typer()
 
@@ -76,7 +76,6 @@ def kpis(
     from pydantic import ValidationError
 
     from fedseg.config import KpiPlan
-    from fedseg.errors import FedsegError
     from simulations.kpi_runner import run_kpi_job
 
     if out is None:
@@ -100,22 +99,16 @@ def kpis(
 
         console.print(f"KPIs of {len(fed.files)} units on {data_cfg.dataset} ({fed.events['user_id'].nunique():,} users, "
                       f"{run_plan.start} to {run_plan.end}, {run_plan.granularity}ly cohorts) -> {out}", highlight=False)
-        if run_plan.epsilon is None:
-            console.print("  privacy: none (exact tables; no differential privacy) | secure aggregation: off",
-                          highlight=False)
-        else:
+        def dp() -> str:
             _, eps, dlt = noise_config(run_plan, kpi_config(run_plan, "header"))
-            console.print(f"  privacy: DP per end user, epsilon {eps:.3f}, delta {dlt:g} for the whole report (units "
-                          f"add the noise; at most {run_plan.max_active_days} active days per user in DAU/WAU/MAU) | "
-                          "secure aggregation: off", highlight=False)
+            return (f"DP per end user, epsilon {eps:.3f}, delta {dlt:g} for the whole report (units add the noise; "
+                    f"at most {run_plan.max_active_days} active days per user in DAU/WAU/MAU)")
 
-    try:
-        with console.status("units compute their KPI tables (Flower simulation)"):
-            report = run_kpi_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header, plots=plots)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+        print_privacy_line(run_plan.epsilon, "exact tables", dp)
+
+    with console.status("units compute their KPI tables (Flower simulation)"):
+        report = run_or_fail(lambda: run_kpi_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header,
+                                                 plots=plots))
     print_kpis(report, out)
 
 
@@ -195,7 +188,6 @@ def tags(
     from pydantic import ValidationError
 
     from fedseg.config import TagPlan
-    from fedseg.errors import FedsegError
     from fedseg.tags import load_rules
     from simulations.tag_runner import run_tag_job
 
@@ -219,21 +211,14 @@ def tags(
 
         console.print(f"tags of {len(fed.files)} units on {data_cfg.dataset} ({len(fed.features):,} users) as of "
                       f"{run_plan.cutoff}: {', '.join(r.name for r in rules)} -> {out}", highlight=False)
-        if run_plan.epsilon is None:
-            console.print("  privacy: none (exact counts; no differential privacy) | secure aggregation: off",
-                          highlight=False)
-        else:
+        def dp() -> str:
             _, _, eps, dlt = plan_steps(run_plan, rules, "header")
-            console.print(f"  privacy: DP per end user, epsilon {eps:.3f}, delta {dlt:g} for the whole report (units add "
-                          "the noise) | secure aggregation: off", highlight=False)
+            return f"DP per end user, epsilon {eps:.3f}, delta {dlt:g} for the whole report (units add the noise)"
 
-    try:
-        with console.status("units tag their users (Flower simulation)"):
-            report = run_tag_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+        print_privacy_line(run_plan.epsilon, "exact counts", dp)
+
+    with console.status("units tag their users (Flower simulation)"):
+        report = run_or_fail(lambda: run_tag_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header))
     print_tags(report, out)
 
 

@@ -102,6 +102,7 @@ def test_federated_exact_report_equals_the_pooled_computation(federation):
     json.dumps(report)
 
 
+@pytest.mark.slow  # the task switch of a deployment; the report itself is tested in exact and DP mode
 def test_a_deployed_coordinator_runs_the_report_from_the_run_config(federation, tmp_path):
     """`flwr run . --run-config "task='kpis' kpi-start=... kpi-end=..."`: the ServerApp's task switch
     reads the kpi-* keys (pyproject mirrors KpiPlan) and writes <output-dir>/kpis.json."""

@@ -7,7 +7,8 @@ Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
 - ``query``: the unit's share of the global feature standardisation (count, sums, sums of
   squares of the transformed features of its training users; noisy under user-level DP);
 - ``train``: load the global model, train locally, send back the weights and the number of
-  training users (1 under DP: user counts are private);
+  training users (1 under DP: user counts are private); with ``evaluate-incoming`` (runs without
+  DP) the reply also carries the evaluation of the model it received, before training;
 - ``evaluate``: score the unit's test users with the global model; send back only sums and
   score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
 - ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`).
@@ -233,6 +234,9 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     def train(msg: Message, context: Context) -> Message:
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
         own = account(context, cfg)
+        records: dict[str, MetricRecord] = {}
+        if cfg.evaluate_incoming:  # the incoming global model, before local training changes it
+            records[protocol.EVALUATION] = evaluation(cfg, data, mean, std, model, own, context)
         if cfg.privacy == "user":
             # The Poisson sample and the noise come from OS entropy (or a unit-local research
             # seed), never from the run seed, the round or the node id, which the coordinator knows.
@@ -259,14 +263,13 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         values = {"num-examples": weight}
         if cfg.privacy == "none":  # the local training loss is not a DP release: sent only without DP
             values["train-loss"] = loss
-        metrics = MetricRecord(values)
-        return Message(RecordDict({protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}),
-                       reply_to=msg)
+        records[protocol.METRICS] = MetricRecord(values)
+        return Message(RecordDict({protocol.ARRAYS: ArrayRecord(model.state_dict()), **records}), reply_to=msg)
 
-    @app.evaluate(mods=[outgoing_guard_mod])
-    def evaluate(msg: Message, context: Context) -> Message:
-        cfg, data, mean, std, model = _global_model_and_data(msg, context)
-        own = account(context, cfg)
+    def evaluation(cfg: RoundConfig, data: UnitData, mean: np.ndarray, std: np.ndarray, model, own: UnitPrivacy,
+                   context: Context) -> MetricRecord:  # noqa: ANN001
+        """The unit's test users scored with ``model``: sums and score histograms only (noisy
+        under user-level DP, charged first)."""
         if cfg.privacy == "client":
             raise ValueError("no federated evaluation is released under client-level DP")
         if cfg.privacy == "user":
@@ -277,10 +280,15 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         else:
             own.require_private("evaluation")
             stats = evaluate_local(model, data, mean, std)
-        metrics = MetricRecord({
+        return MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
             "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),
         })
+
+    @app.evaluate(mods=[outgoing_guard_mod])
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg, data, mean, std, model = _global_model_and_data(msg, context)
+        metrics = evaluation(cfg, data, mean, std, model, account(context, cfg), context)
         return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app

@@ -23,7 +23,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedseg.models import expected_shapes
 from fedseg.metrics import HIST_BINS
-from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS, SECAGG_REPLIES
+from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS, ALLOWED_RECORD_METRICS, SECAGG_REPLIES
 
 #: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
 MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
@@ -55,9 +55,10 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
                     f"missing {sorted(set(expected) - set(shapes))}"
                 )
         elif isinstance(record, MetricRecord):
+            names = ALLOWED_RECORD_METRICS.get((message_type, key), allowed)
             for name, value in record.items():
-                if name not in allowed:
-                    raise OutgoingRefused(f"metric {name!r} is not in the {kind} allow-list {sorted(allowed)}")
+                if name not in names:
+                    raise OutgoingRefused(f"metric {name!r} is not in the {kind} allow-list {sorted(names)}")
                 if isinstance(value, list) and len(value) > MAX_LIST_LEN:
                     raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {MAX_LIST_LEN})")
         elif isinstance(record, ConfigRecord):

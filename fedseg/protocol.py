@@ -46,6 +46,9 @@ METRICS: Final = "metrics"
 IDENTITY: Final = "identity"
 PRIVACY_PLAN: Final = "privacy-plan"
 REFUSAL: Final = "refusal"
+#: A train reply's evaluation of the model the train message carried (MetricRecord with the
+#: ``evaluate`` reply's metrics), when the round config sets ``evaluate-incoming``.
+EVALUATION: Final = "evaluation"
 #: An audit unit's answer (ConfigRecord): aggregate statistics serialised by :mod:`audit.federated`.
 AUDIT_STATS: Final = "stats"
 
@@ -75,6 +78,10 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     SEG_RFM: frozenset({"recency", "frequency", "monetary"}),
     SEG_FINAL: frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
                           "warnings", "transitions"}),
+}
+#: Metric records that follow another message type's allow-list: a train reply's evaluation.
+ALLOWED_RECORD_METRICS: Final[dict[tuple[str, str], frozenset[str]]] = {
+    (TRAIN, EVALUATION): ALLOWED_METRICS[EVALUATE],
 }
 #: Config records a unit may send, by message type, with their exact keys. The audit answers are
 #: aggregate tables (per group cell counts and sums; per item-window-level counts and log-price
@@ -136,6 +143,9 @@ class RoundConfig(BaseModel):
                                     "each round (client mode).")
     run_id: str = Field("", description="The coordinator's id of the run (stable across resumes): the key of "
                         "the unit's privacy account.")
+    evaluate_incoming: bool = Field(False, description="Train messages: evaluate the model the message carries "
+                                    "(the previous round's global model) before training, and send the "
+                                    "evaluation in the reply (one exchange per round instead of two; no DP only).")
 
     @property
     def features(self) -> FeatureConfig:

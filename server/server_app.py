@@ -34,6 +34,9 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        from server.grid import ResponsiveGrid
+
+        grid = ResponsiveGrid(grid)
         run_config = dict(context.run_config)
         if plan is None and run_config.get("task", "train") == "segment":
             _segment(grid, run_config)

@@ -44,8 +44,8 @@ def run_mode(mode: str, rounds: int, folder: Path) -> tuple[list[float], float]:
         cluster.connect()
         assert cluster.register(*UNITS).returncode == 0
         for i, unit in enumerate(UNITS):
-            cluster.start_unit(unit, cluster.write_unit(unit, folder / "data" / f"events_unit_{i}.parquet",
-                                                        epsilon_budget=100.0))
+            budget = {"epsilon_budget": 100.0} if mode == "user" else {}   # a unit with a budget refuses non-DP runs
+            cluster.start_unit(unit, cluster.write_unit(unit, folder / "data" / f"events_unit_{i}.parquet", **budget))
         wait_for(lambda: cluster.online_units() >= 3, 300, "three units online", [cluster.log(u) for u in UNITS])
         out = folder / "run"
         privacy = "privacy='user' target-epsilon=4.0 population=1500" if mode == "user" else "privacy='none'"

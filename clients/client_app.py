@@ -44,12 +44,11 @@ from flwr.clientapp import ClientApp
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
-from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
 from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
 from fedseg import protocol
 from fedseg.config import from_flower_config
 from fedseg.protocol import RoundConfig
-from fedseg.models import build_model, uses_sequences
+from fedseg.sequences import uses_sequences
 from privacy.budget import UnitPrivacy
 from privacy.segmentation_dp import step_releases
 from privacy.training_dp import client_release, dpsgd_release, evaluation_release, scaler_release
@@ -192,6 +191,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
         """Round config, the unit's data, the scaler and the global model the message carries."""
+        from fedseg.models import build_model  # torch: imported by the messages that need a model
+
         cfg = _round_config(msg)
         data = unit_data(context, cfg, unit_files)
         mean, std = _scaler(cfg)
@@ -232,6 +233,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     @app.train(mods=[outgoing_guard_mod, secagg, *(train_mods or [])])
     def train(msg: Message, context: Context) -> Message:
+        from clients.training import TrainParams, train_local, train_local_dpsgd
+
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
         own = account(context, cfg)
         records: dict[str, MetricRecord] = {}
@@ -270,6 +273,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                    context: Context) -> MetricRecord:  # noqa: ANN001
         """The unit's test users scored with ``model``: sums and score histograms only (noisy
         under user-level DP, charged first)."""
+        from clients.training import evaluate_local
+
         if cfg.privacy == "client":
             raise ValueError("no federated evaluation is released under client-level DP")
         if cfg.privacy == "user":

@@ -116,15 +116,13 @@ def _config_record(cfg: RoundConfig) -> ConfigRecord:
     return record
 
 
-def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-examples",
-                     record: str = protocol.METRICS) -> MetricRecord:
-    """Pooled AUC, log loss and Brier score from the units' sums and histograms (in the replies'
-    ``record``: ``metrics`` of evaluate replies, ``evaluation`` of train replies)."""
+def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+    """Pooled AUC, log loss and Brier score from the units' sums and histograms."""
     n = 0
     loss = brier = 0.0
     pos = neg = None
     for content in contents:
-        m = content[record]
+        m = content[protocol.METRICS]
         n += int(m["num-examples"])
         loss += float(m["loss-sum"])
         brier += float(m["brier-sum"])
@@ -313,7 +311,7 @@ def run_training(
                 if r.has_error():
                     log(WARNING, "round %d: unit %s failed: %s", server_round, r.metadata.src_node_id, r.error.reason)
             if pending is not None:  # the previous round's model, evaluated by the units that replied
-                _complete(pending, ok, len(messages), run_dir, on_round)
+                _complete(pending, ok, len(messages), strategy, run_dir, on_round)
         if privacy.mode != "client" and n_ok < plan.min_fit_units:
             raise NotEnoughUnits(
                 f"round {server_round}: {n_ok} of {len(messages)} units replied; the plan needs "
@@ -383,11 +381,13 @@ def _emit(record: dict[str, Any], run_dir: Path, on_round: Callable[[dict[str, A
     on_round(record)
 
 
-def _complete(record: dict[str, Any], replies: list[Message], asked: int, run_dir: Path,
-              on_round: Callable[[dict[str, Any]], None]) -> None:
-    """Fill a pending round record with the evaluation the train replies carried, then emit it."""
+def _complete(record: dict[str, Any], replies: list[Message], asked: int, strategy: Any, run_dir: Path,
+              on_round: Callable[[dict[str, Any]], None]) -> MetricRecord | None:
+    """Fill a pending round record with the evaluation the train replies carried (merged by the
+    strategy's evaluation merge, as evaluate replies are), emit it, and return the merged metrics."""
     evaluated = [r.content for r in replies if protocol.EVALUATION in r.content]
-    metrics = merge_evaluation(evaluated, record=protocol.EVALUATION) if evaluated else None
+    metrics = strategy.evaluate_metrics_aggr_fn([RecordDict({protocol.METRICS: c[protocol.EVALUATION]})
+                                                 for c in evaluated], "num-examples") if evaluated else None
     for content in evaluated:  # Flower's strategies aggregate replies with exactly one MetricRecord
         del content[protocol.EVALUATION]
     record.pop(PENDING, None)
@@ -395,6 +395,7 @@ def _complete(record: dict[str, Any], replies: list[Message], asked: int, run_di
     if record.get("round", 0) > 0:
         record["units_failed_evaluation"] = asked - len(evaluated)
     _emit(record, run_dir, on_round)
+    return metrics
 
 
 def _train_messages(strategy: Any, plan: TrainingPlan, privacy: TrainingPrivacy, server_round: int,

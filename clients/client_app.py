@@ -7,7 +7,8 @@ Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
 - ``query``: the unit's share of the global feature standardisation (count, sums, sums of
   squares of the transformed features of its training users; noisy under user-level DP);
 - ``train``: load the global model, train locally, send back the weights and the number of
-  training users (1 under DP: user counts are private);
+  training users (1 under DP: user counts are private); with ``evaluate-incoming`` (runs without
+  DP) the reply also carries the evaluation of the model it received, before training;
 - ``evaluate``: score the unit's test users with the global model; send back only sums and
   score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
 - ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`);
@@ -49,12 +50,11 @@ from clients.guard import outgoing_guard_mod
 from clients.kpis import kpi_answer
 from clients.tags import quantile_answer, tags_answer
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
-from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
 from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
 from fedseg import protocol
 from fedseg.config import from_flower_config
 from fedseg.protocol import RoundConfig
-from fedseg.models import build_model, uses_sequences
+from fedseg.sequences import uses_sequences
 from privacy.budget import UnitPrivacy
 from privacy.kpis_dp import kpi_releases
 from privacy.tags_dp import tag_releases
@@ -215,6 +215,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
         """Round config, the unit's data, the scaler and the global model the message carries."""
+        from fedseg.models import build_model  # torch: imported by the messages that need a model
+
         cfg = _round_config(msg)
         data = unit_data(context, cfg, unit_files)
         mean, std = _scaler(cfg)
@@ -252,8 +254,13 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
 
     @app.train(mods=[outgoing_guard_mod, secagg, *(train_mods or [])])
     def train(msg: Message, context: Context) -> Message:
+        from clients.training import TrainParams, train_local, train_local_dpsgd
+
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
         own = account(context, cfg)
+        records: dict[str, MetricRecord] = {}
+        if cfg.evaluate_incoming:  # the incoming global model, before local training changes it
+            records[protocol.EVALUATION] = evaluation(cfg, data, mean, std, model, own, context)
         if cfg.privacy == "user":
             # The Poisson sample and the noise come from OS entropy (or a unit-local research
             # seed), never from the run seed, the round or the node id, which the coordinator knows.
@@ -280,14 +287,15 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         values = {"num-examples": weight}
         if cfg.privacy == "none":  # the local training loss is not a DP release: sent only without DP
             values["train-loss"] = loss
-        metrics = MetricRecord(values)
-        return Message(RecordDict({protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}),
-                       reply_to=msg)
+        records[protocol.METRICS] = MetricRecord(values)
+        return Message(RecordDict({protocol.ARRAYS: ArrayRecord(model.state_dict()), **records}), reply_to=msg)
 
-    @app.evaluate(mods=[outgoing_guard_mod])
-    def evaluate(msg: Message, context: Context) -> Message:
-        cfg, data, mean, std, model = _global_model_and_data(msg, context)
-        own = account(context, cfg)
+    def evaluation(cfg: RoundConfig, data: UnitData, mean: np.ndarray, std: np.ndarray, model, own: UnitPrivacy,
+                   context: Context) -> MetricRecord:  # noqa: ANN001
+        """The unit's test users scored with ``model``: sums and score histograms only (noisy
+        under user-level DP, charged first)."""
+        from clients.training import evaluate_local
+
         if cfg.privacy == "client":
             raise ValueError("no federated evaluation is released under client-level DP")
         if cfg.privacy == "user":
@@ -298,10 +306,15 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         else:
             own.require_private("evaluation")
             stats = evaluate_local(model, data, mean, std)
-        metrics = MetricRecord({
+        return MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
             "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),
         })
+
+    @app.evaluate(mods=[outgoing_guard_mod])
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg, data, mean, std, model = _global_model_and_data(msg, context)
+        metrics = evaluation(cfg, data, mean, std, model, account(context, cfg), context)
         return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app

@@ -20,7 +20,7 @@ import pandas as pd
 from clients.features import DAY_NS, build_features
 from fedseg.config import MODEL_FEATURES, FeatureConfig
 from fedseg.scaling import FEATURE_CAPS
-from fedseg.models import DEFAULT_SEQ_LEN, SEQ_EVENT_TYPES, SEQ_NUMERIC
+from fedseg.sequences import DEFAULT_SEQ_LEN, SEQ_EVENT_TYPES, SEQ_NUMERIC
 
 #: Features used as they are; every other model feature is non-negative and gets log1p.
 UNLOGGED = ("trend",)

@@ -21,9 +21,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.app import Error
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedseg.models import expected_shapes
 from fedseg.metrics import HIST_BINS
-from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS, MAX_LIST_LEN_BY_TYPE, SECAGG_REPLIES
+from fedseg.protocol import (ALLOWED_CONFIGS, ALLOWED_METRICS, ALLOWED_RECORD_METRICS, MAX_LIST_LEN_BY_TYPE,
+                             SECAGG_REPLIES)
 
 #: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
 MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
@@ -46,6 +46,8 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
         if isinstance(record, ArrayRecord):
             if key != "arrays" or kind != "train" or model_name is None:
                 raise OutgoingRefused(f"array record {key!r} is not allowed in a {kind} reply")
+            from fedseg.models import expected_shapes  # torch: only replies that carry a model
+
             shapes = {name: tuple(array.shape) for name, array in record.items()}
             expected = expected_shapes(model_name)  # type: ignore[arg-type]
             if shapes != expected:
@@ -56,9 +58,10 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
                     f"missing {sorted(set(expected) - set(shapes))}"
                 )
         elif isinstance(record, MetricRecord):
+            names = ALLOWED_RECORD_METRICS.get((message_type, key), allowed)
             for name, value in record.items():
-                if name not in allowed:
-                    raise OutgoingRefused(f"metric {name!r} is not in the {kind} allow-list {sorted(allowed)}")
+                if name not in names:
+                    raise OutgoingRefused(f"metric {name!r} is not in the {kind} allow-list {sorted(names)}")
                 if isinstance(value, list) and len(value) > max_len:
                     raise OutgoingRefused(f"metric {name!r} holds {len(value)} values (> {max_len})")
         elif isinstance(record, ConfigRecord):
@@ -79,6 +82,8 @@ def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> No
         if set(content.keys()) != {"secagg-masked", "metrics"}:
             raise OutgoingRefused(f"masked-input reply holds {sorted(content.keys())}")
         arrays = content.array_records["secagg-masked"]
+        from fedseg.models import expected_shapes
+
         size = sum(int(np.prod(shape)) for shape in expected_shapes(model_name).values())  # type: ignore[arg-type]
         if list(arrays.keys()) != ["y"] or tuple(arrays["y"].shape) != (size,) or np.dtype(arrays["y"].dtype) != np.uint64:
             raise OutgoingRefused("masked input must be one uint64 vector of the model's size")

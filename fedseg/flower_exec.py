@@ -21,11 +21,21 @@ def flower_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+#: Seconds between two polls of Flower's SuperExec for a new app to start (Flower's default: 1 s).
+#: The SuperExec starts one ``flwr-clientapp`` process per message on a SuperNode (and the
+#: ``flwr-serverapp`` process on the SuperLink); every message waits for its next poll.
+SUPEREXEC_POLL_S = "0.1"
+
+
 def flower_env() -> dict[str, str]:
-    """The environment with this Python's scripts folder first on PATH: Flower's programs start
-    each other by name (the SuperLink starts ``flower-superexec``)."""
+    """The environment Flower's programs run in: this Python's scripts folder first on PATH
+    (they start each other by name: the SuperLink and the SuperNode start ``flower-superexec``)
+    and the SuperExec polling every :data:`SUPEREXEC_POLL_S` seconds unless the caller set
+    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``."""
     folder = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": folder + os.pathsep + os.environ.get("PATH", "")}
+    env = {**os.environ, "PATH": folder + os.pathsep + os.environ.get("PATH", "")}
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_S)
+    return env
 
 
 def run_or_print(args: list[str], dry_run: bool) -> None:

@@ -16,20 +16,16 @@ statistics.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedseg.config import MODEL_FEATURES, ModelName
+from fedseg.sequences import DEFAULT_SEQ_LEN, SEQ_EVENT_TYPES, SEQ_NUMERIC, SEQ_VOCAB, uses_sequences
 
-#: Event types with their own embedding; 0 is padding, the last index is "other".
-SEQ_EVENT_TYPES: Final = ("purchase", "visit", "login", "click", "refund")
-SEQ_VOCAB: Final = len(SEQ_EVENT_TYPES) + 2
-#: Numeric channels per sequence step.
-SEQ_NUMERIC: Final = 3
-DEFAULT_SEQ_LEN: Final = 16
+__all__ = ["DEFAULT_SEQ_LEN", "SEQ_EVENT_TYPES", "SEQ_NUMERIC", "SEQ_VOCAB", "ChurnGRU", "ChurnMLP", "build_model",
+           "expected_shapes", "model_version", "uses_sequences"]
 
 
 class ChurnMLP(nn.Module):
@@ -80,11 +76,6 @@ def build_model(name: ModelName, seed: int | None = None) -> nn.Module:
     if name == "gru":
         return ChurnGRU()
     raise ValueError(f"unknown model {name!r}; choose mlp or gru")
-
-
-def uses_sequences(name: ModelName) -> bool:
-    """Whether the model reads event sequences (units then build them locally)."""
-    return name == "gru"
 
 
 def model_version(state: dict[str, torch.Tensor]) -> str:

@@ -50,6 +50,9 @@ METRICS: Final = "metrics"
 IDENTITY: Final = "identity"
 PRIVACY_PLAN: Final = "privacy-plan"
 REFUSAL: Final = "refusal"
+#: A train reply's evaluation of the model the train message carried (MetricRecord with the
+#: ``evaluate`` reply's metrics), when the round config sets ``evaluate-incoming``.
+EVALUATION: Final = "evaluation"
 #: An audit unit's answer (ConfigRecord): aggregate statistics serialised by :mod:`audit.federated`.
 AUDIT_STATS: Final = "stats"
 
@@ -86,6 +89,10 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
 #: Longest list a reply of these types may hold (default: :data:`clients.guard.MAX_LIST_LEN`):
 #: a KPI report holds one value per report day and one per retention cell.
 MAX_LIST_LEN_BY_TYPE: Final[dict[str, int]] = {KPIS: 20_000, TAG_QUANTILES: 20_000}
+#: Metric records that follow another message type's allow-list: a train reply's evaluation.
+ALLOWED_RECORD_METRICS: Final[dict[tuple[str, str], frozenset[str]]] = {
+    (TRAIN, EVALUATION): ALLOWED_METRICS[EVALUATE],
+}
 #: Config records a unit may send, by message type, with their exact keys. The audit answers are
 #: aggregate tables (per group cell counts and sums; per item-window-level counts and log-price
 #: sums; per slice cluster-score matrices), serialised whole.
@@ -146,6 +153,9 @@ class RoundConfig(BaseModel):
                                     "each round (client mode).")
     run_id: str = Field("", description="The coordinator's id of the run (stable across resumes): the key of "
                         "the unit's privacy account.")
+    evaluate_incoming: bool = Field(False, description="Train messages: evaluate the model the message carries "
+                                    "(the previous round's global model) before training, and send the "
+                                    "evaluation in the reply (one exchange per round instead of two; no DP only).")
 
     @property
     def features(self) -> FeatureConfig:

@@ -83,8 +83,20 @@ def _accountant(name: AccountantName) -> "dpa.PrivacyAccountant":
     raise ValueError(f"unknown accountant {name!r}; choose rdp or pld")
 
 
+def merged(releases: Sequence[Release]) -> list[Release]:
+    """The same releases with identical mechanisms (z, q, group) merged into one release whose
+    ``count`` is the sum: composition is commutative and a repeated release composes as its
+    count, so the accountant gives the same epsilon, in one event per mechanism."""
+    counts: dict[tuple[float, float, str], int] = {}
+    for r in releases:
+        if r.count > 0:
+            key = (float(r.noise_multiplier), float(r.sample_rate), r.group)
+            counts[key] = counts.get(key, 0) + r.count
+    return [Release(noise_multiplier=z, sample_rate=q, group=g, count=n) for (z, q, g), n in sorted(counts.items())]
+
+
 def _group_epsilon(releases: Sequence[Release], delta: float, accountant: AccountantName) -> float:
-    live = [r for r in releases if r.count > 0]
+    live = merged(releases)
     if not live:
         return 0.0
     if any(r.noise_multiplier <= 0 for r in live):
@@ -108,6 +120,16 @@ def group_epsilons(releases: Sequence[Release], delta: float, accountant: Accoun
 def epsilon(releases: Sequence[Release], delta: float, accountant: AccountantName = "rdp") -> float:
     """The per-user epsilon of ``releases`` at ``delta``: the largest over user groups."""
     return max(group_epsilons(releases, delta, accountant).values(), default=0.0)
+
+
+def composition_key(releases: Sequence[Release], delta: float, accountant: AccountantName = "rdp") -> str:
+    """A canonical name of ``epsilon(releases, delta, accountant)``: the same for every order and
+    split of the same releases (composition is commutative and ``count`` repeats a release), so a
+    computed epsilon can be kept and reused (:meth:`privacy.budget.UnitPrivacy.accept`)."""
+    import json
+
+    return json.dumps([accountant, float(delta), [[r.noise_multiplier, r.sample_rate, r.group, r.count]
+                                                  for r in merged(releases)]])
 
 
 def sampled_gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,

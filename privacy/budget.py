@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fedseg.errors import FedsegError
-from privacy.accounting import Release, delta_acceptable, epsilon
+from privacy.accounting import Release, composition_key, delta_acceptable, epsilon
 from privacy.ledger import TOLERANCE, BudgetExceeded, BudgetLedger
 
 
@@ -49,6 +49,8 @@ class RunStore(Protocol):
     def releases(self, run_id: str) -> list[Release]: ...
     def record(self, run_id: str, task: str, release: Release, cumulative: float, delta: float) -> None: ...
     def check(self, run_id: str, epsilon: float, delta: float, budget: tuple[float, float] | None) -> None: ...
+    def memo(self, key: str) -> float | None: ...
+    def remember(self, results: dict[str, float]) -> None: ...
 
 
 @dataclass
@@ -76,6 +78,12 @@ class LedgerStore:
     def check(self, run_id: str, epsilon: float, delta: float, budget: tuple[float, float] | None) -> None:
         self.ledger.check(self.unit, self.dataset, run_id, epsilon, delta, budget)
 
+    def memo(self, key: str) -> float | None:
+        return self.ledger.memo(key)
+
+    def remember(self, results: dict[str, float]) -> None:
+        self.ledger.remember(results)
+
 
 @dataclass
 class ContextStore:
@@ -86,6 +94,8 @@ class ContextStore:
     dataset: str
     KEY = "fedseg-privacy-account"
 
+    MEMO = "fedseg-epsilon-memo"
+
     def _runs(self) -> dict[str, Any]:
         record = self.state.config_records.get(self.KEY)
         return json.loads(str(record["runs"])) if record is not None else {}
@@ -94,6 +104,18 @@ class ContextStore:
         from flwr.app import ConfigRecord
 
         self.state.config_records[self.KEY] = ConfigRecord({"runs": json.dumps(runs)})
+
+    def _memo(self) -> dict[str, float]:
+        record = self.state.config_records.get(self.MEMO)
+        return json.loads(str(record["memo"])) if record is not None else {}
+
+    def memo(self, key: str) -> float | None:
+        return self._memo().get(key)
+
+    def remember(self, results: dict[str, float]) -> None:
+        from flwr.app import ConfigRecord
+
+        self.state.config_records[self.MEMO] = ConfigRecord({"memo": json.dumps({**self._memo(), **results})})
 
     def accepted(self, run_id: str) -> tuple[float, float] | None:
         run = self._runs().get(run_id)
@@ -151,13 +173,37 @@ class UnitPrivacy:
         if before is not None and abs(before[0] - delta) > 1e-15:
             raise BudgetRefused(f"unit {self.unit!r}: run {run_id} was accepted at delta {before[0]:g}; it cannot "
                                 f"continue at delta {delta:g}")
-        own = epsilon(self.store.releases(run_id) + list(planned), delta)
+        own = self._remember_prefixes(self.store.releases(run_id), list(planned), delta)
         if own > stated_epsilon * (1 + 1e-6) + TOLERANCE:
             raise BudgetRefused(f"unit {self.unit!r}: the coordinator states epsilon {stated_epsilon:.4f} for this "
                                 f"{task} run, but the releases it plans cost {own:.4f} by this unit's accountant")
         self.store.check(run_id, own, delta, self.budget)
         self.store.accept(run_id, task, delta, own)
         return own
+
+    def _epsilon(self, releases: list[Release], delta: float) -> float:
+        """The accountant's epsilon of ``releases``, kept in the unit's store by composition key."""
+        key = composition_key(releases, delta)
+        value = self.store.memo(key)
+        if value is None:
+            value = epsilon(releases, delta)
+            self.store.remember({key: value})
+        return value
+
+    def _remember_prefixes(self, done: list[Release], planned: list[Release], delta: float) -> float:
+        """epsilon of ``done + planned``; the accountant's epsilon after each planned release is kept
+        too, so that charging the releases as planned needs no accountant in the unit's later
+        processes (a deployed unit starts a fresh process per message; dp-accounting and scipy
+        take about 1.5 s of CPU to import). Returns the total."""
+        results, total = {}, 0.0
+        for k in range(1, len(planned) + 1):
+            releases = done + planned[:k]
+            key = composition_key(releases, delta)
+            total = results[key] = self.store.memo(key) or epsilon(releases, delta)
+        if not planned:
+            total = self._epsilon(done, delta)
+        self.store.remember(results)
+        return total
 
     def charge(self, run_id: str, task: str, release: Release) -> float:
         """Record ``release`` before it is made; refuse it if it exceeds what the run was accepted at.
@@ -168,7 +214,7 @@ class UnitPrivacy:
             raise BudgetRefused(f"unit {self.unit!r}: run {run_id} asks for a private release but never stated its "
                                 "privacy plan; this unit answers only runs it accepted")
         delta, cap = accepted
-        cumulative = epsilon(self.store.releases(run_id) + [release], delta)
+        cumulative = self._epsilon(self.store.releases(run_id) + [release], delta)
         if cumulative > cap * (1 + 1e-6) + TOLERANCE:
             raise BudgetRefused(f"unit {self.unit!r}: this {release.task or task} release would bring run {run_id} to "
                                 f"epsilon {cumulative:.4f}, above the {cap:.4f} this unit accepted at its start")

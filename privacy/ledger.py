@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS releases (
     epsilon_cumulative REAL NOT NULL, delta REAL NOT NULL, mechanism TEXT NOT NULL,
     details TEXT NOT NULL, recorded_at TEXT NOT NULL, task TEXT NOT NULL DEFAULT 'training',
     PRIMARY KEY (run_id, unit, dataset, release_no));
+CREATE TABLE IF NOT EXISTS epsilon_memo (key TEXT PRIMARY KEY, epsilon REAL NOT NULL);
 """
 #: Unit name under which a default budget for every unit is stored.
 ANY_UNIT = "*"
@@ -231,6 +232,19 @@ class BudgetLedger:
                 (run_id, unit, dataset, release_no, float(epsilon_cumulative), float(delta), mechanism,
                  json.dumps(details or {}, sort_keys=True), dt.datetime.now(dt.UTC).isoformat(), task))
             return cur.rowcount == 1
+
+    # ---------------------------------------------------------------- accountant results
+    def memo(self, key: str) -> float | None:
+        """A kept accountant result (:func:`privacy.accounting.composition_key`), or None."""
+        with self._tx() as db:
+            row = db.execute("SELECT epsilon FROM epsilon_memo WHERE key=?", (key,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def remember(self, results: dict[str, float]) -> None:
+        """Keep accountant results by their composition key."""
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO epsilon_memo VALUES (?, ?)",
+                           [(k, float(v)) for k, v in results.items()])
 
     # ---------------------------------------------------------------- views
     def summary(self) -> list[UnitSpend]:

@@ -35,6 +35,9 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        from server.grid import ResponsiveGrid
+
+        grid = ResponsiveGrid(grid)
         run_config = dict(context.run_config)
         task = run_config.get("task", "train")
         if plan is None and task in ("segment", "kpis", "tags"):

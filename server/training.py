@@ -61,7 +61,8 @@ __all__ = ["NotEnoughUnits", "ResumeMismatch", "TrainingPlan", "TrainingResult",
 
 
 def round_config(plan: TrainingPlan, server_round: int, mean: list[float] | None, std: list[float] | None,
-                 privacy: TrainingPrivacy | None = None, run_id: str = "") -> RoundConfig:
+                 privacy: TrainingPrivacy | None = None, run_id: str = "", evaluate_incoming: bool = False
+                 ) -> RoundConfig:
     """What the units are told in ``server_round`` (the training messages' config)."""
     dp: dict[str, Any] = {}
     if privacy is not None and privacy.is_private:
@@ -74,7 +75,18 @@ def round_config(plan: TrainingPlan, server_round: int, mean: list[float] | None
         model=plan.model, dataset=plan.dataset, cutoff=plan.cutoff, horizon_days=plan.horizon_days,
         local_epochs=plan.local_epochs, learning_rate=plan.learning_rate, batch_size=plan.batch_size,
         proximal_mu=plan.proximal_mu if plan.strategy == "fedprox" else 0.0, seed=plan.seed,
-        server_round=server_round, scaler_mean=mean, scaler_std=std, run_id=run_id, **dp)
+        server_round=server_round, scaler_mean=mean, scaler_std=std, run_id=run_id,
+        evaluate_incoming=evaluate_incoming, **dp)
+
+
+def folds_evaluation(plan: TrainingPlan, privacy: TrainingPrivacy) -> bool:
+    """Whether each round's train message also evaluates the incoming model (one exchange per
+    round; the last model is evaluated by a separate exchange).
+
+    Only without DP (a private evaluation is a scheduled release of its own), without secure
+    aggregation (its train exchanges are protocol stages) and when every unit trains each round
+    (evaluation must cover every unit, not the round's sample)."""
+    return privacy.mode == "none" and not plan.secagg and plan.fraction_fit >= 1.0
 
 
 class ResumeMismatch(FedsegError):
@@ -250,6 +262,7 @@ def run_training(
                               _config_record(round_config(plan, 0, None, None, privacy, run_id)), plan.round_timeout_s)
         log(INFO, "privacy plan accepted by %d units: epsilon %.4f, delta %g", len(units), stated, privacy.delta)
 
+    fold = folds_evaluation(plan, privacy)
     if checkpoint is None:
         if privacy.sends_scaler_query:
             run.release(privacy.round_releases(0))
@@ -261,13 +274,16 @@ def run_training(
         run.arrays = ArrayRecord(build_model(plan.model, seed=plan.seed).state_dict())
         run.extra["units"] = names
         metrics0 = None
-        if privacy.evaluates_after(0):
+        if privacy.evaluates_after(0) and not fold:
             metrics0, _ = _evaluate(strategy, grid, 0, run.arrays,
                                     round_config(plan, 0, run.mean, run.std, privacy, run_id), plan.round_timeout_s,
                                     names)
         record0 = {"round": 0, **_metric_dict(metrics0), "epsilon": run.epsilon(privacy)}
         run.history.append(record0)
-        on_round(record0)
+        if fold:
+            record0[PENDING] = True
+        else:
+            on_round(record0)
         run.save()
     names = {int(k): v for k, v in run.extra.get("units", {}).items()}
     names.update({n: u["unit"] for n, u in units.items()})  # this run's node ids, when the units said who they are
@@ -276,7 +292,8 @@ def run_training(
     expected_units = privacy.unit_sample_rate * int(run.extra.get("total_units", len(nodes)))
     for server_round in range(start_round + 1, plan.num_rounds + 1):
         started = time.perf_counter()
-        cfg = round_config(plan, server_round, run.mean, run.std, privacy, run_id)
+        pending = run.history[-1] if run.history and run.history[-1].get(PENDING) else None
+        cfg = round_config(plan, server_round, run.mean, run.std, privacy, run_id, evaluate_incoming=pending is not None)
         releases = privacy.round_releases(server_round)
         run.release([r for r in releases if r.task != "evaluation"])
         arrays = run.arrays
@@ -293,6 +310,8 @@ def run_training(
             for r in replies:
                 if r.has_error():
                     log(WARNING, "round %d: unit %s failed: %s", server_round, r.metadata.src_node_id, r.error.reason)
+            if pending is not None:  # the previous round's model, evaluated by the units that replied
+                _complete(pending, ok, len(messages), strategy, run_dir, on_round)
         if privacy.mode != "client" and n_ok < plan.min_fit_units:
             raise NotEnoughUnits(
                 f"round {server_round}: {n_ok} of {len(messages)} units replied; the plan needs "
@@ -308,7 +327,9 @@ def run_training(
                     raise NotEnoughUnits(f"round {server_round}: no usable update")
                 arrays = new_arrays
         eval_metrics, eval_failed = None, 0
-        if privacy.evaluates_after(server_round):
+        if fold and server_round < plan.num_rounds:  # evaluated in the next round's train exchange
+            pass
+        elif privacy.evaluates_after(server_round):
             run.release([r for r in releases if r.task == "evaluation"])
             eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s,
                                                   names)
@@ -323,13 +344,15 @@ def run_training(
             **({"secagg": secagg_facts} if secagg_facts else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
+        if fold and server_round < plan.num_rounds:
+            record[PENDING] = True
         run.history.append(record)
         run.round, run.arrays = server_round, arrays
         run.save()
-        _append_jsonl(run_dir / ROUNDS_FILE, record)
+        if not record.get(PENDING):
+            _emit(record, run_dir, on_round)
         if after_round is not None:
             after_round(server_round)
-        on_round(record)
 
     final = _to_numpy(run.arrays)
     version = model_version(run.arrays.to_torch_state_dict())
@@ -345,6 +368,34 @@ def run_training(
     log(INFO, "done: the global model is %s (version %s)", run_dir / MODEL_FILE, version)
     return TrainingResult(final, run.mean, run.std, run.history, version, start_round, statement,
                           sorted(names.values()), run_id)
+
+
+#: Key of a round record whose evaluation arrives with the next round's train replies.
+PENDING = "evaluation_pending"
+
+
+def _emit(record: dict[str, Any], run_dir: Path, on_round: Callable[[dict[str, Any]], None]) -> None:
+    """A finished round record: appended to rounds.jsonl and reported."""
+    if record.get("round", 0) > 0:
+        _append_jsonl(run_dir / ROUNDS_FILE, record)
+    on_round(record)
+
+
+def _complete(record: dict[str, Any], replies: list[Message], asked: int, strategy: Any, run_dir: Path,
+              on_round: Callable[[dict[str, Any]], None]) -> MetricRecord | None:
+    """Fill a pending round record with the evaluation the train replies carried (merged by the
+    strategy's evaluation merge, as evaluate replies are), emit it, and return the merged metrics."""
+    evaluated = [r.content for r in replies if protocol.EVALUATION in r.content]
+    metrics = strategy.evaluate_metrics_aggr_fn([RecordDict({protocol.METRICS: c[protocol.EVALUATION]})
+                                                 for c in evaluated], "num-examples") if evaluated else None
+    for content in evaluated:  # Flower's strategies aggregate replies with exactly one MetricRecord
+        del content[protocol.EVALUATION]
+    record.pop(PENDING, None)
+    record.update(_metric_dict(metrics))
+    if record.get("round", 0) > 0:
+        record["units_failed_evaluation"] = asked - len(evaluated)
+    _emit(record, run_dir, on_round)
+    return metrics
 
 
 def _train_messages(strategy: Any, plan: TrainingPlan, privacy: TrainingPrivacy, server_round: int,

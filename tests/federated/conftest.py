@@ -35,12 +35,16 @@ def write_units(events: pd.DataFrame, n_units: int, folder: Path) -> list[Path]:
     return paths
 
 
+from flwr.app import RecordDict  # noqa: E402
+
+
 class RecordingGrid:
     """The real Grid, with every reply kept for inspection (nothing is altered)."""
 
     def __init__(self, grid: Any) -> None:
         self._grid = grid
         self.replies: list[Any] = []
+        self.received: list[Any] = []
         self.sent: list[Any] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -51,6 +55,8 @@ class RecordingGrid:
         self.sent.extend(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self.replies.extend(replies)
+        # what each reply held on arrival (the coordinator consumes a train reply's evaluation record)
+        self.received.extend(RecordDict(dict(r.content.items())) if not r.has_error() else None for r in replies)
         return replies
 
 

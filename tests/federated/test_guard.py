@@ -89,3 +89,20 @@ def test_overlong_lists_are_refused():
         return Message(RecordDict({"metrics": MetricRecord({"hist-pos": list(range(5000))})}), reply_to=msg)
 
     assert "holds 5000 values" in run_guard("evaluate", long_hist).error.reason
+
+
+def test_a_train_reply_may_carry_an_evaluation_of_the_incoming_model_and_nothing_else():
+    """``evaluate-incoming``: the train reply's ``evaluation`` record follows the evaluate allow-list."""
+    def reply(extra):  # noqa: ANN001, ANN202
+        def make(msg):  # noqa: ANN001, ANN202
+            evaluation = {"num-examples": 10, "loss-sum": 5.0, "brier-sum": 2.0, "hist-pos": [1.0], "hist-neg": [2.0]}
+            return Message(RecordDict({"arrays": ArrayRecord(build_model("mlp").state_dict()),
+                                       "metrics": MetricRecord({"num-examples": 10}),
+                                       "evaluation": MetricRecord({**evaluation, **extra})}), reply_to=msg)
+        return make
+
+    assert not run_guard("train", reply({})).has_error()
+    refused = run_guard("train", reply({"scores": [0.1, 0.7]}))
+    assert refused.has_error() and "metric 'scores' is not in the train allow-list" in refused.error.reason
+    # the train allow-list does not leak into the evaluation record, nor the evaluation list into metrics
+    assert run_guard("train", reply({"train-loss": 0.3})).has_error()

@@ -39,27 +39,46 @@ def test_only_model_arrays_and_allowed_aggregates_leave_units(three_round_run):
     _, _, grid = three_round_run
     shapes = expected_shapes("mlp")
     kinds = set()
-    assert len(grid.replies) == 3 * (1 + 1 + 3 * 2)   # query + eval(0) + 3 x (train + eval)
-    for reply in grid.replies:
+    # query + 3 train exchanges (each also evaluating the incoming model) + the last model's evaluation
+    assert len(grid.replies) == 3 * (1 + 3 + 1)
+    for reply, content in zip(grid.replies, grid.received):
         assert not reply.has_error(), reply.error.reason
         kind = reply.metadata.message_type.split(".")[0]
         kinds.add(kind)
-        content = reply.content
         if kind == "query":   # the start-up query also carries the unit's own name, nothing else
             assert set(content.keys()) == {"metrics", "identity"}
             assert set(content["identity"].keys()) == {"unit-id"}
+        elif kind == "train":
+            assert set(content.keys()) == {"arrays", "metrics", "evaluation"}
+            assert set(content.metric_records["evaluation"].keys()) <= ALLOWED_METRICS["evaluate"]
         else:
-            assert set(content.keys()) <= {"arrays", "metrics"}
+            assert set(content.keys()) == {"metrics"}
         if kind == "train":
             arrays = content.array_records["arrays"]
             assert {k: tuple(v.shape) for k, v in arrays.items()} == shapes
         else:
             assert not content.array_records
-        metrics = content.metric_records["metrics"]
-        assert set(metrics.keys()) <= ALLOWED_METRICS[kind]
-        # aggregates only: no list is as long as the unit's number of users
-        assert all(not isinstance(v, list) or len(v) in (12, 2000) for v in metrics.values())
+        for record in content.metric_records.values():
+            # aggregates only: no list is as long as the unit's number of users
+            assert all(not isinstance(v, list) or len(v) in (12, 2000) for v in record.values())
+        assert set(content.metric_records["metrics"].keys()) <= ALLOWED_METRICS[kind]
     assert kinds == {"query", "train", "evaluate"}
+
+
+def test_one_exchange_per_round_evaluates_every_model_once(three_round_run):
+    """Without DP each round's train message also evaluates the model it carries: round r's
+    evaluation arrives with round r+1's train replies, the last model's in one more exchange, and
+    every record is complete and in order in the history and in rounds.jsonl."""
+    import json
+
+    out, result, grid = three_round_run
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert kinds == ["query"] * 3 + ["train"] * 9 + ["evaluate"] * 3
+    assert all(r["n_eval"] > 0 and "evaluation_pending" not in r for r in result.history)
+    lines = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [1, 2, 3]
+    assert [r["auc"] for r in lines] == [r["auc"] for r in result.history[1:]]
+    assert all(r["units_failed_evaluation"] == 0 for r in lines)
 
 
 def test_resumed_run_continues_after_last_saved_round(cdnow_units, tmp_path):
@@ -71,9 +90,10 @@ def test_resumed_run_continues_after_last_saved_round(cdnow_units, tmp_path):
     assert result.resumed_from == 2
     assert [r["round"] for r in result.history] == [0, 1, 2, 3, 4]
     assert result.history[:3] == first[0].history        # rounds 1-2 kept, not re-run
-    # the resumed run sent no feature query and no round-0 evaluation: 2 rounds x (train + eval)
-    assert len(grid.sent) == 3 * 2 * 2
-    assert {m.metadata.message_type.split(".")[0] for m in grid.sent} == {"train", "evaluate"}
+    # the resumed run sent no feature query: 2 train rounds (each evaluating the incoming model,
+    # round 2's included) and the last model's evaluation
+    assert [m.metadata.message_type for m in grid.sent] == ["train"] * 6 + ["evaluate"] * 3
+    assert all("auc" in r for r in result.history)
     # resuming with a different plan is refused
     with pytest.raises(Exception) as info:
         run_flower(plan_for(tmp_path, 5, model="gru"), cdnow_units)

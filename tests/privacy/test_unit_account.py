@@ -99,3 +99,50 @@ def test_a_resumed_run_is_accepted_again_with_what_it_already_spent(events, tmp_
     accepted = u.propose("r1", [round_release] * 3, 1e-6, stated=stated)
     assert float(accepted.content.metric_records[protocol.METRICS]["epsilon"]) == pytest.approx(stated)
     assert refusal(u.propose("r1", [round_release] * 3, 1e-7, stated=stated)).endswith("cannot continue at delta 1e-07")
+
+
+def test_planned_releases_are_charged_from_results_kept_at_acceptance(tmp_path):
+    """A deployed unit starts a fresh process per message. The accountant's results for the
+    accepted plan are kept in the unit's ledger, so a later process charges the planned releases
+    without importing dp-accounting; a release outside the plan is still composed by the
+    accountant. The cumulative epsilons equal dp-accounting's and Opacus's own RDP accountant."""
+    import json
+    import subprocess
+    import sys
+
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    from privacy.accounting import composition_key
+    from privacy.budget import LedgerStore, UnitPrivacy
+
+    delta, z, q, steps = 1e-6, 1.1, 0.05, 20
+    planned = [dpsgd_release(z, q, steps)] * 4
+    ledger = tmp_path / "ledger.sqlite"
+    UnitPrivacy("u", "shop", LedgerStore(BudgetLedger(ledger), "u", "shop")).accept(
+        "r1", "training", delta, epsilon(planned, delta) + 1e-3, planned)
+    extra = dpsgd_release(z, q, steps // 2)      # not in the plan: the accountant runs
+    code = f"""
+import json, sys
+from privacy.budget import LedgerStore, UnitPrivacy
+from privacy.ledger import BudgetLedger
+from privacy.training_dp import dpsgd_release
+own = UnitPrivacy("u", "shop", LedgerStore(BudgetLedger({str(ledger)!r}), "u", "shop"))
+planned = [own.charge("r1", "training", dpsgd_release({z}, {q}, {steps})) for _ in range(3)]
+imported = "dp_accounting" in sys.modules
+print(json.dumps([planned, imported]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    charged, imported = json.loads(out.stdout)
+    assert imported is False
+    for k, value in enumerate(charged, start=1):
+        assert value == pytest.approx(epsilon(planned[:k], delta), rel=1e-12)
+        orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+        opacus_eps, _ = get_privacy_spent(orders=orders, rdp=compute_rdp(q=q, noise_multiplier=z, steps=steps * k,
+                                                                         orders=orders), delta=delta)
+        assert value == pytest.approx(opacus_eps, rel=0.01)
+    own = UnitPrivacy("u", "shop", LedgerStore(BudgetLedger(ledger), "u", "shop"))
+    assert own.charge("r1", "training", extra) == pytest.approx(epsilon(planned[:3] + [extra], delta), rel=1e-12)
+    # the key names the composition, not the order or the split into counts
+    assert composition_key([planned[0], extra], delta) == composition_key([extra, planned[0]], delta)
+    assert composition_key([dpsgd_release(z, q, 2 * steps)], delta) == composition_key(planned[:2], delta)
+    assert composition_key(planned[:2], delta) != composition_key(planned[:2], delta * 10)

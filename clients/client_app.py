@@ -9,7 +9,8 @@ Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
 - ``train``: load the global model, train locally, send back the weights and the number of
   training users (1 under DP: user counts are private);
 - ``evaluate``: score the unit's test users with the global model; send back only sums and
-  score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
+  score histograms (:mod:`fedseg.metrics`; a CLV run: value sums and histograms,
+  :mod:`fedseg.value_metrics`), noisy under user-level DP;
 - ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`).
 
 Under differential privacy the unit charges every release to its own account *before* making
@@ -43,7 +44,7 @@ from flwr.clientapp import ClientApp
 from clients.dataset import UnitData, bounded_moments, feature_moments, prepare_unit
 from clients.guard import outgoing_guard_mod
 from clients.segment_handlers import final_step, grid_step, lloyd_step, rfm_step
-from clients.training import TrainParams, evaluate_local, train_local, train_local_dpsgd
+from clients.training import TrainParams, evaluate_clv_local, evaluate_local, train_local, train_local_dpsgd
 from clients.unit_privacy import answer_privacy_plan, events_fingerprint, private_generators, unit_account
 from fedseg import protocol
 from fedseg.config import from_flower_config
@@ -194,7 +195,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         cfg = _round_config(msg)
         data = unit_data(context, cfg, unit_files)
         mean, std = _scaler(cfg)
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, target=cfg.target)
         model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         return cfg, data, mean, std, model
 
@@ -242,7 +243,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                                                              cfg.steps_per_round))
             loss, _ = train_local_dpsgd(model, data, mean, std, cfg.noise_multiplier, cfg.max_grad_norm,
                                         cfg.sample_rate, cfg.steps_per_round, cfg.learning_rate,
-                                        sample_generator=sampler, noise_generator=noise)
+                                        sample_generator=sampler, noise_generator=noise, target=cfg.target)
         else:
             if cfg.privacy == "client":  # the noise is the coordinator's; the unit records the stated release
                 own.charge(cfg.run_id, "training", client_release(cfg.noise_multiplier, cfg.unit_sample_rate))
@@ -252,7 +253,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             # runs are reproducible (same seed, same model).
             seed = cfg.seed * 100_003 + cfg.server_round * 101 + int(context.node_config.get("partition-id", 0))
             params = TrainParams(epochs=cfg.local_epochs, learning_rate=cfg.learning_rate,
-                                 batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu, seed=seed)
+                                 batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu, seed=seed,
+                                 target=cfg.target)
             loss = train_local(model, data, mean, std, params)
         # Under DP the number of users is private: every unit weighs the same.
         weight = data.n_train if cfg.privacy == "none" else 1
@@ -269,14 +271,18 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         own = account(context, cfg)
         if cfg.privacy == "client":
             raise ValueError("no federated evaluation is released under client-level DP")
+        rng = None
         if cfg.privacy == "user":
-            own.charge(cfg.run_id, "training", evaluation_release(cfg.eval_sigma))
+            own.charge(cfg.run_id, "training", evaluation_release(cfg.eval_sigma, target=cfg.target))
             _, _, rng = private_generators(context.node_config, dp_research_seed,
                                            f"{unit_name(context)}|{cfg.run_id}|{cfg.server_round}|evaluate")
-            stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma, rng=rng)
         else:
             own.require_private("evaluation")
-            stats = evaluate_local(model, data, mean, std)
+        if cfg.target == "clv":
+            aggregates = evaluate_clv_local(model, data, mean, std, noise_sigma=cfg.eval_sigma, clip=cfg.value_clip,
+                                            rng=rng)
+            return Message(RecordDict({protocol.METRICS: MetricRecord(aggregates)}), reply_to=msg)
+        stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma, rng=rng)
         metrics = MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
             "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),

@@ -52,6 +52,7 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("simulations.data_cli", "data"),
     ("clients.unit_cli", None),
     ("simulations.cli", None),
+    ("simulations.value_cli", None),
     ("privacy.cli", "privacy"),
     ("privacy.keys_cli", "keys"),
     ("server.deploy_cli", "deploy"),

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from fedseg.datasets import CALIBRATION_END, HOLDOUT_DAYS
+from fedseg.value_metrics import DEFAULT_CLIP
 
 #: Per-user features the churn models read, in this order (see :mod:`clients.features`).
 MODEL_FEATURES: Final = (
@@ -96,6 +97,9 @@ class FeatureConfig(BaseModel):
 
 
 ModelName = Literal["mlp", "gru"]
+#: What a training run learns: ``churn`` (P(no purchase in the horizon)) or ``clv`` (spend in the
+#: horizon, currency units; :class:`fedseg.models.ClvMLP`).
+Target = Literal["churn", "clv"]
 StrategyName = Literal["fedavg", "fedprox"]
 PrivacyMode = Literal["none", "client", "user"]
 
@@ -113,6 +117,8 @@ class TrainingPlan(BaseModel):
     """
 
     num_rounds: int = Field(10, ge=1, description="Federated rounds.")
+    target: Target = Field("churn", description="churn (P(no purchase in the horizon)) or clv (spend in the "
+                           "horizon, a hurdle model; MLP only).")
     model: ModelName = "mlp"
     strategy: StrategyName = "fedavg"
     local_epochs: int = Field(2, ge=1, description="Passes over local training users per round.")
@@ -144,6 +150,8 @@ class TrainingPlan(BaseModel):
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user); 1 biases the "
                                  "churn model towards the majority class on CDNOW.")
     clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
+    value_clip: float = Field(DEFAULT_CLIP, gt=0, description="CLV under user-level DP: spend and predictions "
+                              "are clipped at this many currency units in the noisy evaluation.")
     dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
                                "(0: only after the last round; each evaluation is a noisy release about test users).")
     secagg: bool = Field(False, description="Secure aggregation (privacy/secagg): the coordinator sees only "
@@ -155,6 +163,8 @@ class TrainingPlan(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingPlan":
+        if self.target == "clv" and self.model != "mlp":
+            raise ValueError(f"the CLV model is an MLP on the per-user features; model {self.model!r} is for churn")
         if self.privacy == "user" and self.model != "mlp":
             raise ValueError(f"user-level DP (DP-SGD with Opacus) trains the MLP; model {self.model!r} uses "
                              "torch's nn.GRU, which Opacus cannot compute per-user gradients for. Use model 'mlp'.")

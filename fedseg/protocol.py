@@ -21,7 +21,9 @@ from typing import Final
 
 from pydantic import BaseModel, Field
 
-from fedseg.config import FeatureConfig, ModelName, PrivacyMode
+from fedseg.config import FeatureConfig, ModelName, PrivacyMode, Target
+from fedseg.value_metrics import AGGREGATES as CLV_AGGREGATES
+from fedseg.value_metrics import DEFAULT_CLIP
 
 # ---------------------------------------------------------------------------- message types
 TRAIN: Final = "train"
@@ -58,7 +60,8 @@ RUN_ID: Final = "run-id"
 #: Metric names a unit may send, by message type (aggregate figures only).
 ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     TRAIN: frozenset({"num-examples", "train-loss"}),
-    EVALUATE: frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg"}),
+    # churn: sums and score histograms (fedseg.metrics); clv: sums and value histograms (fedseg.value_metrics)
+    EVALUATE: frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg", *CLV_AGGREGATES}),
     SCALER: frozenset({"n", "sum", "sumsq"}),
     PRIVACY: frozenset({"accepted", "epsilon"}),
     SEG_GRID: frozenset({"grid"}),
@@ -82,6 +85,7 @@ class RoundConfig(BaseModel):
     """
 
     model: ModelName = "mlp"
+    target: Target = Field("churn", description="What the run learns: churn or clv.")
     dataset: str = Field("", description="Named bundled dataset for units without a data path "
                          "(simulation only): 'cdnow' or empty.")
     cutoff: dt.date
@@ -102,6 +106,8 @@ class RoundConfig(BaseModel):
     steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
     scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
     eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
+    value_clip: float = Field(DEFAULT_CLIP, gt=0, description="CLV under user-level DP: spend and predictions are clipped "
+                              "at this many currency units in the noisy evaluation.")
     delta: float = Field(0.0, ge=0, lt=1, description="delta of the run's (epsilon, delta) guarantee (DP modes).")
     unit_sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson rate at which units are sampled "
                                     "each round (client mode).")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
+from simulations.cli_options import Alpha, Dataset, Events, Partition, SyntheticUsers, Units, Users, Verbose
 from fedseg.console import console, fail
 from fedseg.errors import FedsegError
 
@@ -54,16 +55,16 @@ def validation_problems(exc: Any) -> str:
 
 @app.command("simulate")
 def simulate(
-    dataset: Annotated[str, typer.Option(help="cdnow (bundled real data), synthetic (generated), or file (--events).")] = "cdnow",
-    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
-    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    dataset: Dataset = "cdnow",
+    events: Events = None,
+    users: Users = None,
     sep: Sep = ",",
     encoding: Encoding = "utf-8",
     date_format: DateFormat = None,
-    synthetic_users: Annotated[int, typer.Option(help="Users to generate for --dataset synthetic.")] = 20_000,
-    units: Annotated[int, typer.Option(help="Number of simulated business units.")] = 5,
-    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column (the data's unit_id).")] = "auto",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (0.1 = strongly skewed units).")] = 0.5,
+    synthetic_users: SyntheticUsers = 20_000,
+    units: Units = 5,
+    partition: Partition = "auto",
+    alpha: Alpha = 0.5,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _plan_default("num_rounds"),
     model: Annotated[str, typer.Option(help="mlp (per-user features) or gru (event sequences + features).")] = _plan_default("model"),
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = _plan_default("strategy"),
@@ -87,7 +88,7 @@ def simulate(
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the coordinator sees only the sum of updates.")] = False,
     secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count (>= 2), or a fraction (< 1) of each unit's degree + 1 share holders.")] = _plan_default("secagg_threshold"),
     dp_research_seed: Annotated[int | None, typer.Option(help="RESEARCH ONLY: a seed each simulated unit keeps to itself for DP-SGD's sample and noise (reproducible DP runs). Without it they come from OS entropy.")] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train churn models across simulated units with Flower; compare with centralised and BG/NBD.
 

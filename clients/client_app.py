@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,7 +143,9 @@ def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
 def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path | None = None,
                     secagg_identities: Path | None = None, train_mods: Sequence | None = None,
                     ledger_path: Path | None = None, dataset_id: str | None = None,
-                    dp_research_seed: int | None = None) -> ClientApp:
+                    dp_research_seed: int | None = None, scores_path: Path | None = None,
+                    playbook: Any = None, contact_log_path: Path | None = None,
+                    action_files: Sequence[Path] | None = None) -> ClientApp:
     """A ClientApp. Simulations hand it what deployed units take from their node config:
 
     - ``unit_files``: one events file per partition (node config ``data-path``);
@@ -151,8 +154,11 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
       ``secagg-registry``);
     - ``ledger_path``, ``dataset_id``: the units' privacy ledger and the name their spend is
       recorded under (``ledger-path``, ``dataset-id``; default: a fingerprint of the events);
-    - ``dp_research_seed``: a unit-local seed for DP-SGD's sample and noise (``dp-seed``):
-      reproducible research runs only; by default they come from OS entropy.
+    - ``dp_research_seed``: a unit-local seed for DP-SGD's sample and noise and the playbook's
+      holdout (``dp-seed``): reproducible research runs only; by default they come from OS entropy;
+    - ``scores_path``: per-user scores from ``fedseg score`` (``scores-path``); ``playbook``: the
+      playbook (``playbook-path``); ``contact_log_path``: the unit's contact log (``contact-log-path``);
+    - ``action_files``: one action list per partition, for the effect measurement (``actions-path``).
 
     ``train_mods`` are extra mods placed innermost on the train handler (fault injection,
     instrumentation).
@@ -182,13 +188,62 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             for release in releases:
                 own.charge(str(config.get(protocol.RUN_ID, "")), "segmentation", release)
             if step is final_step:
-                out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config \
-                    else output_dir
-                answer = final_step(events, users, config, out_dir, unit_name(context))
+                node = context.node_config
+                out_dir = Path(str(node["output-dir"])) if "output-dir" in node else output_dir
+                run_id = str(config.get(protocol.RUN_ID, ""))
+                # the holdout is drawn by the unit's own generator (OS entropy, or a seed kept on the unit)
+                _, _, holdout_rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|{run_id}|holdout")
+                answer = final_step(events, users, config, out_dir, unit_name(context),
+                                    scores=unit_scores(msg, context, events, users, config),
+                                    playbook=unit_playbook(node, playbook), contact_log=unit_contact_log(node),
+                                    rng=holdout_rng)
+            elif step is rfm_step:
+                scores = unit_scores(msg, context, events, users, config) if config.get("tier-by") == "clv" else None
+                answer = rfm_step(events, users, config, scores)
             else:
                 answer = step(events, users, config)
             return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
         return handler
+
+    def unit_scores(msg: Message, context: Context, events: pd.DataFrame, users: pd.DataFrame | None,
+                    config: dict) -> pd.DataFrame | None:  # type: ignore[type-arg]
+        """Per-user scores at the segmentation cutoff: with the global models the message carries,
+        else from the unit's own scores file (node config ``scores-path``; simulation ``scores_path``)."""
+        import datetime as dt
+
+        from clients.features import build_features
+        from clients.scoring import ScoringModel, score_features
+        from fedseg.config import FeatureConfig
+
+        models = [ScoringModel.from_records(msg.content.array_records[name],
+                                            msg.content.config_records[name + "-meta"])
+                  for name in (protocol.CHURN_MODEL, protocol.CLV_MODEL) if name in msg.content.array_records]
+        if models:
+            cutoff = dt.date.fromisoformat(str(config["cutoff"]))
+            features = build_features(events, FeatureConfig(cutoff=cutoff), users=users)
+            return score_features(events, features, cutoff, models)
+        node = context.node_config
+        path = Path(str(node["scores-path"])) if "scores-path" in node else scores_path
+        if path is None:
+            return None
+        from fedseg.io import read_table
+
+        scores = read_table(path, "scores-path")
+        return scores.assign(user_id=scores["user_id"].astype(str))
+
+    def unit_playbook(node: dict, given: Any) -> Any:  # type: ignore[type-arg]
+        from fedseg.playbook import load_playbook
+
+        return load_playbook(str(node["playbook-path"])) if "playbook-path" in node else given
+
+    def unit_contact_log(node: dict) -> pd.DataFrame | None:  # type: ignore[type-arg]
+        path = Path(str(node["contact-log-path"])) if "contact-log-path" in node else contact_log_path
+        if path is None:
+            return None
+        from fedseg.io import read_table
+
+        log = read_table(path, "contact-log-path")
+        return log.assign(user_id=log["user_id"].astype(str))
 
     def _global_model_and_data(msg: Message, context: Context):  # noqa: ANN202
         """Round config, the unit's data, the scaler and the global model the message carries."""

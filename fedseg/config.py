@@ -226,7 +226,17 @@ class SegmentationPlan(BaseModel):
     budget: SegmentationBudget = SegmentationBudget()
     min_count: float = Field(5.0, ge=0, description="Centroids with fewer (noisy) users stay put.")
     inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
-    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this churn probability.")
+    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this churn probability "
+                                   "(units with scores: a global churn model, or their own scores file).")
+    churn_model: Path | None = Field(None, description="A global churn model (model.npz) the coordinator sends to "
+                                     "the units, which score their users with it locally.")
+    clv_model: Path | None = Field(None, description="A global CLV model (model.npz of `fedseg clv`), sent the same way.")
+    unit_scores: bool = Field(False, description="Units score with their own scores file (`fedseg score`; node config "
+                              "scores-path) instead of models sent by the coordinator.")
+    tier_by: Literal["spend", "clv"] = Field("spend", description="Value tiers by past spend (RFM M score) or by "
+                                             "predicted CLV (its quintile score in place of M).")
+    value_clip: float = Field(DEFAULT_CLIP, gt=0, description="Under DP, CLV per user is clipped here (currency "
+                              "units) in the per-segment sums.")
     seed: int = 0
     dataset: str = Field("cdnow", description="Bundled dataset for units without data ('cdnow'; '' in deployments).")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
@@ -237,7 +247,15 @@ class SegmentationPlan(BaseModel):
         if self.delta is not None and self.epsilon is None:
             raise ValueError("--delta without --epsilon: the segmentation adds no noise; give --epsilon for "
                              "differential privacy")
+        if self.tier_by == "clv" and self.clv_model is None and not self.unit_scores:
+            raise ValueError("--tier-by clv needs CLV scores: give --clv-model (a `fedseg clv` model) or the units' "
+                             "scores files (--scores)")
         return self
+
+    @property
+    def with_scores(self) -> bool:
+        """Whether units hold churn probabilities and/or CLV (models sent, or their own scores)."""
+        return self.unit_scores or self.churn_model is not None or self.clv_model is not None
 
     @property
     def lloyd_iterations(self) -> int:
@@ -257,7 +275,7 @@ SEGMENTATION_SHARED_KEYS: Final = {"cutoff": "cutoff", "horizon-days": "horizon_
                                    "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
 #: Optional fields that a TOML file spells as 0 or "" when unset (TOML has no null).
 UNSET_WHEN_EMPTY: Final = ("target_epsilon", "noise_multiplier", "delta", "epsilon", "k", "iterations", "restarts",
-                           "previous_cutoff")
+                           "previous_cutoff", "churn_model", "clv_model")
 
 
 def unset_empty(values: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,11 @@ METRICS: Final = "metrics"
 IDENTITY: Final = "identity"
 PRIVACY_PLAN: Final = "privacy-plan"
 REFUSAL: Final = "refusal"
+#: Global models a coordinator sends for units to score their users with (segmentation): the
+#: weights (ArrayRecord) and ``<name>-meta`` (ConfigRecord: model, target, model-version,
+#: horizon-days, scaler-mean, scaler-std).
+CHURN_MODEL: Final = "churn-model"
+CLV_MODEL: Final = "clv-model"
 
 # ---------------------------------------------------------------------------- privacy plan keys
 #: Keys of the ``privacy-plan`` record: the coordinator's run id (stable across resumes), the
@@ -66,9 +71,9 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     PRIVACY: frozenset({"accepted", "epsilon"}),
     SEG_GRID: frozenset({"grid"}),
     SEG_LLOYD: frozenset({"sums", "counts", "inertia"}),
-    SEG_RFM: frozenset({"recency", "frequency", "monetary"}),
+    SEG_RFM: frozenset({"recency", "frequency", "monetary", "clv"}),
     SEG_FINAL: frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
-                          "warnings", "transitions"}),
+                          "warnings", "transitions", "prob-sums", "clv-sums"}),
 }
 #: Config records a unit may send, by message type, with their exact keys.
 ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {

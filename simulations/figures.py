@@ -118,7 +118,7 @@ def model_charts(target: str, evaluation: dict[str, Any], out: Path, clip: float
     ax.set_xlabel("share of users contacted, highest prediction first")
     ax.set_ylabel(gain_label)
     ax.set_title(f"Gain chart: {what}{noise}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     paths.append(_save(fig, out / "gain.png"))
     return paths
 

@@ -257,6 +257,37 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     for name, step in (("grid", grid_step), ("lloyd", lloyd_step), ("rfm", rfm_step), ("final", final_step)):
         app.query(f"seg_{name}", mods=[outgoing_guard_mod])(segmentation_handler(name, step))
 
+    @app.query(protocol.EFFECTS.removeprefix("query."), mods=[outgoing_guard_mod])
+    def effects(msg: Message, context: Context) -> Message:
+        """Outcome sums per segment x action x arm of the unit's campaign (:mod:`clients.effects`)."""
+        from clients.effects import effects_answer
+        from fedseg.io import read_table
+        from privacy.effects_dp import effects_release
+
+        config = dict(msg.content.config_records[protocol.CONFIG])
+        cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config["window-days"]),
+                          dataset=str(config.get("dataset", "")))
+        events = unit_events(context, cfg, unit_files)[0]
+        node = context.node_config
+        if "actions-path" in node:
+            path = Path(str(node["actions-path"]))
+        elif action_files is not None:
+            path = Path(action_files[int(node["partition-id"])])
+        else:
+            raise UnitDataError("this unit has no action list: start the SuperNode with --node-config "
+                                "\"actions-path='/path/actions.parquet'\"")
+        actions = read_table(path, "actions-path").astype({"user_id": str})
+        own = account(context, cfg)
+        sigmas = [float(x) for x in config.get("sigmas", [])]
+        run_id = str(config.get(protocol.RUN_ID, ""))
+        if sigmas:  # the release the unit will actually make, from the noise it adds
+            own.charge(run_id, "effects", effects_release(sigmas))
+        else:
+            own.require_private("effect measurement")
+        _, _, rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|{run_id}|effects")
+        answer = effects_answer(actions, events, config, rng)
+        return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
+
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:
         plan = msg.content.config_records[protocol.PRIVACY_PLAN]

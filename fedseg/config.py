@@ -266,6 +266,49 @@ class SegmentationPlan(BaseModel):
         return self.restarts or (DP_RESTARTS if self.epsilon else DEFAULT_RESTARTS)
 
 
+class EffectsPlan(BaseModel):
+    """Settings of one federated effect measurement (:mod:`server.effects`).
+
+    Defaults: a 60-day measurement window after the campaign day, retention over its last 30 days,
+    cells per activity segment x action, conversion as the headline outcome, no noise.
+    """
+
+    campaign_date: dt.date | None = Field(None, description="The campaign day (default: the action lists' "
+                                          "campaign_date).")
+    window_days: int = Field(60, ge=1, description="Measurement window after the campaign day, days.")
+    retention_days: int = Field(30, ge=1, description="Retention: any event in the window's last this many days.")
+    segment_column: Literal["segment", "rfm_segment", "tier"] = Field(
+        "segment", description="The action list's column that defines the segments of the cells.")
+    segments: list[str] = Field(default_factory=list, description="Segment names of the cells (public: the "
+                                "segmentation report's).")
+    actions: list[str] = Field(default_factory=list, description="Actions of the cells (default: the playbook's).")
+    outcome: Literal["conversion", "revenue", "retention"] = Field(
+        "conversion", description="The headline outcome of each effect (all three are reported).")
+    margin: float = Field(1.0, gt=0, le=1, description="Share of incremental revenue that is profit, for ROI "
+                          "(1: ROI on revenue).")
+    min_arm: int = Field(30, ge=2, description="Cells with fewer (noisy) users in an arm get no estimate.")
+    revenue_clip: float = Field(200.0, gt=0, description="Under DP, revenue per user in the window is clipped here "
+                                "(currency units; the noise on revenue scales with it: pick a high percentile of "
+                                "what one user spends in a window, a public figure).")
+    epsilon: float | None = Field(None, gt=0, description="epsilon per end user for the measurement; None: no noise.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units.")
+    dataset: str = Field("", description="Bundled dataset for units without data ('' in deployments).")
+    min_units: int = Field(2, ge=1, description="Units that must be connected and answer.")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the units' answers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EffectsPlan":
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("--delta without --epsilon: the measurement adds no noise; give --epsilon for "
+                             "differential privacy")
+        if self.retention_days > self.window_days:
+            raise ValueError(f"--retention-days {self.retention_days} is longer than the window "
+                             f"({self.window_days} days)")
+        return self
+
+
 # ---------------------------------------------------------------------------- run config
 #: ``[tool.flwr.app.config]`` keys whose names differ from the training plan's fields.
 RUN_CONFIG_RENAMES: Final = {"num-server-rounds": "num_rounds"}

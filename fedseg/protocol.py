@@ -36,6 +36,8 @@ SEG_GRID: Final = "query.seg_grid"
 SEG_LLOYD: Final = "query.seg_lloyd"
 SEG_RFM: Final = "query.seg_rfm"
 SEG_FINAL: Final = "query.seg_final"
+#: Effect measurement: outcome sums per segment x action x arm (fedseg.effects).
+EFFECTS: Final = "query.effects"
 
 # ---------------------------------------------------------------------------- record names
 CONFIG: Final = "config"
@@ -74,6 +76,7 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     SEG_RFM: frozenset({"recency", "frequency", "monetary", "clv"}),
     SEG_FINAL: frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
                           "warnings", "transitions", "prob-sums", "clv-sums"}),
+    EFFECTS: frozenset({"stats"}),
 }
 #: Config records a unit may send, by message type, with their exact keys.
 ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {

@@ -179,6 +179,6 @@ def uplift_chart(effects: list[dict[str, Any]], out: Path, outcome: str = "conve
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"uplift in {outcome} (treated minus holdout)")
-    ax.set_title("Effect of each action by segment", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Effect of each action by segment", fontsize=10, pad=24)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # clear of the data
     return _save(fig, out / "uplift.png")

@@ -70,6 +70,22 @@ def test_the_federated_figures_equal_the_exact_pooled_ones(clv_run, cdnow_units)
     assert last["spearman"] == pytest.approx(exact["spearman"], abs=0.015)
 
 
+def test_calibration_and_gain_pictures_from_the_merged_evaluation(clv_run, tmp_path):
+    """``fedseg clv`` draws its pictures from the last federated evaluation's merged histograms."""
+    from simulations.figures import bin_groups, model_charts
+    from tests.value.pictures import assert_picture
+
+    _, result, _ = clv_run
+    paths = model_charts("clv", result.evaluation, tmp_path)
+    assert [p.name for p in paths] == ["calibration.png", "gain.png"]
+    for path in paths:
+        assert_picture(path)
+    # the tenths of the calibration curve hold about a tenth of the test users each
+    counts = np.asarray(result.evaluation["pred-count"], dtype=float)
+    tenths = np.bincount(bin_groups(counts), weights=counts, minlength=10) / counts.sum()
+    assert np.all(np.abs(tenths - 0.1) < 0.05), tenths
+
+
 def test_score_writes_clv_and_value_at_risk(clv_run, cdnow_units, tmp_path):
     from clients.scoring import ModelFileError, score_users
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fedseg.config import EffectsPlan
-from fedseg.effects import ARMS, STATS, cell_statistics, user_outcomes
+from fedseg.effects import STATS, cell_statistics, user_outcomes
 from server.effects import arm_sizes, estimate_effects
 
 CAMPAIGN = dt.date(2024, 3, 31)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from fedseg.config import EffectsPlan
 from simulations.effects_runner import EffectsJob, run_effects_job
 from tests.clients.test_cli_errors import one_error_line
+from tests.value.pictures import assert_picture
 
 KEYS = {"segment", "action", "n_treated", "n_control", "uplift", "ci_low", "ci_high", "roi"}
 
@@ -28,7 +29,8 @@ def loop(tmp_path_factory):
 def test_the_loop_writes_effects_with_intervals_roi_and_the_planted_truth(loop):
     out, report = loop
     assert json.loads((out / "effects.json").read_text())["summary"] == report["summary"]
-    assert (out / "uplift.png").stat().st_size > 10_000
+    assert report["figures"] == ["uplift.png"]
+    assert_picture(out / "uplift.png")
     estimated = [e for e in report["effects"] if e["uplift"] is not None]
     assert len(estimated) >= 4
     for e in estimated:

@@ -4,7 +4,6 @@ CRM action list; --churn-threshold raises warnings; value tiers can follow predi
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np

@@ -6,6 +6,8 @@ Public surface (imported lazily so that ``fedseg --help`` stays fast)::
     from audit import pricing_audit, PricingSpec, PricingReport, PricingFinding
     from audit import federated_fairness, federated_pricing, combine_fairness, DPConfig
     from audit import keygen, append_entry, verify_log, write_report
+    from audit import load_policy, Policy          # rules decided on intervals (audit/default_policy.toml)
+    from audit.intervals import wilson, newcombe, mover_ratio
 
 See docs/audit.md for the math and what is hand-written and why.
 """
@@ -23,6 +25,7 @@ _EXPORTS = {
     "DPConfig": "audit.federated", "combine_fairness": "audit.federated", "federated_fairness": "audit.federated",
     "federated_pricing": "audit.federated",
     "write_report": "audit.report_html", "Estimate": "audit.stats", "holm": "audit.stats",
+    "Policy": "audit.policy", "load_policy": "audit.policy",
     "keygen": "audit.trail", "append_entry": ("audit.trail", "append"), "verify_log": ("audit.trail", "verify"),
 }
 

@@ -10,7 +10,8 @@ Log format: JSON lines, one entry per report::
 
 Canonical JSON = ``json.dumps(obj, sort_keys=True, separators=(",", ":"))``. The first entry's
 ``prev_hash`` is 64 zeros. Beside the log, ``LOG.head`` holds the signed (seq, entry_hash) of the
-last entry, so cutting entries off the end is detected too.
+last entry, so cutting entries off the end is detected too. ``files`` names each extra file
+relative to the report's folder (absolute when outside it).
 
 :func:`verify` walks the log and names the first bad entry: a changed field breaks its
 ``entry_hash`` (and signature); a removed entry breaks ``seq`` continuity and the next entry's
@@ -18,6 +19,8 @@ last entry, so cutting entries off the end is detected too.
 With a pinned public key (``--public-key``) an attacker who rewrites the whole chain with their
 own key is caught as well. What no local check can catch is a rollback of log and head
 together to an earlier consistent state: publish the head hash elsewhere (a ticket) for that.
+By default :func:`verify` also re-hashes every file an entry names (the report and, e.g., its
+HTML): a missing or changed file fails; ``check_files=False`` checks the log alone.
 """
 
 from __future__ import annotations
@@ -93,7 +96,10 @@ def load_private(path: str | Path) -> Ed25519PrivateKey:
         raise TrailError(f"{p}: no such signing key; create one with `fedseg audit keygen DIR`")
     if os.stat(p).st_mode & 0o077:
         raise TrailError(f"{p}: the signing key is readable by others; run chmod 600 {p}")
-    key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise TrailError(f"{p}: not a readable private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise TrailError(f"{p}: not an Ed25519 private key")
     return key
@@ -103,7 +109,10 @@ def load_public(path: str | Path) -> Ed25519PublicKey:
     p = Path(path)
     if not p.exists():
         raise TrailError(f"{p}: no such public key")
-    key = serialization.load_pem_public_key(p.read_bytes())
+    try:
+        key = serialization.load_pem_public_key(p.read_bytes())
+    except (ValueError, TypeError) as exc:
+        raise TrailError(f"{p}: not a readable public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise TrailError(f"{p}: not an Ed25519 public key")
     return key
@@ -113,18 +122,36 @@ def _head_path(log: Path) -> Path:
     return log.with_name(log.name + ".head")
 
 
+class _BadLine(TrailError):
+    def __init__(self, index: int, line: int, message: str) -> None:
+        super().__init__(message)
+        self.index, self.line = index, line
+
+
 def _read_entries(log: Path) -> list[dict]:
     if not log.exists():
         return []
     out = []
-    for i, line in enumerate(log.read_text().splitlines()):
+    for i, line in enumerate(log.read_text(errors="replace").splitlines()):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            e = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TrailError(f"{log}: line {i + 1} is not JSON ({exc})") from None
+            raise _BadLine(len(out), i + 1, f"{log}: line {i + 1} is not JSON ({exc})") from None
+        if not isinstance(e, dict):
+            raise _BadLine(len(out), i + 1, f"{log}: line {i + 1} is not a JSON object")
+        out.append(e)
     return out
+
+
+def _file_key(path: str | Path, report: str | Path) -> str:
+    """How an extra file is named in an entry: relative to the report's folder when inside it."""
+    p, base = Path(path).resolve(), Path(report).resolve().parent
+    try:
+        return str(p.relative_to(base))
+    except ValueError:
+        return str(p)
 
 
 def append(log: str | Path, report: str | Path, signing_key: str | Path, kind: str,
@@ -135,7 +162,11 @@ def append(log: str | Path, report: str | Path, signing_key: str | Path, kind: s
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        entries = _read_entries(log)
+        try:
+            entries = _read_entries(log)
+        except _BadLine as exc:
+            raise TrailError(f"{exc}; the log is damaged: run `fedseg audit verify {log}` and start a new log "
+                             "rather than append to it") from None
         prev = entries[-1]["entry_hash"] if entries else GENESIS
         pub = key.public_key()
         body = {
@@ -144,7 +175,7 @@ def append(log: str | Path, report: str | Path, signing_key: str | Path, kind: s
             "kind": kind,
             "report": str(Path(report).resolve()),
             "report_sha256": sha256_file(report),
-            "files": {Path(f).name: sha256_file(f) for f in extra_files},
+            "files": {_file_key(f, report): sha256_file(f) for f in extra_files},
             "prev_hash": prev,
             "public_key": base64.b64encode(_raw(pub)).decode(),
             "public_key_fingerprint": fingerprint(pub),
@@ -166,6 +197,7 @@ def append(log: str | Path, report: str | Path, signing_key: str | Path, kind: s
 class VerifyResult(BaseModel):
     ok: bool
     entries: int
+    files_checked: int = 0
     first_bad: int | None = None  # seq position (0-based line index) of the first bad entry
     reason: str = ""
     head_hash: str | None = None
@@ -175,13 +207,39 @@ def _bad(i: int, n: int, reason: str) -> VerifyResult:
     return VerifyResult(ok=False, entries=n, first_bad=i, reason=f"entry {i}: {reason}")
 
 
-def verify(log: str | Path, public_key: str | Path | None = None, check_files: bool = False) -> VerifyResult:
-    """Check every entry's hash, signature, sequence and chain link, and the head file."""
+def _check_entry_files(e: dict) -> tuple[int, str]:
+    """(files checked, problem or ''): the report and every extra file must exist and match its hash."""
+    report = Path(e["report"])
+    if not report.exists():
+        return 0, f"report file {report} is missing"
+    if sha256_file(report) != e["report_sha256"]:
+        return 0, f"report file {report} no longer matches its hash (changed)"
+    n = 1
+    for name, digest in (e.get("files") or {}).items():
+        p = Path(name)
+        p = p if p.is_absolute() else report.parent / p
+        if not p.exists():
+            return n, f"file {p} is missing"
+        if sha256_file(p) != digest:
+            return n, f"file {p} no longer matches its hash (changed)"
+        n += 1
+    return n, ""
+
+
+def verify(log: str | Path, public_key: str | Path | None = None, check_files: bool = True) -> VerifyResult:
+    """Check every entry's hash, signature, sequence and chain link, the head file and (unless
+    ``check_files`` is False) every file whose hash an entry holds. A line that is not JSON is a
+    tampered log, not an error of the caller."""
     log = Path(log)
     if not log.exists():
         raise TrailError(f"{log}: no such audit log")
     pinned = fingerprint(load_public(public_key)) if public_key else None
-    entries = _read_entries(log)
+    try:
+        entries = _read_entries(log)
+    except _BadLine as exc:
+        return VerifyResult(ok=False, entries=exc.index, first_bad=exc.index,
+                            reason=f"entry {exc.index}: {exc} (edited)")
+    files_checked = 0
     prev = GENESIS
     pub = None
     for i, e in enumerate(entries):
@@ -203,12 +261,24 @@ def verify(log: str | Path, public_key: str | Path | None = None, check_files: b
             return _bad(i, len(entries), "signature does not verify (edited)")
         except (KeyError, TypeError, ValueError) as exc:
             return _bad(i, len(entries), f"malformed entry ({exc})")
-        if check_files and Path(e["report"]).exists() and sha256_file(e["report"]) != e["report_sha256"]:
-            return _bad(i, len(entries), f"report file {e['report']} no longer matches its hash")
+        if check_files:
+            try:
+                n, problem = _check_entry_files(e)
+            except (KeyError, TypeError, AttributeError, OSError) as exc:
+                n, problem = 0, f"cannot check its files ({exc})"
+            files_checked += n
+            if problem:
+                return _bad(i, len(entries), problem)
         prev = e["entry_hash"]
     head_file = _head_path(log)
     if head_file.exists():
-        head = json.loads(head_file.read_text())
+        try:
+            head = json.loads(head_file.read_text(errors="replace"))
+            if not isinstance(head, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return VerifyResult(ok=False, entries=len(entries), first_bad=max(len(entries) - 1, 0),
+                                reason=f"the head file {head_file} is not valid ({exc})")
         n = len(entries)
         if head.get("seq") != n - 1 or head.get("entry_hash") != (entries[-1]["entry_hash"] if entries else None):
             return VerifyResult(ok=False, entries=n, first_bad=min(n, int(head.get("seq", n))),
@@ -222,4 +292,4 @@ def verify(log: str | Path, public_key: str | Path | None = None, check_files: b
     elif entries:
         return VerifyResult(ok=False, entries=len(entries), first_bad=len(entries) - 1,
                             reason=f"{head_file} is missing; the end of the log cannot be checked")
-    return VerifyResult(ok=True, entries=len(entries), head_hash=prev)
+    return VerifyResult(ok=True, entries=len(entries), head_hash=prev, files_checked=files_checked)

@@ -1,11 +1,13 @@
 """Round time by privacy mode, as ratios to plain FedAvg, measured in one run of this script.
 
-Run: .venv/bin/python bench/bench_rounds.py [--rounds 5] [--units 5] [--modes none client user]
+Run: .venv/bin/python bench/bench_rounds.py [--rounds 5] [--units 5] [--modes none client user] [--secagg]
 
 CDNOW over 5 IID units, MLP, 2 local epochs (user mode: 2 / q Poisson steps per round,
 q = 0.02, DP-SGD in Opacus). A round = training on every unit, aggregation and federated
 evaluation, as the coordinator times it; the first round (data loading and caches) is
-excluded and the median of the others is reported.
+excluded and the median of the others is reported. ``--secagg`` adds plain FedAvg through
+secure aggregation (privacy/secagg: five stages with the consistency round, three exchanges
+per round from round 2).
 """
 
 from __future__ import annotations

@@ -4,25 +4,27 @@ Run: .venv/bin/python bench/bench_secagg.py [--units 5 20 100] [--flower-units 5
 
 1. **In-process protocol** for 5, 20 and 100 units, with the churn MLP's parameter count
    (``fedseg.models.build_model("mlp")``) and with 1M parameters: every unit's client-side work
-   (advertise, share keys, masked input, unmask) and the coordinator's work (check and route,
-   unmask and decode), as transport-free calls to :mod:`privacy.secagg.protocol`, against the
-   plain float64 sum of the same updates. No network, no serialisation, no training.
+   (advertise, share keys, masked input, consistency signature, unmask with the signature
+   check) and the coordinator's work (check and route, collect signatures, unmask and decode),
+   as transport-free calls to :mod:`privacy.secagg.protocol`, against the plain float64 sum of
+   the same updates. No network, no serialisation, no training.
    Reported:
 
    - *sequential*: all units' work plus the coordinator's, one after the other (what this
      process spends);
-   - *parallel*: the coordinator's work plus, for each of the four stages, the slowest unit's
+   - *parallel*: the coordinator's work plus, for each of the five stages, the slowest unit's
      time at that stage. Deployed units compute at the same time, so this estimates the
      coordinator's wall time per round (message latency left out);
-   - *per unit*: mean client-side time of one unit over the four stages.
+   - *per unit*: mean client-side time of one unit over the five stages.
 
    The plain sum is microseconds, so these ratios are large by construction; they say what the
    cryptography costs, not what a round costs.
 2. **Flower round** (MLP, CDNOW split over 5 and 20 IID units, simulation engine): median round
    time (training, aggregation, federated evaluation; round 1 excluded) with and without
    ``secagg``, from :func:`bench.bench_rounds.round_seconds`. This is the ratio the issue's
-   target (at most 1.5x at 20 units) is about. The secure runs also time the coordinator's four
-   message exchanges (advertise, share, masked, unmask) by wrapping
+   target (at most 1.5x at 20 units) is about. The secure runs also time the coordinator's
+   message exchanges (advertise, share, masked, consistency, unmask; from round 2 the next
+   round's advertise and share ride on the consistency and unmask exchanges) by wrapping
    ``SecAggAggregator._send`` for this benchmark only.
 
 The machine's load is printed beside every block: the figures are only comparable at similar load.
@@ -42,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-STAGES = ("advertise", "share", "masked", "unmask")
+STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
 
 @dataclass
@@ -116,9 +118,15 @@ def measure_protocol(units: int, params: int, seed: int = 0) -> ProtocolTiming:
         timing.unit["masked"].append(dt)
     survivors, dt = _clock(coordinator.collect_masked, masked)
     timing.server += dt
-    reveals = {}
+    signatures = {}
     for u in survivors:
-        reveals[u], dt = _clock(sessions[u].unmask, survivors)
+        signatures[u], dt = _clock(sessions[u].consistency, survivors)
+        timing.unit["consistency"].append(dt)
+    signers, dt = _clock(coordinator.collect_signatures, signatures)
+    timing.server += dt
+    reveals = {}
+    for u in signers:
+        reveals[u], dt = _clock(sessions[u].unmask, survivors, signatures)
         timing.unit["unmask"].append(dt)
     (total, _, bound), dt = _clock(coordinator.aggregate, reveals)
     timing.server += dt
@@ -135,16 +143,20 @@ def median_timing(units: int, params: int, repeats: int) -> tuple[ProtocolTiming
 
 
 def _time_secagg_stages() -> tuple[list[float], object]:
-    """Record the wall time of each of the coordinator's four message exchanges per secure round
-    (instrumentation for this benchmark only: wraps ``SecAggAggregator._send``). Returns the list
-    it fills and a function that removes the wrapper."""
+    """Record the wall time of each of the coordinator's message exchanges per secure round
+    (instrumentation for this benchmark only: wraps ``SecAggAggregator._send``), labelled by the
+    stage most of its messages carry. Returns the list it fills and a function that removes the
+    wrapper."""
+    from collections import Counter
+
     from privacy.secagg import flower
 
     times: list[tuple[str, float]] = []
     original = flower.SecAggAggregator._send
 
     def timed(self, grid, node_ids, make, timeout):  # noqa: ANN001, ANN202
-        stage = str(make(node_ids[0])["config"][flower.STAGE]) if node_ids else "?"
+        stages = Counter(str(make(nid)["config"][flower.STAGE]) for nid in node_ids)
+        stage = stages.most_common(1)[0][0] if stages else "?"
         start = time.perf_counter()
         try:
             return original(self, grid, node_ids, make, timeout)
@@ -197,7 +209,7 @@ def main() -> None:
                 f"{statistics.mean(v) * 1e3:.2f} / {max(v) * 1e3:.2f}" for v in t.unit.values()) + " |")
     print("\nsequential: every unit's work plus the coordinator's, in this one process. parallel est.: the "
           "coordinator's work plus the slowest unit at each stage (units compute concurrently when deployed; "
-          "message latency not included). per unit: one unit's client-side time over the four stages.\n")
+          "message latency not included). per unit: one unit's client-side time over the five stages.\n")
     print("Client-side time per stage, mean / slowest unit (ms):\n")
     print("| model | units | " + " | ".join(STAGES) + " |")
     print("|" + "---|" * (2 + len(STAGES)))
@@ -226,8 +238,9 @@ def main() -> None:
                 f"{statistics.median(per_stage[st]):.3f} s" if per_stage[st] else "- (piggybacked)"
                 for st in STAGES) + " |")
         print(f"\nmedian over rounds 2..{args.rounds}; a round = every unit trains 2 local epochs, aggregation "
-              "(plain: one train message per unit; secure: three from round 2, as the next round's key "
-              "advertisements ride on the unmask exchange), and federated evaluation.\n")
+              "(plain: one train message per unit; secure: three exchanges from round 2 - masked, consistency "
+              "carrying the next round's advertisements, unmask carrying its share stage), and federated "
+              "evaluation.\n")
         if stage_rows:
             print("Secure round, the coordinator's message exchanges (median over rounds 2..; masked "
                   "includes local training):\n")

@@ -23,7 +23,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedseg.models import expected_shapes
 from fedseg.metrics import HIST_BINS
-from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS
+from fedseg.protocol import ALLOWED_CONFIGS, ALLOWED_METRICS, SECAGG_REPLIES
 
 #: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
 MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
@@ -66,12 +66,6 @@ def check_reply(reply: Message, message_type: str, model_name: str | None, targe
                 raise OutgoingRefused(f"config record {key!r} may not leave the unit in a {message_type} reply")
         else:  # pragma: no cover - RecordDict holds only these three kinds
             raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
-
-
-#: What a secure-aggregation stage may send (cryptographic material, never a user's data).
-#: Allowed fields per stage; an unmask reply may carry the next round's key advertisement.
-SECAGG_REPLIES: Final = {"advertise": ({"advert"},), "share": ({"boxes"},),
-                         "unmask": ({"reveals"}, {"reveals", "next-advert"})}
 
 
 def check_secagg_reply(reply: Message, stage: str, model_name: str | None, target: str = "churn") -> None:

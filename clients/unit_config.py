@@ -14,11 +14,11 @@ that SuperNode needs is in ``unit.toml``::
     # dataset-id = "shop_north_2024"            # spend is recorded per dataset (default: data fingerprint)
     superlink = "coordinator.example.com:8000"  # the SuperLink's Fleet API, host:port
     root-certificates = "keys/ca.crt"           # the federation's CA (TLS)
-    auth-key = "keys/supernodes/shop_north"     # this unit's SuperNode private key
+    auth-key = "unit-keys/shop_north"           # this unit's SuperNode private key (fedseg keys supernode)
     clientapp-port = 9094                       # local port of the SuperNode's runtime API
     # insecure = true                           # no TLS, no authentication: testing only
-    # secagg-key / secagg-registry              # secure-aggregation identity (fedseg keys secagg)
-    # secagg-min-threshold / secagg-min-units   # this unit's floor under the coordinator's choice
+    # secagg-key / secagg-registry              # secure-aggregation identity (fedseg keys secagg, registry)
+    # secagg-min-threshold / secagg-min-units   # this unit's floor under the coordinator's choice (units: >= 3)
 
 Relative paths are relative to the TOML file's folder. :func:`load_unit_config` checks what
 can be checked before a SuperNode starts: every file exists and is readable, the key parses
@@ -111,8 +111,8 @@ class UnitConfig(BaseModel):
                                                 ("auth-key", self.auth_key)) if value is None]
             if missing:
                 raise ValueError(f"{' and '.join(missing)} missing: a unit connects with TLS and node "
-                                 "authentication (make keys with `fedseg keys init`), or set insecure = true "
-                                 "for local testing")
+                                 "authentication (the federation's ca.crt, and this unit's own key from `fedseg "
+                                 "keys supernode`), or set insecure = true for local testing")
         if (self.secagg_key is None) != (self.secagg_registry is None):
             raise ValueError("secagg-key and secagg-registry go together")
         return self
@@ -193,7 +193,7 @@ def _check_key(path: Path, source: Path) -> None:
         load_ssh_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
         raise UnitConfigError(f"{source}: auth-key = {str(path)!r} is not an unencrypted OpenSSH private key "
-                              f"({exc}); use the file `fedseg keys init` wrote under supernodes/.") from None
+                              f"({exc}); use the private key `fedseg keys supernode` wrote.") from None
     if os.name == "posix" and path.stat().st_mode & 0o077:
         raise UnitConfigError(f"{source}: auth-key = {str(path)!r} is readable by other users "
                               f"(mode {path.stat().st_mode & 0o777:o}); run `chmod 600 {path}`.")
@@ -247,6 +247,14 @@ def load_unit_config(path: str | Path, check_files: bool = True) -> UnitConfig:
             value = getattr(cfg, field_name)
             if value is not None:
                 _readable(value, field_name.replace("_", "-"), source)
+        if cfg.secagg_key is not None and cfg.secagg_registry is not None:
+            from privacy.secagg.config import SecAggError
+            from privacy.secagg.identity import load_identity
+
+            try:
+                load_identity(cfg.secagg_key, cfg.secagg_registry, cfg.unit_id)
+            except SecAggError as exc:
+                raise UnitConfigError(f"{source}: {exc}") from None
     return cfg
 
 

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from pydantic import ValidationError
+from typer.core import TyperCommand
 
-from fedseg.console import fail
+from fedseg.console import OneLineUsageErrors, OneLineUsageGroup, fail, validation_message
 from fedseg.errors import FedsegError
 
 app = typer.Typer(
@@ -27,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageGroup,
 )
 
 
@@ -56,6 +59,7 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("privacy.cli", "privacy"),
     ("privacy.keys_cli", "keys"),
     ("server.deploy_cli", "deploy"),
+    ("clients.deploy_cli", "deploy"),
     ("audit.cli", "audit"),
 )
 
@@ -69,14 +73,19 @@ def _one_line_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             return callback(*args, **kwargs)
         except FedsegError as exc:
             fail(str(exc), exc.exit_code)
+        except ValidationError as exc:  # a value the user gave, checked by a pydantic model
+            fail(validation_message(exc))
 
     return command
 
 
 def _wrap_commands(typer_app: typer.Typer) -> None:
+    """Every command: usage errors and FedsegErrors as one ``error:`` line (one error style)."""
     for info in typer_app.registered_commands:
         if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
             info.callback = _one_line_errors(info.callback)
+        if info.cls in (None, TyperCommand):
+            info.cls = OneLineUsageErrors
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
             _wrap_commands(group.typer_instance)
@@ -93,7 +102,7 @@ def _mount() -> None:
             groups[group].registered_commands.extend(sub.registered_commands)
         else:
             groups[group] = sub
-            app.add_typer(sub, name=group)
+            app.add_typer(sub, name=group, cls=OneLineUsageGroup)
     _wrap_commands(app)
 
 

@@ -4,14 +4,58 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _usage_error(ctx: click.Context, exc: click.UsageError) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {exc.format_message()} (see `{ctx.command_path} --help`)",
+                      highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+class OneLineUsageErrors(TyperCommand):
+    """A command whose usage errors (missing or unknown option, bad value) are one line
+    ``error: ...`` and exit 2, instead of click's framed box."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(ctx, exc)
+
+
+class OneLineUsageGroup(TyperGroup):
+    """A command group whose usage errors (unknown option or command) are one ``error:`` line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(ctx, exc)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(ctx, exc)
+
+
+def validation_message(exc: Any) -> str:
+    """One line from a pydantic ValidationError: ``field: problem; ...``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append((f"{where}: " if where else "") + error["msg"].removeprefix("Value error, "))
+    return "; ".join(parts)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -38,6 +38,10 @@ SEG_RFM: Final = "query.seg_rfm"
 SEG_FINAL: Final = "query.seg_final"
 #: Effect measurement: outcome sums per segment x action x arm (fedseg.effects).
 EFFECTS: Final = "query.effects"
+#: Federated audits (:mod:`audit.flower_app`): the unit's statistics, one message type per step.
+AUDIT_FAIRNESS: Final = "query.audit_fairness"
+AUDIT_PRICING_TABLES: Final = "query.audit_pricing_tables"
+AUDIT_PRICING_MEAT: Final = "query.audit_pricing_meat"
 
 # ---------------------------------------------------------------------------- record names
 CONFIG: Final = "config"
@@ -51,6 +55,8 @@ REFUSAL: Final = "refusal"
 #: horizon-days, scaler-mean, scaler-std).
 CHURN_MODEL: Final = "churn-model"
 CLV_MODEL: Final = "clv-model"
+#: An audit unit's answer (ConfigRecord): aggregate statistics serialised by :mod:`audit.federated`.
+AUDIT_STATS: Final = "stats"
 
 # ---------------------------------------------------------------------------- privacy plan keys
 #: Keys of the ``privacy-plan`` record: the coordinator's run id (stable across resumes), the
@@ -71,6 +77,9 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     EVALUATE: frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg", *CLV_AGGREGATES}),
     SCALER: frozenset({"n", "sum", "sumsq"}),
     PRIVACY: frozenset({"accepted", "epsilon"}),
+    AUDIT_FAIRNESS: frozenset(),
+    AUDIT_PRICING_TABLES: frozenset(),
+    AUDIT_PRICING_MEAT: frozenset(),
     SEG_GRID: frozenset({"grid"}),
     SEG_LLOYD: frozenset({"sums", "counts", "inertia"}),
     SEG_RFM: frozenset({"recency", "frequency", "monetary", "clv"}),
@@ -78,11 +87,31 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
                           "warnings", "transitions", "prob-sums", "clv-sums"}),
     EFFECTS: frozenset({"stats"}),
 }
-#: Config records a unit may send, by message type, with their exact keys.
+#: Config records a unit may send, by message type, with their exact keys. The audit answers are
+#: aggregate tables (per group cell counts and sums; per item-window-level counts and log-price
+#: sums; per slice cluster-score matrices), serialised whole.
 ALLOWED_CONFIGS: Final[dict[str, dict[str, frozenset[str]]]] = {
     SCALER: {IDENTITY: frozenset({"unit-id"})},
     PRIVACY: {IDENTITY: frozenset({"unit-id", "dataset-id"}), REFUSAL: frozenset({"reason"})},
+    AUDIT_FAIRNESS: {AUDIT_STATS: frozenset({"stats"})},
+    AUDIT_PRICING_TABLES: {AUDIT_STATS: frozenset({"tables", "rows", "dropped"})},
+    AUDIT_PRICING_MEAT: {AUDIT_STATS: frozenset({"meat"})},
 }
+#: What a secure-aggregation stage (config ``secagg-stage`` of a ``train`` message) may send:
+#: cryptographic material, never a user's data; the allowed field sets per stage. A consistency
+#: reply may carry the next round's key advertisement, an unmask reply the next round's encrypted
+#: shares (privacy/secagg/flower.py); the masked input is checked by shape in clients/guard.py.
+SECAGG_REPLIES: Final[dict[str, tuple[frozenset[str], ...]]] = {
+    "advertise": (frozenset({"advert"}),),
+    "share": (frozenset({"boxes"}),),
+    "consistency": (frozenset({"signature"}), frozenset({"signature", "next-advert"})),
+    "unmask": (frozenset({"reveals"}), frozenset({"reveals", "next-boxes"})),
+}
+#: Keys of an audit step's config: the spec (JSON of the audit's pydantic spec), the DP target
+#: (JSON, fairness only), the run id that keys the unit's privacy account, the server's fit.
+AUDIT_SPEC: Final = "spec"
+AUDIT_DP: Final = "dp"
+AUDIT_FIT: Final = "fit"
 
 
 class RoundConfig(BaseModel):

@@ -26,15 +26,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dp_accounting as dpa
-from absl import logging as absl_logging
 from pydantic import BaseModel, ConfigDict, Field
 
-# dp-accounting logs a warning for every RDP order it drops as non-convergent; the orders it
-# keeps still give a valid (conservative) bound, so keep the log readable.
-absl_logging.set_verbosity(absl_logging.ERROR)
+if TYPE_CHECKING:
+    import dp_accounting as dpa
+
+
+def _dpa() -> Any:
+    """dp-accounting, imported on first use: it pulls in scipy.signal and scipy.stats (about a
+    second), which a unit's fresh ClientApp process should not pay for a message without DP."""
+    import dp_accounting
+    from absl import logging as absl_logging
+
+    # dp-accounting logs a warning for every RDP order it drops as non-convergent; the orders it
+    # keeps still give a valid (conservative) bound, so keep the log readable.
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    return dp_accounting
 
 AccountantName = Literal["rdp", "pld"]
 Group = Literal["all", "train", "test"]
@@ -56,15 +65,17 @@ class Release(BaseModel):
     group: Group = Field("all", description="Users it touches: all, train (training users), test (test users).")
     task: str = Field("", description="What the release is for (training, evaluation, segmentation, audit, ...).")
 
-    def event(self) -> dpa.DpEvent:
+    def event(self) -> "dpa.DpEvent":
         """The dp-accounting event of this release."""
-        single: dpa.DpEvent = dpa.GaussianDpEvent(self.noise_multiplier)
+        dpa = _dpa()
+        single = dpa.GaussianDpEvent(self.noise_multiplier)
         if self.sample_rate < 1:
             single = dpa.PoissonSampledDpEvent(self.sample_rate, single)
         return single if self.count == 1 else dpa.SelfComposedDpEvent(single, self.count)
 
 
-def _accountant(name: AccountantName) -> dpa.PrivacyAccountant:
+def _accountant(name: AccountantName) -> "dpa.PrivacyAccountant":
+    dpa = _dpa()
     if name == "pld":
         return dpa.pld.PLDAccountant()
     if name == "rdp":
@@ -78,7 +89,7 @@ def _group_epsilon(releases: Sequence[Release], delta: float, accountant: Accoun
         return 0.0
     if any(r.noise_multiplier <= 0 for r in live):
         return math.inf
-    event = live[0].event() if len(live) == 1 else dpa.ComposedDpEvent([r.event() for r in live])
+    event = live[0].event() if len(live) == 1 else _dpa().ComposedDpEvent([r.event() for r in live])
     return float(_accountant(accountant).compose(event).get_epsilon(delta))
 
 
@@ -144,6 +155,11 @@ def default_delta(n_users: float) -> float:
     n = max(float(n_users), 1.0)
     exponent = math.floor(math.log10(1.0 / (10.0 * n)) + 1e-12)
     return 10.0 ** exponent
+
+
+def delta_for(delta: float | None, population: int) -> float:
+    """A run's delta: as given, or :func:`default_delta` of its population (end users over all units)."""
+    return delta if delta is not None else default_delta(population)
 
 
 def delta_acceptable(delta: float, n_users: int) -> bool:

@@ -1,16 +1,23 @@
 """TLS certificates and SuperNode key pairs for Flower's Deployment Engine, made with ``cryptography``.
 
-:func:`init_keys` writes into one directory::
+Two steps, on two kinds of premises. The coordinator runs :func:`init_keys`, which writes into
+its key folder::
 
     ca.key               CA private key (ECDSA P-384, PKCS#8 PEM, mode 0600)
     ca.crt               self-signed CA certificate (BasicConstraints CA:TRUE, keyCertSign)
     server.key           SuperLink TLS private key (ECDSA P-384, PKCS#8 PEM, mode 0600)
     server.pem           SuperLink certificate signed by the CA; subject alternative names
                          for every host (DNS names and IP addresses), serverAuth
-    supernodes/<unit>    the unit's SuperNode authentication private key (ECDSA P-384,
+
+Each unit runs :func:`make_unit_key` on its own premises, which writes into the unit's folder::
+
+    <unit>               the unit's SuperNode authentication private key (ECDSA P-384,
                          OpenSSH PEM, mode 0600): ``flower-supernode --auth-supernode-private-key``
-    supernodes/<unit>.pub  its public key, one ``ecdsa-sha2-nistp384 AAAA... <unit>`` line:
-                         ``flwr supernode register supernodes/<unit>.pub <federation>``
+    <unit>.pub           its public key, one ``ecdsa-sha2-nistp384 AAAA... <unit>`` line
+
+The unit hands over ``<unit>.pub`` only; the coordinator puts it in ``supernodes/`` of its key
+folder and registers it (``fedseg deploy register``, i.e. ``flwr supernode register``). No
+function here writes two units' private keys, nor a unit's private key on the coordinator.
 
 Flower's SuperLink takes ``--ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile
 server.key``; SuperNodes and ``flwr`` trust ``ca.crt`` (``--root-certificates``,
@@ -58,9 +65,9 @@ class KeysExistError(KeysError):
 
     def __init__(self, existing: list[Path]) -> None:
         self.existing = existing
-        listed = "\n  ".join(str(p) for p in existing)
-        super().__init__(f"{len(existing)} key file(s) already exist and were left untouched:\n  {listed}\n"
-                         "Use another directory, or --force (force=True) to overwrite them.")
+        listed = ", ".join(str(p) for p in existing)
+        super().__init__(f"{len(existing)} key file(s) already exist and were left untouched: {listed}; "
+                         "use another directory, or --force (force=True) to overwrite them.")
 
 
 class UnitKeys(BaseModel):
@@ -73,7 +80,7 @@ class UnitKeys(BaseModel):
 
 
 class KeyMaterial(BaseModel):
-    """What :func:`init_keys` wrote (absolute paths)."""
+    """What :func:`init_keys` wrote (absolute paths): the coordinator's CA and server certificate."""
 
     directory: Path
     ca_cert: Path
@@ -81,15 +88,11 @@ class KeyMaterial(BaseModel):
     server_cert: Path
     server_key: Path
     hosts: list[str]
-    units: list[UnitKeys]
     not_valid_after: dt.datetime = Field(description="Expiry of the CA and server certificates, UTC.")
 
     def files(self) -> list[Path]:
         """Every file written, private keys included."""
-        out = [self.ca_key, self.ca_cert, self.server_key, self.server_cert]
-        for unit in self.units:
-            out += [unit.private_key, unit.public_key]
-        return out
+        return [self.ca_key, self.ca_cert, self.server_key, self.server_cert]
 
 
 def parse_host(host: str) -> x509.GeneralName:
@@ -147,33 +150,28 @@ def ssh_fingerprint(public_line: bytes | str) -> str:
 def init_keys(
     out_dir: str | Path,
     hosts: list[str] | None = None,
-    units: list[str] | None = None,
-    n_units: int | None = None,
     validity_days: int = 365,
     force: bool = False,
     now: dt.datetime | None = None,
 ) -> KeyMaterial:
-    """Create the CA, the SuperLink server certificate and one SuperNode key pair per unit.
+    """Create the CA and the SuperLink server certificate (the coordinator's step).
 
     ``hosts`` (default ``localhost``, ``127.0.0.1``) become the server certificate's subject
-    alternative names: every address the units dial must be among them. ``units`` names the
-    units (``n_units`` instead gives ``unit_0 ..``). Certificates are valid from 5 minutes
-    before ``now`` for ``validity_days`` days. Raises :class:`KeysExistError` listing the
-    files already there unless ``force``; :class:`KeysError` for bad hosts or unit names.
+    alternative names: every address the units dial must be among them. Certificates are valid
+    from 5 minutes before ``now`` for ``validity_days`` days. Unit keys are not made here: each
+    unit makes its own (:func:`make_unit_key`). Raises :class:`KeysExistError` listing the files
+    already there unless ``force``; :class:`KeysError` for bad hosts.
     """
     if validity_days < 1:
         raise KeysError(f"validity must be at least one day, got {validity_days}")
     host_list = list(dict.fromkeys(hosts or DEFAULT_HOSTS))
     sans = [parse_host(h) for h in host_list]
-    names = unit_names(units, n_units)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise KeysError(f"{out} exists and is not a directory")
 
     paths = {name: out / name for name in (CA_KEY, CA_CERT, SERVER_KEY, SERVER_CERT)}
-    unit_paths = {u: (out / SUPERNODE_DIR / u, out / SUPERNODE_DIR / f"{u}.pub") for u in names}
-    targets = list(paths.values()) + [p for pair in unit_paths.values() for p in pair]
-    existing = [p for p in targets if p.exists()]
+    existing = [p for p in paths.values() if p.exists()]
     if existing and not force:
         raise KeysExistError(existing)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -224,21 +222,31 @@ def init_keys(
     _write(paths[CA_CERT], ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
     _write(paths[SERVER_KEY], _pem_key(server_key), private=True)
     _write(paths[SERVER_CERT], server_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    (out / SUPERNODE_DIR).mkdir(exist_ok=True, mode=0o700)
-
-    unit_keys: list[UnitKeys] = []
-    for name, (private_path, public_path) in unit_paths.items():
-        key = ec.generate_private_key(ec.SECP384R1())
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption())
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        _write(private_path, private, private=True)
-        _write(public_path, public + f" {name}\n".encode(), private=False)
-        unit_keys.append(UnitKeys(name=name, private_key=private_path, public_key=public_path,
-                                  fingerprint=ssh_fingerprint(public)))
-
+    (out / SUPERNODE_DIR).mkdir(exist_ok=True, mode=0o700)  # where the units' public keys go
     return KeyMaterial(directory=out, ca_cert=paths[CA_CERT], ca_key=paths[CA_KEY], server_cert=paths[SERVER_CERT],
-                       server_key=paths[SERVER_KEY], hosts=host_list, units=unit_keys, not_valid_after=not_after)
+                       server_key=paths[SERVER_KEY], hosts=host_list, not_valid_after=not_after)
+
+
+def make_unit_key(out_dir: str | Path, unit: str, force: bool = False) -> UnitKeys:
+    """One unit's SuperNode authentication key pair, made on the unit's own premises:
+    ``<out_dir>/<unit>`` (OpenSSH PEM, 0600) and ``<out_dir>/<unit>.pub`` (what the unit hands
+    over for registration). Raises :class:`KeysExistError` unless ``force``."""
+    (name,) = unit_names([unit])
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise KeysError(f"{out} exists and is not a directory")
+    private_path, public_path = out / name, out / f"{name}.pub"
+    existing = [p for p in (private_path, public_path) if p.exists()]
+    if existing and not force:
+        raise KeysExistError(existing)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    _write(private_path, private, private=True)
+    _write(public_path, public + f" {name}\n".encode(), private=False)
+    return UnitKeys(name=name, private_key=private_path, public_key=public_path, fingerprint=ssh_fingerprint(public))
 
 
 class CertificateInfo(BaseModel):
@@ -328,7 +336,10 @@ def describe_keys(directory: str | Path, now: dt.datetime | None = None) -> Keys
             days_left=(cert.not_valid_after_utc - now).total_seconds() / 86_400, dns_names=dns, ip_addresses=ips,
             verified_by_ca=verified))
     keys: list[PublicKeyInfo] = []
-    for path in sorted((root / SUPERNODE_DIR).glob("*.pub")):
+    # a coordinator's folder keeps the units' public keys in supernodes/; a unit's folder its own
+    publics = sorted((root / SUPERNODE_DIR).glob("*.pub")) + sorted(
+        p for p in root.glob("*.pub") if not p.name.endswith(".secagg.pub"))
+    for path in publics:
         parts = path.read_text().split()
         if len(parts) < 2:
             continue

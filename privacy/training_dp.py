@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field
 
 from fedseg.config import PrivacyMode, Target
 from fedseg.value_metrics import DP_SENSITIVITY as CLV_EVAL_SENSITIVITY
-from privacy.accounting import Release, calibrate, epsilon, group_epsilons
+from privacy.accounting import Release, calibrate, delta_for, epsilon, group_epsilons
 
 #: L2 sensitivity of the scaler release: count (1) + sums (sqrt 12) + sums of squares (sqrt 12).
 SCALER_SENSITIVITY = 5.0
@@ -201,11 +201,8 @@ class TrainingPrivacy(BaseModel):
     def for_plan(cls, plan: Any) -> "TrainingPrivacy":
         """The calibrated privacy of a :class:`fedseg.config.TrainingPlan` (delta: as given, or
         :func:`privacy.accounting.default_delta` of the plan's population)."""
-        from privacy.accounting import default_delta
-
-        delta = plan.delta if plan.delta is not None else default_delta(plan.population)
-        return cls.plan(plan.privacy, rounds=plan.num_rounds, delta=delta, target_epsilon=plan.target_epsilon,
-                        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+        return cls.plan(plan.privacy, rounds=plan.num_rounds, delta=delta_for(plan.delta, plan.population),
+                        target_epsilon=plan.target_epsilon, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                         local_epochs=plan.local_epochs, max_grad_norm=plan.max_grad_norm,
                         clipping_norm=plan.clipping_norm, eval_every=plan.dp_eval_every,
                         unit_sample_rate=plan.fraction_fit, target=plan.target)

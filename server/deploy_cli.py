@@ -1,45 +1,34 @@
-"""``fedseg deploy``: run fedseg on Flower's Deployment Engine (SuperLink, SuperNodes, ``flwr run``).
+"""``fedseg deploy`` (the coordinator's commands): run fedseg on Flower's Deployment Engine.
 
 Coordinator::
 
-    fedseg keys init keys --host coordinator.example.com --unit shop_north --unit shop_south
+    fedseg keys init keys --host coordinator.example.com   # CA + SuperLink certificate
     fedseg deploy superlink keys --host 0.0.0.0          # TLS + node authentication
     fedseg deploy connect fedseg coordinator.example.com:8000 --ca keys/ca.crt
+    # each unit's NAME.pub (made on the unit, below) goes into keys/supernodes/
     fedseg deploy register keys --connection fedseg      # every unit's public key
     flwr run . fedseg --stream --run-config "output-dir='/srv/fedseg/run1'"
 
 Unit (each on its own premises)::
 
+    fedseg keys supernode --unit shop_north unit-keys    # its own key; hand over unit-keys/shop_north.pub
     fedseg deploy check unit.toml                        # validates config, keys and data
     fedseg deploy supernode unit.toml                    # starts flower-supernode
 """
 
 from __future__ import annotations
 
-import os
-import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fedseg.console import console, err_console, fail
+from fedseg.flower_exec import INSECURE_WARNING, run_or_print
 
 app = typer.Typer(help="Run on Flower's Deployment Engine: SuperLink, unit SuperNodes, registration.",
                   no_args_is_help=True)
-
-_INSECURE_WARNING = ("[bold yellow]warning:[/] --insecure: no TLS and no node authentication. Anyone who can reach "
-                     "the port can join the federation or read its traffic. Use it only on a test machine.")
-
-
-def _run(args: list[str], dry_run: bool) -> None:
-    console.print("[bold]command:[/] " + shlex.join(args), highlight=False, soft_wrap=True)
-    if dry_run:
-        return
-    if os.path.isabs(args[0]):
-        os.execv(args[0], args)
-    os.execvp(args[0], args)
-
+# The unit's own commands of this group (check, supernode) are in clients/deploy_cli.py.
 
 @app.command("superlink")
 def superlink(
@@ -54,12 +43,12 @@ def superlink(
     from server.deploy import DeployError, superlink_args
 
     if insecure:
-        err_console.print(_INSECURE_WARNING)
+        err_console.print(INSECURE_WARNING)
     try:
         args = superlink_args(keys, database.resolve(), host=host, port=port, insecure=insecure)
     except DeployError as exc:
         fail(str(exc))
-    _run(args, dry_run)
+    run_or_print(args, dry_run)
 
 
 @app.command("connect")
@@ -73,7 +62,7 @@ def connect(
     from server.deploy import DeployError, write_connection
 
     if insecure:
-        err_console.print(_INSECURE_WARNING)
+        err_console.print(INSECURE_WARNING)
     try:
         path = write_connection(name, address, ca, insecure=insecure)
     except DeployError as exc:
@@ -83,13 +72,17 @@ def connect(
 
 @app.command("register")
 def register(
-    keys: Annotated[Path, typer.Argument(help="Key folder with supernodes/<unit>.pub.")],
+    keys: Annotated[Path, typer.Argument(help="Key folder with supernodes/<unit>.pub (handed over by each unit).")],
     connection: Annotated[str, typer.Option(help="SuperLink connection (see `fedseg deploy connect`).")],
     unit: Annotated[list[str] | None, typer.Option("--unit", help="Register only these units (repeat).")] = None,
 ) -> None:
     """Register units' public keys with the SuperLink (`flwr supernode register`)."""
-    from server.deploy import DeployError, register_units
+    from server.deploy import DeployError, private_keys_beside, register_units
 
+    for private in private_keys_beside(keys):
+        err_console.print(f"[bold yellow]warning:[/] {private} is a unit's private key in the coordinator's folder; "
+                          "it belongs on that unit's premises only (the coordinator needs the .pub)",
+                          highlight=False, soft_wrap=True)
     try:
         results = register_units(keys, connection, unit or None)
     except DeployError as exc:
@@ -102,43 +95,26 @@ def register(
              "the connection's CA match its certificate?", code=1)
 
 
-def _load(config: Path, check_data: bool):  # noqa: ANN202
-    from clients.ingest import IngestError
-    from clients.unit_config import UnitConfigError, check_unit_data, load_unit_config
-
-    try:
-        cfg = load_unit_config(config)
-    except UnitConfigError as exc:
-        fail(str(exc))
-    if cfg.insecure:
-        err_console.print(_INSECURE_WARNING)
-    if check_data:
-        try:
-            with console.status(f"checking {cfg.data_path} against the data contract"):
-                lines = check_unit_data(cfg)
-        except IngestError as exc:
-            fail(f"{config}: the unit's data does not pass the data contract:\n{exc}\n(In unit.toml, "
-                 'on-error = "quarantine" sets malformed rows aside in a quarantine file and goes on.)')
-        for line in lines:
-            console.print(line, highlight=False, soft_wrap=True)
-    return cfg
-
-
-@app.command("check")
-def check(config: Annotated[Path, typer.Argument(help="The unit's unit.toml.")]) -> None:
-    """Validate a unit's configuration, keys and data without starting anything."""
-    cfg = _load(config, check_data=True)
-    console.print(f"[green]ok[/] unit {cfg.unit_id}: ready to connect to {cfg.superlink}", highlight=False)
-
-
-@app.command("supernode")
-def supernode(
-    config: Annotated[Path, typer.Argument(help="The unit's unit.toml.")],
-    skip_data_check: Annotated[bool, typer.Option("--skip-data-check", help="Do not read the data file first.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command, do not start it.")] = False,
+@app.command("local")
+def local(
+    units: Annotated[int, typer.Option(min=2, help="Simulated units (virtual SuperNodes) for `flwr run .`.")] = 5,
+    port: Annotated[int, typer.Option(min=1024, max=65533, help="Port of the SuperLink's API (and the next two).")] = 9301,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the local SuperLink started earlier.")] = False,
 ) -> None:
-    """Validate the unit's configuration and data, then start its Flower SuperNode."""
-    from server.deploy import flower_bin
+    """Start a local simulation SuperLink for `flwr run .` (CPU, nothing downloaded) and make it
+    the default connection; `flwr run . --stream` then runs the pyproject's ServerApp/ClientApp."""
+    from server.deploy import DeployError, start_local_superlink, stop_local_superlink
 
-    cfg = _load(config, check_data=not skip_data_check)
-    _run(cfg.supernode_args(flower_bin("flower-supernode")), dry_run)
+    if stop:
+        pid = stop_local_superlink()
+        console.print("stopped the local SuperLink" + (f" (pid {pid})" if pid else ": none was running"))
+        return
+    try:
+        link = start_local_superlink(units, port)
+    except DeployError as exc:
+        fail(str(exc))
+    console.print(f"local SuperLink on {link.address} (pid {link.pid}, log {link.log}); default connection "
+                  f"'fedseg-local' with {units} simulated units in {link.config}", highlight=False, soft_wrap=True)
+    console.print("next: flwr run . --stream   (outputs: the run config's output-dir, default runs/flwr, relative to "
+                  f"{Path.cwd()}; the run prints the absolute path)\nstop:  fedseg deploy local --stop",
+                  highlight=False, soft_wrap=True)

@@ -45,9 +45,10 @@ from fedseg.segments import (D, GRID_BINS, RFM_EDGES, SCORE_EDGES, RFM_SEGMENT_N
                              step_sensitivities, vectors_to_profile)
 from fedseg import protocol
 from fedseg.config import SegmentationPlan
-from privacy.accounting import Release, default_delta, epsilon, gaussian_noise_multiplier
+from privacy.accounting import Release, delta_for, epsilon, gaussian_noise_multiplier
 from privacy.segmentation_dp import step_releases
 from server.grid import agree_privacy, ask, wait_for_units
+
 
 class NoisePlan(BaseModel):
     """Per-entry noise of every step, and the epsilon they add up to."""
@@ -69,7 +70,7 @@ def _sigma(sens_sq: float, rho_step: float) -> float:
 
 def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     """Calibrate every step's sigma to the plan's epsilon (see the module doc)."""
-    delta = plan.delta if plan.delta is not None else default_delta(plan.population)
+    delta = delta_for(plan.delta, plan.population)
     if plan.epsilon is None:
         return NoisePlan(delta=delta)
     b = plan.budget

@@ -243,8 +243,9 @@ def run_training(
     after_round: Callable[[int], None] | None = None,
 ) -> TrainingResult:
     """Run (or resume) the federated training described by ``plan``; see the module doc."""
-    run_dir = Path(plan.output_dir)
+    run_dir = Path(plan.output_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    log(INFO, "outputs: %s (checkpoint.npz, rounds.jsonl, model.npz)", run_dir)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint is not None and checkpoint.plan_fingerprint != plan.fingerprint():
         raise ResumeMismatch(
@@ -372,6 +373,7 @@ def run_training(
                                                "cutoff": plan.cutoff.isoformat(),
                                                "horizon_days": plan.horizon_days,
                                                "privacy": statement}), name=MODEL_FILE)
+    log(INFO, "done: the global model is %s (version %s)", run_dir / MODEL_FILE, version)
     return TrainingResult(final, run.mean, run.std, run.history, version, start_round, statement,
                           sorted(names.values()), run_id, last_evaluation)
 

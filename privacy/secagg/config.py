@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 from pydantic import BaseModel, Field, model_validator
 
+from fedseg.errors import FedsegError
 
-class SecAggError(RuntimeError):
-    """The protocol cannot go on (too few units, a forged or replayed message, ...)."""
+
+class SecAggError(FedsegError):
+    """The protocol cannot go on (too few units, a forged or replayed message, ...): the round is
+    abandoned; one line for the person running it (exit 1)."""
+
+    exit_code = 1
 
 
 class SecAggConfig(BaseModel):
@@ -18,7 +25,13 @@ class SecAggConfig(BaseModel):
     ``modulus_bits`` b is the ring Z_(2^b) of masked values; each coordinate is quantised to
     ``q = min(b - ceil(log2(n)), 52)`` bits so the sum of n units never wraps (52: levels stay
     exact in float64). Decoding error per coordinate of the sum is at most
-    ``n * R * (1 / (2^q - 1) + 2^-48)`` (grid rounding plus float64 rounding).
+    ``n * R * (1 / (2^q - 1) + 2^-48)`` (grid rounding plus float64 rounding). ``l2_clip`` C > 0
+    makes every unit L2-clip its update to C before quantising (client-level DP).
+
+    A unit pins these settings when it advertises its keys for a round: the hash of their
+    canonical form (:meth:`settings_hash`) is inside its signed advertisement, every unit checks
+    at share that all advertisements carry its own hash, and a stage sent with other settings is
+    refused.
     """
 
     threshold: float = Field(0.6, gt=0, description="Reconstruction threshold t: a count (>= 2), or a "
@@ -27,6 +40,7 @@ class SecAggConfig(BaseModel):
                                "min(n - 1, 2 * ceil(log2 n)), rounded up to even.")
     clip_range: float = Field(1.0, gt=0, description="Every update coordinate is clipped to [-R, R].")
     modulus_bits: int = Field(48, ge=24, le=62, description="Masked values live in Z_(2^bits).")
+    l2_clip: float = Field(0.0, ge=0, description="Units L2-clip their update to this norm first (0: no clip).")
 
     @model_validator(mode="after")
     def _threshold_shape(self) -> "SecAggConfig":
@@ -35,6 +49,14 @@ class SecAggConfig(BaseModel):
         if self.threshold >= 1 and self.threshold < 2:
             raise ValueError("threshold must be at least 2 units")
         return self
+
+    def canonical(self) -> str:
+        """The settings as canonical JSON (sorted keys, no spaces): what :meth:`settings_hash` hashes."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def settings_hash(self) -> bytes:
+        """SHA-256 of the canonical settings, inside every signed advertisement."""
+        return hashlib.sha256(b"fedseg-secagg-settings|" + self.canonical().encode()).digest()
 
     def degree_for(self, n: int) -> int:
         if n < 3:
@@ -45,7 +67,11 @@ class SecAggConfig(BaseModel):
         return min(k, n - 1)  # n - 1: everybody is a neighbour
 
     def threshold_for(self, n: int) -> int:
-        """t for n units; refuses configurations that cannot be reconstructed or hide nothing."""
+        """t for n units; refuses configurations that cannot be reconstructed or hide nothing.
+
+        t must be a strict majority of each unit's k + 1 share holders: every honest holder
+        reveals at most one of a unit's two shares (``b`` or ``s``) per round, so a coordinator
+        collecting t of each would need 2t <= k + 1 holders (docs/secure-aggregation.md)."""
         degree = self.degree_for(n)
         t = int(self.threshold) if self.threshold >= 1 else math.ceil(self.threshold * (degree + 1))
         if t < 2:
@@ -55,6 +81,10 @@ class SecAggConfig(BaseModel):
         if t > degree + 1:
             raise SecAggError(f"threshold {t} exceeds the {degree + 1} holders of each unit's shares "
                               f"({n} units, degree {degree}); lower the threshold or add units")
+        if 2 * t <= degree + 1:
+            raise SecAggError(f"threshold {t} is not a majority of the {degree + 1} holders of each unit's shares "
+                              f"({n} units, degree {degree}): a deviating coordinator could collect both shares "
+                              f"of one unit; use at least {(degree + 1) // 2 + 1}")
         return t
 
     def quant_bits(self, n: int) -> int:

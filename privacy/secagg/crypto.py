@@ -42,6 +42,29 @@ def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
     return private.exchange(X25519PublicKey.from_public_bytes(peer_public))
 
 
+X25519_P = 2**255 - 19
+_PROBE = X25519PrivateKey.generate()
+
+
+def x25519_public_problem(public: bytes) -> str | None:
+    """Why ``public`` is not an acceptable X25519 public key, or None.
+
+    Refused: anything but 32 bytes; non-canonical encodings (value >= 2^255 - 19, top bit
+    included: two encodings of one point would pass a byte-wise duplicate check); and points of
+    small order. X25519 scalars are clamped to multiples of the cofactor 8, so the shared
+    secret with any scalar is all-zero exactly for points of order dividing 8; OpenSSL refuses
+    that result, which :func:`agree` with a probe key detects."""
+    if not isinstance(public, bytes) or len(public) != 32:
+        return f"an X25519 key is 32 bytes, got {len(public) if isinstance(public, bytes) else type(public).__name__}"
+    if int.from_bytes(public, "little") >= X25519_P:
+        return "a non-canonical X25519 encoding"
+    try:
+        agree(_PROBE, public)
+    except ValueError:
+        return "a low-order X25519 point (its shared secrets are all-zero)"
+    return None
+
+
 def derive(secret: bytes, info: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info.encode()).derive(secret)
 

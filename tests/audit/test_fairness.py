@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from fairlearn.metrics import (MetricFrame, demographic_parity_difference, demographic_parity_ratio,
                                equal_opportunity_difference, equalized_odds_difference, selection_rate,
@@ -56,15 +57,15 @@ def test_group_figures_agree_with_fairlearn_and_counts(scored):
 
 
 def test_bootstrap_is_seeded_and_covers(scored):
-    a = fairness_audit(scored, _spec(seed=7)).attributes["gender"].demographic_parity_difference
-    b = fairness_audit(scored, _spec(seed=7)).attributes["gender"].demographic_parity_difference
-    c = fairness_audit(scored, _spec(seed=8)).attributes["gender"].demographic_parity_difference
+    a = fairness_audit(scored, _spec(seed=7)).attributes["gender"].groups["b"].auc
+    b = fairness_audit(scored, _spec(seed=7)).attributes["gender"].groups["b"].auc
+    c = fairness_audit(scored, _spec(seed=8)).attributes["gender"].groups["b"].auc
     assert a == b and a != c
     assert a.ci_low < a.value < a.ci_high
 
 
-def test_bootstrap_interval_matches_row_bootstrap(scored):
-    """The multinomial-cell bootstrap has the same spread as a row bootstrap (checked by brute force)."""
+def test_wilson_interval_matches_row_bootstrap(scored):
+    """The selection rate's Wilson interval has the spread of a row bootstrap (checked by brute force)."""
     rep = fairness_audit(scored, _spec(bootstrap=2000, groups=["gender"], min_group_size=30))
     est = rep.attributes["gender"].groups["b"].selection_rate
     rng = np.random.default_rng(1)
@@ -111,8 +112,11 @@ def test_outcome_mode_detects_dependence_and_four_fifths(scored):
     a = rep.attributes["gender"]
     assert list(a.categories) == ["1"]
     assert a.independence.p_value < 1e-6
-    assert a.four_fifths_flag is True
-    assert any(r.rule == "four-fifths" and not r.passed for r in rep.rules)
+    assert a.reference == "a" and a.reference_source == "largest group"
+    ratio = a.groups["b"].shares["1"].ratio_to_reference
+    assert ratio.ci_high < 0.8
+    assert any(r.rule == "four-fifths" and r.verdict == "FAIL" and r.subject == "gender=b vs a [1]" for r in rep.rules)
+    assert rep.overall.verdict == "FAIL"
 
 
 def test_user_errors_are_value_errors(scored):
@@ -121,3 +125,121 @@ def test_user_errors_are_value_errors(scored):
     bad = scored.assign(score=scored.score * 2)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         fairness_audit(bad, _spec())
+
+
+def test_new_rates_and_reference_comparisons(scored):
+    from fairlearn.metrics import false_negative_rate
+
+    rep = fairness_audit(scored, _spec(references={"gender": "c"}, bootstrap=0))
+    a = rep.attributes["gender"]
+    assert a.reference == "c" and a.reference_source == "given (--reference)" and a.groups["c"].reference
+    yp = (scored.score >= 0.5).astype(int)
+    for g, gf in a.groups.items():
+        m = (scored.gender == g).to_numpy()
+        y, p = scored.churned.to_numpy()[m], yp.to_numpy()[m]
+        assert abs(gf.fnr.value - false_negative_rate(y, p)) < 1e-12
+        assert abs(gf.false_omission_rate.value - y[p == 0].mean()) < 1e-12
+        assert gf.fnr.count == y.sum() and gf.false_omission_rate.count == (p == 0).sum()
+        if g == "c":
+            assert gf.selection_rate.ratio_to_reference is None
+            continue
+        ref = a.groups["c"]
+        for k in ("selection_rate", "tpr", "fpr", "fnr", "precision", "false_omission_rate"):
+            e, r = getattr(gf, k), getattr(ref, k)
+            assert abs(e.ratio_to_reference.value - e.value / r.value) < 1e-12
+            assert abs(e.difference_to_reference.value - (e.value - r.value)) < 1e-12
+            for x in (e, e.ratio_to_reference, e.difference_to_reference):
+                assert x.ci_low <= x.value <= x.ci_high
+    with pytest.raises(ValueError, match="does not occur"):
+        fairness_audit(scored, _spec(references={"gender": "zz"}))
+    with pytest.raises(ValueError, match="not an audited attribute"):
+        _spec(references={"age": "x"})
+
+
+def test_suppression_by_the_count_each_metric_rests_on(scored):
+    f = scored.copy()
+    # group e: 200 rows but only 5 positives -> TPR, FNR (and AUC) suppressed, selection rate reported
+    extra = f.iloc[:200].copy()
+    extra["gender"], extra["churned"] = "e", 0
+    extra.iloc[:5, extra.columns.get_loc("churned")] = 1
+    rep = fairness_audit(pd.concat([f, extra], ignore_index=True), _spec(min_group_size=30, bootstrap=0))
+    a = rep.attributes["gender"]
+    e = a.groups["e"]
+    assert e.n == 200 and e.selection_rate is not None and e.fpr is not None
+    assert e.tpr is None and e.fnr is None and e.auc is None
+    cells = {(s.group, s.metric): s for s in a.suppressed}
+    assert cells[("e", "tpr")].count == 5 and cells[("e", "tpr")].basis == "positives"
+    assert cells[("e", "fnr")].count == 5 and cells[("d", "all")].count == 12
+    tpr_rules = [r for r in rep.rules if r.rule == "fnr-ratio" and r.subject.startswith("gender=e")]
+    assert tpr_rules[0].verdict == "NOT TESTED" and "5 positives < 30" in tpr_rules[0].detail
+
+
+def test_intervals_contain_the_estimate_and_respect_the_range():
+    """Seen before: equalized odds 0.020 with [0.021, 0.077], calibration 0.0555 with [0.0562, 0.142], AUC to 1.001."""
+    bad = []
+    for seed in range(16):
+        rng = np.random.default_rng(seed)
+        n = 3000
+        g = rng.choice(["a", "b", "c"], n)
+        s = rng.random(n)
+        y = rng.random(n) < s  # calibrated, no disparity: summaries and ECE near 0
+        if seed % 2:
+            s = np.where(y, rng.beta(30, 1, n), rng.beta(1, 30, n))
+        frame = pd.DataFrame({"g": g, "y": y.astype(int), "s": s})
+        rep = fairness_audit(frame, FairnessSpec(label="y", score="s", groups=["g"], bootstrap=300, seed=seed,
+                                                 min_group_size=10))
+        a = rep.attributes["g"]
+        ests = {k: getattr(a, k) for k in ("demographic_parity_difference", "demographic_parity_ratio",
+                                           "equalized_odds_difference", "equal_opportunity_difference")}
+        for grp, gf in a.groups.items():
+            for k in ("auc", "calibration_error", "selection_rate", "tpr", "fpr", "fnr", "precision",
+                      "false_omission_rate"):
+                ests[f"{grp}.{k}"] = getattr(gf, k)
+        for k, e in ests.items():
+            if not (0 <= e.ci_low <= e.value <= e.ci_high <= 1):
+                bad.append((seed, k, e))
+    assert not bad, bad[:5]
+    # AUC whose exact value (1) is far from the binned one (0.75: half the pairs share a score bin): the old
+    # additive shift gave [0.970, 1.027]; the interval now stays within [0, 1]
+    s = np.r_[np.full(150, 0.30), np.full(150, 0.5011), np.full(300, 0.5041)]
+    frame = pd.DataFrame({"g": "a", "y": np.r_[np.zeros(300), np.ones(300)].astype(int), "s": s})
+    auc = fairness_audit(frame, FairnessSpec(label="y", score="s", groups=["g"], bootstrap=200)).attributes["g"].groups["a"].auc
+    assert auc.value == 1.0 and 0 <= auc.ci_low <= 1.0 and auc.ci_high == 1.0
+
+
+def test_outcome_with_label_is_refused():
+    with pytest.raises(ValueError, match="--outcome alone"):
+        FairnessSpec(outcome="offer", label="churned", groups=["gender"])
+
+
+def test_policy_verdicts_from_intervals(scored, tmp_path):
+    from audit.policy import load_policy
+
+    pol = tmp_path / "p.toml"
+    pol.write_text('''
+name = "test"
+[[rule]]
+name = "sel-ratio"
+metric = "selection_rate"
+compare = "ratio_to_reference"
+min = 0.8
+max = 1.25
+attributes = ["gender"]
+source = "test"
+[[rule]]
+name = "dpd"
+metric = "demographic_parity_difference"
+max = 0.5
+''')
+    rep = fairness_audit(scored, _spec(policy=load_policy(pol), bootstrap=0, min_group_size=30))
+    v = {r.subject: r for r in rep.rules}
+    b = rep.attributes["gender"].groups["b"].selection_rate.ratio_to_reference
+    assert b.ci_low > 1.25 and v["gender=b vs a"].verdict == "FAIL"   # interval beyond the maximum
+    assert v["gender=d vs a"].verdict == "NOT TESTED"
+    assert v["gender"].verdict == "PASS" and v["region"].verdict == "PASS"
+    assert all(r.allowed for r in rep.rules) and v["gender=b vs a"].source == "test"
+    assert rep.overall.verdict == "FAIL"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "x"\nmetric = "nope"\nmax = 1\n')
+    with pytest.raises(ValueError, match="unknown metric"):
+        load_policy(bad)

@@ -90,14 +90,22 @@ def test_dp_noise_is_added_by_the_units_and_charged_to_their_accounts(tmp_path):
 
 def test_federated_pricing_equals_pooled(tmp_path):
     f = generate_transactions(n_rows=40_000, n_customers=4000, n_items=60, n_weeks=6, premium_pct=2.5, seed=9)
+    f["loyalty"] = f["loyalty"].astype(object)
+    f.loc[f.index[::50], "loyalty"] = None                      # a (missing) level
+    f["channel"] = np.where(f.customer_id % 5 == 0, "web", "store")
+    f["tenure_days"] = (f.customer_id * 37) % 900 + 0.5         # a continuous attribute
     paths = []
     for u in range(3):
         p = tmp_path / f"tx{u}.parquet"
         f[f.customer_id % 3 == u].to_parquet(p)
         paths.append(p)
-    spec = PricingSpec(price="price", item="item_id", time="week", window="raw", groups=["loyalty", "data_richness"],
-                       by="category", references={"loyalty": "new"}, customer="customer_id", returning="returning")
-    assert_reports_equal(federated_pricing(paths, spec), pricing_audit(f, spec))
+    spec = PricingSpec(price="price", item="item_id", time="week", window="raw",
+                       groups=["loyalty", "data_richness", "tenure_days"], by=["category", "channel"],
+                       references={"loyalty": "new"}, customer="customer_id", returning="returning", min_clusters=5,
+                       continuous={"tenure_days": [0, 300, 600, 900]}, slopes=["tenure_days"])
+    pooled = pricing_audit(f, spec)
+    assert pooled.missing["loyalty"] == 800 and any(x.kind == "slope" for x in pooled.findings)
+    assert_reports_equal(federated_pricing(paths, spec), pooled)
 
 
 def test_flower_simulation_equals_pooled(tmp_path):
@@ -116,3 +124,25 @@ def test_flower_simulation_equals_pooled(tmp_path):
     pspec = PricingSpec(price="price", item="item_id", time="week", window="raw", groups=["loyalty"],
                         references={"loyalty": "new"}, customer="customer_id")
     assert_reports_equal(run_federated_audit(tp, pspec), pricing_audit(t, pspec))
+
+
+def test_flower_dp_audit_units_accept_charge_and_refuse(tmp_path):
+    """On Flower's engine each unit accepts the release with its own account, adds its own noise and
+    charges its ledger; a unit whose budget cannot cover the audit refuses it before any release."""
+    from audit.flower_app import run_federated_audit
+    from privacy.ledger import BudgetLedger
+    from server.grid import PrivacyPlanRefused
+
+    f, paths = _fair_units(tmp_path, n_units=2)
+    spec = FairnessSpec(label="churned", score="score", groups=["gender"], bootstrap=0, score_bins=20)
+    ledger = tmp_path / "ledger.sqlite"
+    BudgetLedger(ledger).set_budget("*", "scores", 1.5, 1e-5)
+    rep = run_federated_audit(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6), ledger_path=ledger,
+                              dataset_id="scores")
+    assert rep.dp_noise_sigma > 0
+    book = BudgetLedger(ledger)
+    assert [round(book.spent(p.stem, "scores")[0], 4) for p in paths] == [1.0, 1.0]
+    with pytest.raises(PrivacyPlanRefused, match=r"this run asks 1\.000 .* remaining 0\.500"):
+        run_federated_audit(paths, spec, dp=DPConfig(epsilon=1.0, delta=1e-6), ledger_path=ledger,
+                            dataset_id="scores")
+    assert [round(book.spent(p.stem, "scores")[0], 4) for p in paths] == [1.0, 1.0]

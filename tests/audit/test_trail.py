@@ -120,3 +120,35 @@ def test_world_readable_key_refused(tmp_path):
     r.write_text("{}")
     with pytest.raises(TrailError, match="chmod 600"):
         append(tmp_path / "log", r, priv, kind="fairness")
+
+
+def test_every_hashed_file_is_checked_by_default(tmp_path):
+    priv, _ = keygen(tmp_path / "keys")
+    log = tmp_path / "audit.log"
+    d = tmp_path / "rep"
+    d.mkdir()
+    (d / "report.json").write_text("{}")
+    (d / "report.html").write_text("<html></html>")
+    e = append(log, d / "report.json", priv, kind="fairness", extra_files=[d / "report.html"])
+    assert e["files"] == {"report.html": e["files"]["report.html"]}
+    res = verify(log)
+    assert res.ok and res.files_checked == 2
+    (d / "report.html").write_text("<html>edited</html>")       # before: only report.json was re-hashed
+    res = verify(log)
+    assert not res.ok and "report.html" in res.reason and "changed" in res.reason
+    assert verify(log, check_files=False).ok                      # the log-only opt-out
+    (d / "report.html").unlink()
+    res = verify(log)
+    assert not res.ok and "missing" in res.reason
+    (d / "report.json").unlink()                                  # before: a missing report passed
+    res = verify(log)
+    assert not res.ok and "missing" in res.reason
+
+
+def test_a_line_that_is_not_json_is_tampering(chain):
+    log, _, _ = chain
+    lines = _lines(log)
+    lines[2] = lines[2][:40]
+    log.write_text("\n".join(lines) + "\n")
+    res = verify(log)                                             # before: TrailError (usage error, exit 2)
+    assert not res.ok and res.first_bad == 2 and "not JSON" in res.reason

@@ -82,11 +82,25 @@ class Cluster:
     def superlink_log(self) -> str:
         return self.log("superlink").read_text(errors="replace")
 
+    def unit_keys(self, unit: str) -> Path:
+        """The unit's own key folder (its premises)."""
+        return self.root / f"premises-{unit}"
+
+    def make_unit_key(self, unit: str, hand_over: bool = True) -> None:
+        """The unit makes its SuperNode key on its premises (`fedseg keys supernode`) and, unless told
+        otherwise, hands its public key over: it is copied into the coordinator's supernodes/."""
+        result = self.fedseg("keys", "supernode", str(self.unit_keys(unit)), "--unit", unit)
+        assert result.returncode == 0, result.stdout + result.stderr
+        if hand_over:
+            import shutil
+
+            shutil.copy(self.unit_keys(unit) / f"{unit}.pub", self.keys / "supernodes" / f"{unit}.pub")
+
     # -- units ---------------------------------------------------------------------------
     def write_unit(self, unit: str, data: Path, users: Path | None = None, **extra: object) -> Path:
         lines = [f'unit-id = "{unit}"', f'data-path = "{data}"', f'superlink = "{self.address}"',
                  f'root-certificates = "{self.keys / "ca.crt"}"',
-                 f'auth-key = "{self.keys / "supernodes" / unit}"', f"clientapp-port = {free_port()}",
+                 f'auth-key = "{self.unit_keys(unit) / unit}"', f"clientapp-port = {free_port()}",
                  f'output-dir = "{self.root / ("out-" + unit)}"']
         if users is not None:
             lines.append(f'users-path = "{users}"')

@@ -38,8 +38,11 @@ def cluster(tmp_path):
 
     data = generate(GeneratorConfig(n_users=1500, n_units=3, days=365, start=dt.date(2024, 1, 1), seed=1))
     write_units(data, tmp_path / "data")
-    init_keys(tmp_path / "keys", units=[*UNITS, "intruder"])
+    init_keys(tmp_path / "keys")
     c = Cluster(tmp_path, tmp_path / "keys")
+    for unit in UNITS:           # each unit makes its own key and hands over the public key
+        c.make_unit_key(unit)
+    c.make_unit_key("intruder", hand_over=False)
     try:
         yield c
     finally:

@@ -1,5 +1,6 @@
 """A unit's configuration is validated before its SuperNode starts; its privacy budget is enforced
-by the unit itself. Real files, real keys from `fedseg keys init`, the real CLI."""
+by the unit itself. Real files, real keys (`fedseg keys init` for the CA, the unit's own key from
+`fedseg keys supernode`), the real CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pandas as pd
 import pytest
 
 from clients.unit_config import UnitConfigError, check_unit_data, load_unit_config
-from privacy.keys import init_keys
+from types import SimpleNamespace
+
+from privacy.keys import init_keys, make_unit_key
 from server.deploy import DeployError, superlink_args, write_connection
 
 BIN = Path(sys.executable).parent
@@ -20,7 +23,9 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
-    return init_keys(tmp_path_factory.mktemp("keys"), units=["shop_north"])
+    material = init_keys(tmp_path_factory.mktemp("keys"))
+    unit = make_unit_key(tmp_path_factory.mktemp("premises"), "shop_north")
+    return SimpleNamespace(directory=material.directory, ca_cert=material.ca_cert, auth_key=unit.private_key)
 
 
 @pytest.fixture
@@ -34,7 +39,7 @@ def unit_dir(tmp_path, keys):
 
 def write(unit_dir: Path, keys, **overrides: object) -> Path:  # noqa: ANN001
     values = {"unit-id": "shop_north", "data-path": "data/events.csv", "superlink": "coordinator.example:8000",
-              "root-certificates": str(keys.ca_cert), "auth-key": str(keys.units[0].private_key)}
+              "root-certificates": str(keys.ca_cert), "auth-key": str(keys.auth_key)}
     values.update({k.replace("_", "-"): v for k, v in overrides.items()})
     lines = []
     for key, value in values.items():
@@ -53,7 +58,7 @@ def test_a_valid_unit_config_resolves_paths_and_builds_the_supernode_command(uni
     assert args[:3] == ["flower-supernode", "--superlink", "coordinator.example:8000"]
     assert "--insecure" not in args
     assert args[args.index("--root-certificates") + 1] == str(keys.ca_cert)
-    assert args[args.index("--auth-supernode-private-key") + 1] == str(keys.units[0].private_key)
+    assert args[args.index("--auth-supernode-private-key") + 1] == str(keys.auth_key)
     node_config = args[args.index("--node-config") + 1]
     assert 'unit-id="shop_north"' in node_config and "epsilon-budget=4.0" in node_config
     # Flower's own parser reads the node config back to the same values.
@@ -88,7 +93,7 @@ def test_keys_that_are_not_keys_or_too_open_are_refused(unit_dir, keys):
     with pytest.raises(UnitConfigError, match="not a PEM certificate"):
         load_unit_config(write(unit_dir, keys, root_certificates=str(unit_dir / "not_a_key")))
     open_key = unit_dir / "open_key"
-    open_key.write_bytes(keys.units[0].private_key.read_bytes())
+    open_key.write_bytes(keys.auth_key.read_bytes())
     os.chmod(open_key, 0o644)
     with pytest.raises(UnitConfigError, match="chmod 600"):
         load_unit_config(write(unit_dir, keys, auth_key=str(open_key)))
@@ -152,3 +157,24 @@ def test_the_units_privacy_settings_reach_its_node_config(tmp_path, keys):
     assert node["epsilon-budget"] == 4.0 and node["delta-budget"] == 1e-6 and node["dataset-id"] == "north-2024"
     assert node["ledger-path"] == str((tmp_path / "out" / "privacy-ledger.sqlite").resolve())
     assert "dp-seed" not in node
+
+
+def test_the_secure_aggregation_identity_is_checked_before_the_supernode_starts(unit_dir, keys, tmp_path):
+    from privacy.secagg.identity import build_registry, write_unit_identity
+
+    key, pub, _ = write_unit_identity(unit_dir / "unit-keys", "shop_north")
+    _, other_pub, _ = write_unit_identity(tmp_path / "south", "shop_south")
+    build_registry([pub, other_pub], unit_dir / "registry.json")
+    cfg = load_unit_config(write(unit_dir, keys, secagg_key=str(key), secagg_registry="registry.json",
+                                 secagg_min_units=4))
+    assert cfg.node_config()["secagg-min-units"] == 4 and cfg.node_config()["secagg-key"] == str(key)
+    # a registry that does not list this unit under its own key (altered, or the key replaced)
+    build_registry([other_pub], unit_dir / "other.json")
+    with pytest.raises(UnitConfigError, match="does not list unit 'shop_north'") as err:
+        load_unit_config(write(unit_dir, keys, secagg_key=str(key), secagg_registry="other.json"))
+    assert "\n" not in str(err.value)
+    os.chmod(key, 0o644)
+    with pytest.raises(UnitConfigError, match="chmod 600"):
+        load_unit_config(write(unit_dir, keys, secagg_key=str(key), secagg_registry="registry.json"))
+    with pytest.raises(UnitConfigError, match="secagg-min-units"):
+        load_unit_config(write(unit_dir, keys, secagg_min_units=2))

@@ -4,10 +4,8 @@ pyproject.toml, the same ServerApp and ClientApp as `fedseg simulate`."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,41 +19,39 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def superlink(tmp_path):
+    """The README's recipe: `fedseg deploy local` starts a simulation SuperLink (no runtime
+    dependency installation) and makes it the default connection with 3 simulated units."""
     home = tmp_path / "flwr-home"
-    home.mkdir()
-    port = free_port()
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    log = open(tmp_path / "superlink.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
-         "--port", str(port), "--fleet-api-address", f"127.0.0.1:{free_port()}",
-         "--control-api-address", f"127.0.0.1:{free_port()}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    port = free_port()
+    while any(_busy(port + k) for k in (1, 2)):
+        port = free_port()
+    started = subprocess.run([str(BIN / "fedseg"), "deploy", "local", "--units", "3", "--port", str(port)],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "flwr run . --stream" in started.stdout
     try:
-        deadline = time.time() + 60
-        while "Application startup complete" not in (tmp_path / "superlink.log").read_text():
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("SuperLink did not start:\n" + (tmp_path / "superlink.log").read_text())
-            time.sleep(0.5)
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stopped = subprocess.run([str(BIN / "fedseg"), "deploy", "local", "--stop"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert "stopped the local SuperLink (pid" in stopped.stdout, stopped.stdout + stopped.stderr
+
+
+def _busy(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_flwr_run_trains_with_pyproject_config(superlink, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [str(BIN / "flwr"), "run", str(ROOT), "local", "--stream",
-         "--run-config", f"num-server-rounds=2 output-dir='{out}'", "--federation-config", "num-supernodes=3"],
+        [str(BIN / "flwr"), "run", str(ROOT), "--stream", "--run-config", f"num-server-rounds=2 output-dir='{out}'"],
         env=superlink, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"outputs: {out}" in result.stdout + result.stderr      # the run says where its outputs go
     checkpoint = load_checkpoint(out, name="model.npz")
     assert checkpoint is not None and checkpoint.round == 2
     history = checkpoint.history

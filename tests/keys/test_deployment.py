@@ -1,7 +1,8 @@
 """A real SuperLink with the keys `fedseg keys init` makes: TLS and SuperNode authentication enforced.
 
 Starts ``flower-superlink`` (TLS, ``--enable-supernode-auth``) on a free localhost port with
-``FLWR_HOME`` in a temporary directory, registers one unit's public key with
+``FLWR_HOME`` in a temporary directory, registers one unit's public key (made by that unit in its
+own folder with ``make_unit_key``, as `fedseg keys supernode` does) with
 ``flwr supernode register``, then shows that
 
 * the SuperNode with the registered key connects (it shows up ``online``),
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from privacy.keys import init_keys
+from privacy.keys import init_keys, make_unit_key
 from tests.deployment.cluster import free_port
 
 pytestmark = pytest.mark.deployment
@@ -92,8 +93,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float 
 
 
 def test_superlink_accepts_registered_unit_and_refuses_others(tmp_path):
-    keys = init_keys(tmp_path / "keys", n_units=2)
-    registered, unregistered = keys.units
+    keys = init_keys(tmp_path / "keys")
+    registered = make_unit_key(tmp_path / "premises-north", "north")
+    unregistered = make_unit_key(tmp_path / "premises-south", "south")
     home = tmp_path / "flwr_home"
     home.mkdir()
     port = free_port()

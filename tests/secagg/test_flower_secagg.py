@@ -31,16 +31,28 @@ def test_secure_rounds_on_flower(tmp_path):
     results, grid = run_flower(plan, files, client_app=flaky)
     history = results[0].history
     assert history[-1]["auc"] > 0.72 > history[0]["auc"]
-    assert history[1]["secagg"]["masked"] == 5
+    assert history[1]["secagg"]["masked"] == 5 and history[1]["secagg"]["signed"] == 5
     assert history[2]["secagg"]["dropped_after_sharing"] == ["unit_4"] and history[2]["units_trained"] == 4
-    # round 1's unmask exchange carried round 2's key advertisements: no separate advertise exchange
+    # round 1's consistency exchange carried round 2's advertisements and its unmask exchange round
+    # 2's share stage: round 2 starts at the masked stage
     assert history[1]["secagg"]["advertised_in_advance"] == 0 and history[2]["secagg"]["advertised_in_advance"] == 5
-    # round 3: the four survivors advertised in advance; unit_4, back, is asked on its own and takes part
-    assert history[3]["secagg"]["advertised_in_advance"] == 4 and history[3]["units_trained"] == 5
-    advertise_messages = [m for m in grid.sent if m.content["config"].get("secagg-stage") == "advertise"]
-    assert len(advertise_messages) == 5 + 1
+    # unit_4, alive after its crash, was asked to advertise (and share) for round 3 on its own within
+    # round 2's consistency (and unmask) exchanges: round 3 again starts with all five at masked
+    assert history[3]["secagg"]["advertised_in_advance"] == 5 and history[3]["units_trained"] == 5
+
+    def stage_of(m: Message) -> str | None:
+        config = m.content.config_records.get("config")
+        return config.get("secagg-stage") if config is not None else None
+
+    advertise_messages = [m for m in grid.sent if stage_of(m) == "advertise"]
+    share_messages = [m for m in grid.sent if stage_of(m) == "share"]
+    assert len(advertise_messages) == 5 + 1 and len(share_messages) == 5 + 1
+    # every round runs the consistency round: masked inputs (5, 5, 5), signatures (5, 4, 5)
+    assert len([m for m in grid.sent if stage_of(m) == "consistency"]) == 5 + 4 + 5
     train_replies = [r for r in grid.replies if r.metadata.message_type.startswith("train") and not r.has_error()]
     assert train_replies
     for reply in train_replies:   # never a plain model update: keys, ciphertexts, masked vectors, shares
         assert "arrays" not in reply.content
         assert set(reply.content.keys()) in ({"secagg"}, {"secagg-masked", "metrics"})
+    signatures = [r for r in train_replies if "secagg" in r.content and "signature" in r.content["secagg"]]
+    assert len(signatures) == 5 + 4 + 5

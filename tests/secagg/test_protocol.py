@@ -10,31 +10,8 @@ from scipy import stats
 
 from privacy.secagg import crypto, quantize, shamir
 from privacy.secagg.config import SecAggConfig, SecAggError
-from privacy.secagg.protocol import Advert, CoordinatorSession, UnitSession
-
-
-class Federation:
-    """n units with registered identities and a coordinator, run stage by stage."""
-
-    def __init__(self, n: int, config: SecAggConfig | None = None, dim: int = 200, seed: int = 0) -> None:
-        self.config = config or SecAggConfig(threshold=0.6, clip_range=1.0)
-        identities = {f"u{i:02d}": crypto.new_identity() for i in range(n)}
-        self.registry = {u: crypto.public_bytes(k) for u, k in identities.items()}
-        self.units = {u: UnitSession(u, k, self.registry, self.config) for u, k in identities.items()}
-        self.coordinator = CoordinatorSession(self.config)
-        rng = np.random.default_rng(seed)
-        self.x = {u: rng.uniform(-1, 1, dim) for u in self.units}
-
-    def run(self, drop_before: set[str] = frozenset(), drop_after: set[str] = frozenset()):
-        co = self.coordinator
-        adverts = co.collect_adverts([s.advertise(co.round_id) for s in self.units.values()], 3)
-        outgoing = {u: s.share_keys(adverts) for u, s in self.units.items() if u not in drop_before}
-        inbox = co.route_shares(outgoing)
-        self.masked = {u: self.units[u].masked_input(self.x[u], co.u2, inbox[u]) for u in co.u2 if u not in drop_after}
-        u3 = co.collect_masked(self.masked)
-        self.reveals = {u: self.units[u].unmask(u3) for u in u3}
-        total, m, bound = co.aggregate(self.reveals)
-        return total, u3, bound
+from privacy.secagg.protocol import Advert, UnitSession
+from tests.secagg.harness import Federation
 
 
 @pytest.mark.parametrize("n", [3, 5, 20])
@@ -74,7 +51,7 @@ def test_the_coordinator_cannot_recover_a_single_update():
     fed = Federation(6, dim=20_000)
     fed.run()
     bits = fed.config.modulus_bits
-    for unit, y in fed.masked.items():
+    for unit, y in fed.masked_inputs.items():
         # masked values look uniform on Z_(2^b): chi-square over 64 buckets of the top bits
         buckets = np.bincount((y >> np.uint64(bits - 6)).astype(np.int64), minlength=64)
         assert stats.chisquare(buckets).pvalue > 1e-4
@@ -92,23 +69,31 @@ def test_the_coordinator_cannot_recover_a_single_update():
 
 
 def test_forged_replayed_and_unknown_advertisements_are_rejected():
-    fed = Federation(4)
-    co = fed.coordinator
-    adverts = [s.advertise(co.round_id) for s in fed.units.values()]
-    victim = fed.units["u00"]
-    forged = Advert("u01", co.round_id, adverts[1].c_pk, crypto.public_bytes(crypto.new_x25519()), adverts[1].signature)
+    def fresh() -> tuple[Federation, list[Advert]]:   # a unit refusing its share stage abandons the round
+        fed = Federation(4)
+        return fed, [s.advertise(fed.coordinator.round_id) for s in fed.units.values()]
+
+    fed, adverts = fresh()
+    forged = Advert("u01", fed.coordinator.round_id, adverts[1].settings, adverts[1].c_pk,
+                    crypto.public_bytes(crypto.new_x25519()), adverts[1].signature)
     with pytest.raises(SecAggError, match="invalid signature"):
-        victim.share_keys([adverts[0], forged, adverts[2], adverts[3]])
+        fed.units["u00"].share_keys([adverts[0], forged, adverts[2], adverts[3]])
+    fed, adverts = fresh()
     old = Federation(4)
     old_adverts = [s.advertise("an-earlier-round") for s in old.units.values()]
     fed.units["u00"].registry = {**fed.registry, **{"u09": old.registry["u01"]}}
-    replay = Advert("u09", "an-earlier-round", old_adverts[1].c_pk, old_adverts[1].s_pk, old_adverts[1].signature)
+    a = old_adverts[1]
+    replay = Advert("u09", "an-earlier-round", a.settings, a.c_pk, a.s_pk, a.signature)
     with pytest.raises(SecAggError, match="replay"):
-        victim.share_keys([*adverts, replay])
+        fed.units["u00"].share_keys([*adverts, replay])
+    fed, adverts = fresh()
     sybil_key = crypto.new_identity()
-    sybil = UnitSession("mallory", sybil_key, fed.registry, fed.config).advertise(co.round_id)
+    sybil = UnitSession("mallory", sybil_key, fed.registry, fed.config).advertise(fed.coordinator.round_id)
     with pytest.raises(SecAggError, match="unknown unit 'mallory'"):
-        victim.share_keys([*adverts, sybil])
+        fed.units["u00"].share_keys([*adverts, sybil])
+    fed, adverts = fresh()
+    with pytest.raises(SecAggError, match="own advertisement"):
+        fed.units["u00"].share_keys(adverts[1:])
 
 
 def test_configuration_is_validated():
@@ -120,6 +105,18 @@ def test_configuration_is_validated():
         SecAggConfig(threshold=9, degree=4).threshold_for(20)
     with pytest.raises(SecAggError, match="raise modulus_bits"):
         SecAggConfig(modulus_bits=24).quant_bits(1000)
+    # t must be a strict majority of the k + 1 share holders (docs: threat model)
+    with pytest.raises(SecAggError, match="not a majority of the 5 holders"):
+        SecAggConfig(threshold=2, degree=4).threshold_for(12)
+    with pytest.raises(SecAggError, match="not a majority"):
+        SecAggConfig(threshold=0.5).threshold_for(4)
+    assert SecAggConfig(threshold=3, degree=4).threshold_for(12) == 3
+    assert all(2 * SecAggConfig().threshold_for(n) > SecAggConfig().degree_for(n) + 1 for n in range(3, 300))
+    # the settings hash covers every setting, the L2 clip included
+    hashes = {SecAggConfig().settings_hash(), SecAggConfig(threshold=3).settings_hash(),
+              SecAggConfig(degree=4).settings_hash(), SecAggConfig(clip_range=2).settings_hash(),
+              SecAggConfig(modulus_bits=40).settings_hash(), SecAggConfig(l2_clip=1.0).settings_hash()}
+    assert len(hashes) == 6
 
 
 @given(secret=st.integers(0, shamir.PRIME - 1), n=st.integers(2, 12), data=st.data())
@@ -179,25 +176,29 @@ def test_chunked_keystream_is_the_one_shot_chacha20_stream(length):
 
 
 def test_units_refuse_to_unmask_when_dropouts_split_the_masking_graph():
-    # 12 units on a ring, 2 neighbours each side, t = 2: dropping two opposite pairs after sharing
-    # leaves every dropped unit's mask key recoverable but splits the survivors into two arcs of
-    # 4, whose separate sums the coordinator could unmask. The round must stop instead.
-    from privacy.secagg.protocol import ring_order, survivors_connected
+    # 12 units on a ring, 2 neighbours each side, t = 3 (a majority of 5 holders): dropping two
+    # opposite pairs after sharing leaves every dropped unit's mask key recoverable but splits the
+    # survivors into two arcs of 4, whose separate sums the coordinator could unmask. The round
+    # must stop instead.
+    from privacy.secagg.protocol import survivors_connected
 
-    config = SecAggConfig(threshold=2, degree=4)
+    config = SecAggConfig(threshold=3, degree=4)
     fed = Federation(12, config)
-    order = ring_order(fed.coordinator.round_id, sorted(fed.units))
+    fed.advertise()
+    fed.share()
+    order = fed.order()
     dropped = {order[0], order[1], order[6], order[7]}
     survivors = [u for u in order if u not in dropped]
-    assert not survivors_connected(fed.coordinator.round_id, order, survivors, 4)
+    assert not survivors_connected(fed.coordinator.seed, order, survivors, 4)
     with pytest.raises(SecAggError, match="masking graph is split"):
-        fed.run(drop_after=dropped)
+        fed.masked(drop_after=dropped)
     # a coordinator that skips its own check still gets nothing from the units
     with pytest.raises(SecAggError, match="masking graph is split"):
-        fed.units[survivors[0]].unmask(sorted(survivors))
+        fed.units[survivors[0]].consistency(sorted(survivors))
     # one dropped pair leaves the ring connected: the sum of all 10 survivors comes out
     fed = Federation(12, config)
-    order = ring_order(fed.coordinator.round_id, sorted(fed.units))
+    fed.advertise()
+    order = fed.order()
     total, u3, bound = fed.run(drop_after={order[0], order[1]})
     assert len(u3) == 10 and np.abs(total - sum(fed.x[u] for u in u3)).max() <= bound
 
@@ -205,19 +206,32 @@ def test_units_refuse_to_unmask_when_dropouts_split_the_masking_graph():
 def test_units_refuse_replayed_round_ids_and_rounds_below_their_own_floor():
     from flwr.app import Context, RecordDict
 
-    from privacy.secagg.flower import check_unit_minimums, remember_round
+    from privacy.secagg.flower import remember_round
 
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
     remember_round(context, "r1")
     remember_round(context, "r2")
-    with pytest.raises(SecAggError, match="replay"):
+    with pytest.raises(SecAggError, match="replayed round id"):
         remember_round(context, "r1")
-    check_unit_minimums({}, threshold=2, n_units=3)
-    with pytest.raises(SecAggError, match="at least 3"):
-        check_unit_minimums({}, threshold=2, n_units=2)
+    fed = Federation(4, min_units=5)                       # the unit's floor: 5 units
+    fed.advertise()
+    with pytest.raises(SecAggError, match="at least 5 .secagg-min-units"):
+        fed.units["u00"].share_keys(fed.adverts)
+    config = SecAggConfig(threshold=3)
+    fed = Federation(5, config)
+    fed.units["u01"].min_threshold = 4                     # its floor under t: 4
+    fed.advertise()
     with pytest.raises(SecAggError, match="secagg-min-threshold 4"):
-        check_unit_minimums({"secagg-min-threshold": 4}, threshold=3, n_units=10)
-    check_unit_minimums({"secagg-min-threshold": 4, "secagg-min-units": 5}, threshold=4, n_units=5)
+        fed.units["u01"].share_keys(fed.adverts)
+    fed.units["u02"].min_threshold = 3
+    assert fed.units["u02"].share_keys(fed.adverts)
+
+
+def test_units_drop_out_at_consistency_and_the_sum_still_comes_out():
+    fed = Federation(10, SecAggConfig(threshold=0.6, degree=9))
+    total, u3, bound = fed.run(drop_after={"u01"}, drop_at_consistency={"u02", "u03"})
+    assert "u02" in u3 and "u01" not in u3 and fed.signers == sorted(set(u3) - {"u02", "u03"})
+    assert np.abs(total - sum(fed.x[u] for u in u3)).max() <= bound
 
 
 def test_simulate_refuses_secure_aggregation_that_would_hide_nothing():
@@ -230,3 +244,5 @@ def test_simulate_refuses_secure_aggregation_that_would_hide_nothing():
     assert "at least 3 units" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["simulate", "--secagg", "--units", "4", "--secagg-threshold", "5"])
     assert result.exit_code == 2 and "exceeds the 4 units" in result.output
+    result = CliRunner().invoke(app, ["simulate", "--secagg", "--units", "10", "--secagg-threshold", "3"])
+    assert result.exit_code == 2 and "not a majority" in result.output and "Traceback" not in result.output

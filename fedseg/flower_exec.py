@@ -1,0 +1,36 @@
+"""Starting Flower's own programs (``flower-superlink``, ``flower-supernode``, ``flwr``): shared by
+the coordinator's and the unit's deploy commands."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from fedseg.console import console
+
+#: Printed every time a Flower process is started without TLS and node authentication.
+INSECURE_WARNING = ("[bold yellow]warning:[/] --insecure: no TLS and no node authentication. Anyone who can reach "
+                    "the port can join the federation or read its traffic. Use it only on a test machine.")
+
+
+def flower_bin(name: str) -> str:
+    """Path of a Flower executable installed beside this Python (falls back to PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env() -> dict[str, str]:
+    """The environment with this Python's scripts folder first on PATH: Flower's programs start
+    each other by name (the SuperLink starts ``flower-superexec``)."""
+    folder = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": folder + os.pathsep + os.environ.get("PATH", "")}
+
+
+def run_or_print(args: list[str], dry_run: bool) -> None:
+    """Print the command; unless ``dry_run``, replace this process with it."""
+    console.print("[bold]command:[/] " + shlex.join(args), highlight=False, soft_wrap=True)
+    if dry_run:
+        return
+    os.execvpe(args[0], args, flower_env())

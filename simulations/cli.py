@@ -10,8 +10,7 @@ import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
 from simulations.cli_options import Alpha, Dataset, Events, Ledger, Partition, SyntheticUsers, Units, Users, Verbose
-from fedseg.console import console, fail
-from fedseg.errors import FedsegError
+from fedseg.console import console, fail, job_errors
 
 app = typer.Typer()
 
@@ -140,12 +139,8 @@ def simulate(
                       f"{plan.local_epochs} local epochs -> {out}", highlight=False)
         console.print(f"  {privacy_header(plan)}", highlight=False)
 
-    try:
+    with job_errors():
         summary = run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
     print_summary(summary, out)
 
 
@@ -286,13 +281,9 @@ def segment(
             console.print(f"  privacy: DP per end user, epsilon {noise.epsilon:.3f}, delta {noise.delta:g} (units add "
                           "the noise) | secure aggregation: off", highlight=False)
 
-    try:
+    with job_errors():
         report = run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91, ledger=ledger,
                                  on_start=header, unit_options=unit_options)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
     print_segments(report, out)
 
 

@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
-from fedseg.console import console, fail
-from fedseg.errors import FedsegError
+from fedseg.console import console, fail, job_errors
 from simulations.cli_options import Alpha, Dataset, Events, Ledger, Partition, SyntheticUsers, Units, Users, Verbose
 
 app = typer.Typer()
@@ -99,12 +98,8 @@ def clv(
                       f"{plan.cutoff}, spend in the {plan.horizon_days} days after -> {out}", highlight=False)
         console.print(f"  {privacy_header(plan)}", highlight=False)
 
-    try:
+    with job_errors():
         summary = run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header)
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
     print_clv(summary, out)
 
 
@@ -211,12 +206,8 @@ def effects(
         fail(validation_problems(exc))
     noise = f"DP per end user, epsilon {epsilon:g} (units add the noise)" if epsilon else "none (exact sums)"
     console.print(f"effect measurement ({mode}) -> {out}; privacy: {noise}", highlight=False)
-    try:
+    with job_errors():
         report = run_effects_job(job, verbose=verbose, on_step=lambda m: console.print(f"  {m}", highlight=False))
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
     print_effects(report, out)
 
 

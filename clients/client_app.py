@@ -10,7 +10,8 @@ Handlers (Flower Message API; names in :mod:`fedseg.protocol`):
   training users (1 under DP: user counts are private); with ``evaluate-incoming`` (runs without
   DP) the reply also carries the evaluation of the model it received, before training;
 - ``evaluate``: score the unit's test users with the global model; send back only sums and
-  score histograms (:mod:`fedseg.metrics`), noisy under user-level DP;
+  score histograms (:mod:`fedseg.metrics`; a CLV run: value sums and histograms,
+  :mod:`fedseg.value_metrics`), noisy under user-level DP;
 - ``query.seg_*``: federated segmentation (:mod:`clients.segment_handlers`);
 - ``query.kpis``: the unit's monitoring KPI tables (:mod:`clients.kpis`), noisy under DP;
 - ``query.tag_quantiles``, ``query.tags``: the histograms of the tags' quantiles and the tag x
@@ -39,6 +40,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,7 +151,9 @@ def _scaler(cfg: RoundConfig) -> tuple[np.ndarray, np.ndarray]:
 def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path | None = None,
                     secagg_identities: Path | None = None, train_mods: Sequence | None = None,
                     ledger_path: Path | None = None, dataset_id: str | None = None,
-                    dp_research_seed: int | None = None) -> ClientApp:
+                    dp_research_seed: int | None = None, scores_path: Path | None = None,
+                    playbook: Any = None, contact_log_path: Path | None = None,
+                    action_files: Sequence[Path] | None = None) -> ClientApp:
     """A ClientApp. Simulations hand it what deployed units take from their node config:
 
     - ``unit_files``: one events file per partition (node config ``data-path``);
@@ -158,8 +162,11 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
       ``secagg-registry``);
     - ``ledger_path``, ``dataset_id``: the units' privacy ledger and the name their spend is
       recorded under (``ledger-path``, ``dataset-id``; default: a fingerprint of the events);
-    - ``dp_research_seed``: a unit-local seed for DP-SGD's sample and noise (``dp-seed``):
-      reproducible research runs only; by default they come from OS entropy.
+    - ``dp_research_seed``: a unit-local seed for DP-SGD's sample and noise and the playbook's
+      holdout (``dp-seed``): reproducible research runs only; by default they come from OS entropy;
+    - ``scores_path``: per-user scores from ``fedseg score`` (``scores-path``); ``playbook``: the
+      playbook (``playbook-path``); ``contact_log_path``: the unit's contact log (``contact-log-path``);
+    - ``action_files``: one action list per partition, for the effect measurement (``actions-path``).
 
     ``train_mods`` are extra mods placed innermost on the train handler (fault injection,
     instrumentation).
@@ -176,9 +183,10 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             name = events_fingerprint(unit_events(context, cfg, unit_files)[0])
         return unit_account(context, unit_name(context), name, ledger_path)
 
-    def private_answer(task: str, releases_of, answer):  # noqa: ANN001, ANN202
+    def private_answer(task: str, releases_of, answer, with_request: bool = False):  # noqa: ANN001, ANN202
         """A handler that charges the releases its config asks for (write-ahead), then answers
-        with the unit's private randomness; without noise it answers only units without a budget."""
+        with the unit's private randomness; without noise it answers only units without a budget.
+        ``with_request``: ``answer`` also gets the message and the context (models it carries)."""
         def handler(msg: Message, context: Context) -> Message:
             config = dict(msg.content.config_records[protocol.CONFIG])
             cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config.get("horizon-days", 1)),
@@ -193,18 +201,71 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             _, _, rng = private_generators(context.node_config, dp_research_seed,
                                            f"{unit_name(context)}|{config.get(protocol.RUN_ID, '')}|{msg.metadata.message_type}")
             out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config else output_dir
-            metrics = answer(events, users, config, rng, out_dir, unit_name(context))
+            if with_request:
+                metrics = answer(events, users, config, rng, out_dir, unit_name(context), msg, context)
+            else:
+                metrics = answer(events, users, config, rng, out_dir, unit_name(context))
             return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
         return handler
 
     def segmentation_answer(step):  # noqa: ANN001, ANN202
-        def answer(events, users, config, rng, out_dir, unit):  # noqa: ANN001, ANN202
-            return final_step(events, users, config, out_dir, unit) if step is final_step else step(events, users, config)
+        def answer(events, users, config, rng, out_dir, unit, msg, context):  # noqa: ANN001, ANN202
+            if step is final_step:
+                # the holdout is drawn by the unit's own generator (OS entropy, or a seed kept on the unit)
+                node = context.node_config
+                return final_step(events, users, config, out_dir, unit,
+                                  scores=unit_scores(msg, context, events, users, config),
+                                  playbook=unit_playbook(node, playbook), contact_log=unit_contact_log(node), rng=rng)
+            if step is rfm_step:
+                scores = unit_scores(msg, context, events, users, config) if config.get("tier-by") == "clv" else None
+                return rfm_step(events, users, config, scores)
+            return step(events, users, config)
         return answer
+
+    def unit_scores(msg: Message, context: Context, events: pd.DataFrame, users: pd.DataFrame | None,
+                    config: dict) -> pd.DataFrame | None:  # type: ignore[type-arg]
+        """Per-user scores at the segmentation cutoff: with the global models the message carries,
+        else from the unit's own scores file (node config ``scores-path``; simulation ``scores_path``)."""
+        import datetime as dt
+
+        from clients.features import build_features
+        from clients.scoring import ScoringModel, score_features
+        from fedseg.config import FeatureConfig
+
+        models = [ScoringModel.from_records(msg.content.array_records[name],
+                                            msg.content.config_records[name + "-meta"])
+                  for name in (protocol.CHURN_MODEL, protocol.CLV_MODEL) if name in msg.content.array_records]
+        if models:
+            cutoff = dt.date.fromisoformat(str(config["cutoff"]))
+            features = build_features(events, FeatureConfig(cutoff=cutoff), users=users)
+            return score_features(events, features, cutoff, models)
+        node = context.node_config
+        path = Path(str(node["scores-path"])) if "scores-path" in node else scores_path
+        if path is None:
+            return None
+        from fedseg.io import read_table
+
+        scores = read_table(path, "scores-path")
+        return scores.assign(user_id=scores["user_id"].astype(str))
+
+    def unit_playbook(node: dict, given: Any) -> Any:  # type: ignore[type-arg]
+        from fedseg.playbook import load_playbook
+
+        return load_playbook(str(node["playbook-path"])) if "playbook-path" in node else given
+
+    def unit_contact_log(node: dict) -> pd.DataFrame | None:  # type: ignore[type-arg]
+        path = Path(str(node["contact-log-path"])) if "contact-log-path" in node else contact_log_path
+        if path is None:
+            return None
+        from fedseg.io import read_table
+
+        log = read_table(path, "contact-log-path")
+        return log.assign(user_id=log["user_id"].astype(str))
 
     for name, step in (("grid", grid_step), ("lloyd", lloyd_step), ("rfm", rfm_step), ("final", final_step)):
         app.query(f"seg_{name}", mods=[outgoing_guard_mod])(
-            private_answer("segmentation", functools.partial(step_releases, name), segmentation_answer(step)))
+            private_answer("segmentation", functools.partial(step_releases, name), segmentation_answer(step),
+                           with_request=True))
     app.query(protocol.KPIS.removeprefix("query."), mods=[outgoing_guard_mod])(
         private_answer("kpis", kpi_releases, lambda events, users, config, rng, out, name: kpi_answer(events, config, rng)))
     app.query(protocol.TAG_QUANTILES.removeprefix("query."), mods=[outgoing_guard_mod])(
@@ -220,9 +281,40 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         cfg = _round_config(msg)
         data = unit_data(context, cfg, unit_files)
         mean, std = _scaler(cfg)
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, target=cfg.target)
         model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         return cfg, data, mean, std, model
+
+    @app.query(protocol.EFFECTS.removeprefix("query."), mods=[outgoing_guard_mod])
+    def effects(msg: Message, context: Context) -> Message:
+        """Outcome sums per segment x action x arm of the unit's campaign (:mod:`clients.effects`)."""
+        from clients.effects import effects_answer
+        from fedseg.io import read_table
+        from privacy.effects_dp import effects_release
+
+        config = dict(msg.content.config_records[protocol.CONFIG])
+        cfg = RoundConfig(cutoff=config["cutoff"], horizon_days=int(config["window-days"]),
+                          dataset=str(config.get("dataset", "")))
+        events = unit_events(context, cfg, unit_files)[0]
+        node = context.node_config
+        if "actions-path" in node:
+            path = Path(str(node["actions-path"]))
+        elif action_files is not None:
+            path = Path(action_files[int(node["partition-id"])])
+        else:
+            raise UnitDataError("this unit has no action list: start the SuperNode with --node-config "
+                                "\"actions-path='/path/actions.parquet'\"")
+        actions = read_table(path, "actions-path").astype({"user_id": str})
+        own = account(context, cfg)
+        sigmas = [float(x) for x in config.get("sigmas", [])]
+        run_id = str(config.get(protocol.RUN_ID, ""))
+        if sigmas:  # the release the unit will actually make, from the noise it adds
+            own.charge(run_id, "effects", effects_release(sigmas))
+        else:
+            own.require_private("effect measurement")
+        _, _, rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|{run_id}|effects")
+        answer = effects_answer(actions, events, config, rng)
+        return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
 
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:
@@ -270,7 +362,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                                                              cfg.steps_per_round))
             loss, _ = train_local_dpsgd(model, data, mean, std, cfg.noise_multiplier, cfg.max_grad_norm,
                                         cfg.sample_rate, cfg.steps_per_round, cfg.learning_rate,
-                                        sample_generator=sampler, noise_generator=noise)
+                                        sample_generator=sampler, noise_generator=noise, target=cfg.target)
         else:
             if cfg.privacy == "client":  # the noise is the coordinator's; the unit records the stated release
                 own.charge(cfg.run_id, "training", client_release(cfg.noise_multiplier, cfg.unit_sample_rate))
@@ -280,7 +372,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             # runs are reproducible (same seed, same model).
             seed = cfg.seed * 100_003 + cfg.server_round * 101 + int(context.node_config.get("partition-id", 0))
             params = TrainParams(epochs=cfg.local_epochs, learning_rate=cfg.learning_rate,
-                                 batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu, seed=seed)
+                                 batch_size=cfg.batch_size, proximal_mu=cfg.proximal_mu, seed=seed,
+                                 target=cfg.target)
             loss = train_local(model, data, mean, std, params)
         # Under DP the number of users is private: every unit weighs the same.
         weight = data.n_train if cfg.privacy == "none" else 1
@@ -294,18 +387,21 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                    context: Context) -> MetricRecord:  # noqa: ANN001
         """The unit's test users scored with ``model``: sums and score histograms only (noisy
         under user-level DP, charged first)."""
-        from clients.training import evaluate_local
+        from clients.training import evaluate_clv_local, evaluate_local
 
         if cfg.privacy == "client":
             raise ValueError("no federated evaluation is released under client-level DP")
+        rng = None
         if cfg.privacy == "user":
-            own.charge(cfg.run_id, "training", evaluation_release(cfg.eval_sigma))
+            own.charge(cfg.run_id, "training", evaluation_release(cfg.eval_sigma, target=cfg.target))
             _, _, rng = private_generators(context.node_config, dp_research_seed,
                                            f"{unit_name(context)}|{cfg.run_id}|{cfg.server_round}|evaluate")
-            stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma, rng=rng)
         else:
             own.require_private("evaluation")
-            stats = evaluate_local(model, data, mean, std)
+        if cfg.target == "clv":
+            return MetricRecord(evaluate_clv_local(model, data, mean, std, noise_sigma=cfg.eval_sigma,
+                                                   clip=cfg.value_clip, rng=rng))
+        stats = evaluate_local(model, data, mean, std, noise_sigma=cfg.eval_sigma, rng=rng)
         return MetricRecord({
             "num-examples": stats.n, "loss-sum": stats.loss_sum, "brier-sum": stats.brier_sum,
             "hist-pos": stats.hist_pos.tolist(), "hist-neg": stats.hist_neg.tolist(),

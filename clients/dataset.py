@@ -99,6 +99,7 @@ class UnitData:
     static: np.ndarray          # transformed, not yet standardised, float64 [n, d]
     labels: np.ndarray          # float32 [n], 1 = churned
     test_mask: np.ndarray       # bool [n]
+    spend: np.ndarray | None = None  # float64 [n], spend in the label window (the CLV label), currency units
     seq_types: np.ndarray | None = None
     seq_values: np.ndarray | None = None
 
@@ -125,6 +126,7 @@ def prepare_unit(
         static=transform_static(features),
         labels=features["churned"].to_numpy(dtype=np.float32),
         test_mask=is_test_user(features["user_id"]),
+        spend=features["future_spend"].to_numpy(dtype=np.float64),
     )
     if with_sequences:
         t_ref = int(np.datetime64(config.t_ref, "ns").astype(np.int64))

@@ -20,6 +20,8 @@ history. Definitions (``P`` = the user's distinct purchase days in the history):
 - ``lifecycle_stage``: see :func:`lifecycle_stage`.
 - ``future_purchase_days``: distinct purchase days in ``[t_ref, t_ref + horizon_days)``;
   ``churned`` is 1 when it is 0 (the churn label).
+- ``future_spend``: purchase amounts minus refund amounts in that window, floored at 0 (the
+  customer-value label, currency units).
 
 The computation is vectorised: one factorisation of user ids, two sorts of
 (user, day) keys and ``bincount`` reductions; no Python loop per user or event.
@@ -174,6 +176,9 @@ def build_features(
     fp = future & is_purchase
     f_keys = _sorted_unique(codes[fp] * span + (day[fp] - offset))
     future_days = np.bincount(f_keys // span, minlength=n_all)
+    fr = future & is_refund
+    future_spend = np.maximum(np.bincount(codes[fp], weights=amount[fp], minlength=n_all)
+                              - np.bincount(codes[fr], weights=amount[fr], minlength=n_all), 0.0)
 
     frame = pd.DataFrame(
         {
@@ -193,6 +198,7 @@ def build_features(
             "max_gap_days": max_gap,
             "days_since_last_event": days_before(last_ts),
             "future_purchase_days": future_days.astype(np.int64),
+            "future_spend": future_spend,
         }
     )
     frame = frame.loc[present].reset_index(drop=True)

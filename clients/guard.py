@@ -3,7 +3,7 @@
 A ClientApp mod that inspects every reply before it is sent. A reply may hold only
 
 - at most one ArrayRecord, under ``arrays``, whose names and shapes equal the model's
-  (:func:`fedseg.models.expected_shapes` of the model named in the incoming config);
+  (:func:`fedseg.models.expected_shapes` of the model and target named in the incoming config);
 - MetricRecords whose keys are in the allow-list of the message type (aggregate figures:
   counts, sums, histograms), with list values no longer than :data:`MAX_LIST_LEN`;
 - ConfigRecords only where :data:`fedseg.protocol.ALLOWED_CONFIGS` names them, with exactly
@@ -34,7 +34,7 @@ class OutgoingRefused(ValueError):
     """A reply holds something that must not leave the unit."""
 
 
-def check_reply(reply: Message, message_type: str, model_name: str | None) -> None:
+def check_reply(reply: Message, message_type: str, model_name: str | None, target: str = "churn") -> None:
     """Raise :class:`OutgoingRefused` unless ``reply`` holds only allowed aggregate content."""
     message_type = message_type.removesuffix(".default")
     kind = message_type.split(".")[0]
@@ -49,7 +49,7 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
             from fedseg.models import expected_shapes  # torch: only replies that carry a model
 
             shapes = {name: tuple(array.shape) for name, array in record.items()}
-            expected = expected_shapes(model_name)  # type: ignore[arg-type]
+            expected = expected_shapes(model_name, target)  # type: ignore[arg-type]
             if shapes != expected:
                 extra = sorted(set(shapes) - set(expected))
                 wrong = sorted(k for k in shapes if k in expected and shapes[k] != expected[k])
@@ -72,7 +72,7 @@ def check_reply(reply: Message, message_type: str, model_name: str | None) -> No
             raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
 
 
-def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> None:
+def check_secagg_reply(reply: Message, stage: str, model_name: str | None, target: str = "churn") -> None:
     """Replies of the secure-aggregation stages (privacy/secagg): the protocol's own fields only;
     the masked input is one integer vector as long as the model has parameters."""
     import numpy as np
@@ -84,7 +84,7 @@ def check_secagg_reply(reply: Message, stage: str, model_name: str | None) -> No
         arrays = content.array_records["secagg-masked"]
         from fedseg.models import expected_shapes
 
-        size = sum(int(np.prod(shape)) for shape in expected_shapes(model_name).values())  # type: ignore[arg-type]
+        size = sum(int(np.prod(shape)) for shape in expected_shapes(model_name, target).values())  # type: ignore[arg-type]
         if list(arrays.keys()) != ["y"] or tuple(arrays["y"].shape) != (size,) or np.dtype(arrays["y"].dtype) != np.uint64:
             raise OutgoingRefused("masked input must be one uint64 vector of the model's size")
         if set(content.metric_records["metrics"].keys()) != {"num-examples"}:
@@ -104,11 +104,12 @@ def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCalla
         return reply
     config = msg.content.config_records.get("config")
     model_name = config.get("model") if config is not None else None
+    target = str(config.get("target", "churn")) if config is not None else "churn"
     try:
         if config is not None and "secagg-stage" in config:
-            check_secagg_reply(reply, str(config["secagg-stage"]), model_name)
+            check_secagg_reply(reply, str(config["secagg-stage"]), model_name, target)
         else:
-            check_reply(reply, msg.metadata.message_type, model_name)
+            check_reply(reply, msg.metadata.message_type, model_name, target)
     except OutgoingRefused as exc:
         return Message(Error(code=GUARD_ERROR_CODE, reason=f"outgoing guard refused the reply: {exc}"),
                        reply_to=msg)

@@ -1,11 +1,29 @@
 """Churn warnings and the intervention playbook, run locally by each unit.
 
 A warning names its reason: ``no activity for N days (threshold T)`` and/or
-``churn probability P >= T``. The playbook maps segments, RFM segments, value tiers, lifecycle
-stages and warnings to actions; every user gets at most one action (the matching rule with the
-lowest ``priority``), unless the contact log shows a contact within ``quiet_days`` or
-``max_contacts`` contacts within ``window_days`` before today, in which case the action is
-kept but marked suppressed with the reason. Per-user output never leaves the unit.
+``churn probability P >= T``.
+
+The playbook (:class:`fedseg.playbook.PlaybookConfig`) turns a unit's per-user segment table into a
+CRM action list, on the unit's own disk:
+
+1. **Rules**: every user gets at most one action, the matching rule with the lowest ``priority``.
+2. **Ranking**: users are ranked by **value at risk** ``P(churn) x CLV`` (currency units) when the
+   unit has both scores; by CLV, or by past spend (``monetary_total``), when it has less. The
+   column ``ranked_by`` says which.
+3. **Contact policy** per user, over the ``window_days`` before and including the campaign day
+   (the unit's contact log plus this campaign's contact): a contact within ``quiet_days``, more than
+   ``max_contacts`` over all actions and channels, or more than ``channel_caps[channel]`` on the
+   action's channel, suppresses the action (kept in the list, ``arm = suppressed``, with the reason).
+4. **Channel capacity**: on a channel with ``channel_capacity[c]`` users per campaign, only the
+   ``floor(capacity / (1 - h))`` highest-ranked contactable users enter the campaign (about
+   ``capacity`` are then treated); the others are suppressed ("over channel capacity").
+5. **Holdout**: within every (segment x action) stratum of the users who enter the campaign, a
+   share ``h = holdout_share`` is held out at random (not contacted: the control arm of the effect
+   measurement). The number held out is ``floor(h n)`` plus one with probability ``h n - floor(h n)``
+   (so the share is exact in expectation), and which users is a uniform random choice. The
+   randomness comes from the unit's private generator (:func:`clients.unit_privacy.private_generators`:
+   OS entropy, or a seed that never leaves the unit), never from anything the coordinator sends,
+   so nobody outside the unit can predict, or game, who is held out.
 """
 
 from __future__ import annotations
@@ -14,38 +32,14 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
 
+from fedseg.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule  # noqa: F401 - re-exported
 
-class PlaybookRule(BaseModel):
-    """One action and when it applies (all given conditions must hold; None means any)."""
-
-    action: str
-    priority: int = Field(description="Lower wins when several rules match.")
-    segments: list[str] | None = Field(None, description="Activity segment names.")
-    rfm_segments: list[str] | None = None
-    value_tiers: list[str] | None = None
-    stages: list[str] | None = Field(None, description="Lifecycle stages.")
-    warning: bool | None = Field(None, description="True: only users with a churn warning.")
-
-
-DEFAULT_RULES = [
-    PlaybookRule(action="win-back offer", priority=1, warning=True, value_tiers=["high-value", "VIP"]),
-    PlaybookRule(action="win-back offer", priority=2, rfm_segments=["At Risk", "Cannot Lose Them"]),
-    PlaybookRule(action="VIP privilege", priority=3, value_tiers=["VIP"]),
-    PlaybookRule(action="welcome guide", priority=4, stages=["introduction"]),
-    PlaybookRule(action="streak reward", priority=5, stages=["growth"]),
-    PlaybookRule(action="re-engagement reminder", priority=6, rfm_segments=["Need Attention", "About To Sleep"]),
-]
-
-
-class PlaybookConfig(BaseModel):
-    """The unit's playbook and contact policy."""
-
-    rules: list[PlaybookRule] = Field(default_factory=lambda: list(DEFAULT_RULES))
-    max_contacts: int = Field(2, ge=0, description="Contacts allowed per window.")
-    window_days: int = Field(30, ge=1)
-    quiet_days: int = Field(7, ge=0, description="No contact within this many days of the last one.")
+#: Columns of the CRM action list, in order.
+ACTION_COLUMNS = ("user_id", "segment", "segment_id", "rfm_segment", "tier", "lifecycle_stage", "churn_probability",
+                  "clv", "value_at_risk", "rank", "ranked_by", "action", "channel", "cost", "holdout", "arm", "reason",
+                  "suppressed", "suppressed_reason", "rule_priority", "warning", "campaign_date")
+TREATMENT, HOLDOUT, SUPPRESSED = "treatment", "holdout", "suppressed"
 
 
 def churn_warnings(table: pd.DataFrame, inactivity_days: float, churn_threshold: float) -> pd.Series:
@@ -73,36 +67,126 @@ def _matches(table: pd.DataFrame, rule: PlaybookRule) -> np.ndarray:
     return mask
 
 
+def _rule_text(rule: PlaybookRule) -> str:
+    parts = [f"{name} in {', '.join(values)}" for name, values in (
+        ("segment", rule.segments), ("RFM segment", rule.rfm_segments), ("tier", rule.value_tiers),
+        ("stage", rule.stages)) if values]
+    if rule.warning:
+        parts.append("churn warning")
+    return f"rule {rule.priority}: " + (" and ".join(parts) if parts else "everyone")
+
+
+def ranking_value(table: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """What users are ranked by (highest first) and its name: value at risk, CLV, or past spend."""
+    if {"churn_probability", "clv"} <= set(table.columns):
+        return (table["churn_probability"].to_numpy(float) * table["clv"].to_numpy(float)), "value_at_risk"
+    if "clv" in table:
+        return table["clv"].to_numpy(float), "clv"
+    return table["monetary_total"].to_numpy(float) if "monetary_total" in table else np.zeros(len(table)), \
+        "monetary_total"
+
+
+def _contact_policy(out: pd.DataFrame, config: PlaybookConfig, today: dt.date,
+                    contact_log: pd.DataFrame | None) -> pd.Series:
+    """The reason each user's contact breaks the policy (None where it does not)."""
+    reasons = pd.Series(None, index=out.index, dtype=object)
+    if contact_log is None or not len(contact_log):
+        log = pd.DataFrame({"user_id": pd.Series(dtype=object), "ts": pd.Series(dtype="datetime64[ns]"),
+                            "channel": pd.Series(dtype=object)})
+    else:
+        log = contact_log.assign(ts=pd.to_datetime(contact_log["ts"]))
+        if "channel" not in log:
+            log["channel"] = None
+    ref = pd.Timestamp(today) + pd.Timedelta(days=1)
+    recent = log.loc[log["ts"] < ref]
+    window = recent.loc[recent["ts"] >= ref - pd.Timedelta(days=config.window_days)]
+    last = pd.to_datetime(recent.groupby("user_id")["ts"].max().reindex(out["user_id"]).to_numpy())
+    days_since = np.nan_to_num(((ref - last) / pd.Timedelta(days=1)).to_numpy(dtype=float), nan=np.inf)
+    in_window = window.groupby("user_id").size().reindex(out["user_id"]).fillna(0).to_numpy()
+    on_channel = window.groupby(["user_id", "channel"]).size()
+    for channel, cap in config.channel_caps.items():
+        rows = out["channel"].to_numpy() == channel
+        used = on_channel.reindex(list(zip(out["user_id"][rows], [channel] * int(rows.sum())))).fillna(0).to_numpy()
+        over = np.zeros(len(out), dtype=bool)
+        over[rows] = used + 1 > cap
+        reasons[over] = f"{int(cap)} {channel} contact(s) allowed per {config.window_days} days"
+    reasons[in_window + 1 > config.max_contacts] = (
+        f"{config.max_contacts} contacts already in the last {config.window_days} days (all channels)")
+    reasons[days_since <= config.quiet_days] = f"contacted within the last {config.quiet_days} days"
+    return reasons
+
+
+def assign_holdout(strata: pd.Series, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Holdout flags: in each stratum ``floor(share n)`` users, plus one with probability of the
+    remainder, chosen uniformly at random with ``rng`` (module doc)."""
+    flags = np.zeros(len(strata), dtype=bool)
+    if share <= 0:
+        return flags
+    for _, rows in strata.groupby(strata, sort=True).indices.items():
+        want = share * len(rows)
+        n_hold = int(np.floor(want)) + int(rng.random() < want - np.floor(want))
+        flags[rng.permutation(rows)[:n_hold]] = True
+    return flags
+
+
 def plan_actions(table: pd.DataFrame, config: PlaybookConfig, today: dt.date,
-                 contact_log: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per user with a matching rule: action, reason, suppressed, suppressed_reason."""
+                 contact_log: pd.DataFrame | None = None, rng: np.random.Generator | None = None) -> pd.DataFrame:
+    """The CRM action list (:data:`ACTION_COLUMNS`): one row per user a rule matches (module doc).
+
+    ``rng`` draws the holdout; by default a fresh generator from OS entropy.
+    """
     best = np.full(len(table), np.iinfo(np.int64).max)
     action = np.full(len(table), None, dtype=object)
+    reason = np.full(len(table), None, dtype=object)
     for rule in sorted(config.rules, key=lambda r: r.priority):
         hit = _matches(table, rule) & (best == np.iinfo(np.int64).max)
         best[hit] = rule.priority
         action[hit] = rule.action
+        reason[hit] = _rule_text(rule)
     chosen = best != np.iinfo(np.int64).max
+    value, ranked_by = ranking_value(table)
+    picked = table.loc[chosen]
+
+    def column(name: str, default: object = None) -> np.ndarray:
+        return picked[name].to_numpy() if name in picked else np.full(len(picked), default, dtype=object)
+
+    warning = column("warning")
     out = pd.DataFrame({
-        "user_id": table["user_id"].to_numpy()[chosen],
+        "user_id": picked["user_id"].to_numpy(),
+        "segment": column("segment_name") if "segment_name" in picked else column("segment"),
+        "segment_id": column("segment"),
+        "rfm_segment": column("rfm_segment"),
+        "tier": column("value_tier"),
+        "lifecycle_stage": picked["lifecycle_stage"].astype(str).to_numpy() if "lifecycle_stage" in picked
+        else column("lifecycle_stage"),
+        "churn_probability": column("churn_probability", np.nan).astype(float),
+        "clv": column("clv", np.nan).astype(float),
+        "value_at_risk": value[chosen] if ranked_by == "value_at_risk" else np.nan,
+        "_value": value[chosen],
         "action": action[chosen],
+        "reason": [f"{r}; {w}" if isinstance(w, str) else r for r, w in zip(reason[chosen], warning)],
         "rule_priority": best[chosen],
-        "warning": table["warning"].to_numpy()[chosen] if "warning" in table else None,
+        "warning": warning,
     })
-    out["suppressed"] = False
-    out["suppressed_reason"] = None
-    if contact_log is not None and len(contact_log):
-        log = contact_log.assign(ts=pd.to_datetime(contact_log["ts"]))
-        ref = pd.Timestamp(today) + pd.Timedelta(days=1)
-        recent = log.loc[log["ts"] < ref]
-        last = recent.groupby("user_id")["ts"].max()
-        in_window = recent.loc[recent["ts"] >= ref - pd.Timedelta(days=config.window_days)].groupby("user_id").size()
-        last_contact = pd.to_datetime(last.reindex(out["user_id"]).to_numpy())
-        days_since = ((ref - last_contact) / pd.Timedelta(days=1)).to_numpy(dtype=float)
-        quiet = np.nan_to_num(days_since, nan=np.inf) <= config.quiet_days
-        capped = in_window.reindex(out["user_id"]).fillna(0).to_numpy() >= config.max_contacts
-        out.loc[quiet, "suppressed_reason"] = f"contacted within the last {config.quiet_days} days"
-        out.loc[capped & ~quiet, "suppressed_reason"] = (
-            f"{config.max_contacts} contacts already in the last {config.window_days} days")
-        out["suppressed"] = quiet | capped
-    return out
+    out = out.sort_values(["_value", "user_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    out["rank"] = np.arange(1, len(out) + 1)
+    out["ranked_by"] = ranked_by
+    specs = {a.name: a for a in config.actions}
+    out["channel"] = [specs[a].channel for a in out["action"]]
+    out["cost"] = [specs[a].cost for a in out["action"]]
+    out["suppressed_reason"] = _contact_policy(out, config, today, contact_log)
+    for channel, capacity in config.channel_capacity.items():
+        room = int(np.floor(capacity / (1.0 - config.holdout_share)))
+        contactable = (out["channel"] == channel) & out["suppressed_reason"].isna()
+        over = contactable & (contactable.cumsum() > room)
+        out.loc[over, "suppressed_reason"] = f"over the {channel} capacity of {capacity} users per campaign"
+    out["suppressed"] = out["suppressed_reason"].notna()
+    entered = ~out["suppressed"].to_numpy()
+    strata = out["segment"].astype(str) + "\x1f" + out["action"].astype(str)
+    holdout = np.zeros(len(out), dtype=bool)
+    holdout[entered] = assign_holdout(strata[entered].reset_index(drop=True), config.holdout_share,
+                                      rng or np.random.default_rng())
+    out["holdout"] = holdout
+    out["arm"] = np.where(~entered, SUPPRESSED, np.where(holdout, HOLDOUT, TREATMENT))
+    out["campaign_date"] = today.isoformat()
+    return out[list(ACTION_COLUMNS)]

@@ -21,14 +21,18 @@ from clients.segments import (
     activity_vectors,
     add_noise,
     assign,
+    binned,
     grid_histogram,
     lloyd_statistics,
+    quintile_score,
     rfm_histograms,
     rfm_scores,
+    value_tier,
 )
 from fedseg.config import LIFECYCLE_STAGES, FeatureConfig
+from fedseg.errors import FedsegError
 from fedseg.io import write_table
-from fedseg.segments import D, RFM_SEGMENT_NAMES, VALUE_TIERS
+from fedseg.segments import CLV_EDGES, D, RFM_SEGMENT_NAMES, VALUE_TIERS
 
 
 def _features(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
@@ -65,14 +69,39 @@ def lloyd_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
     return out
 
 
-def rfm_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
-    hists = rfm_histograms(_features(events, users, cfg))
+class ScoresMissing(FedsegError):
+    """The step needs per-user scores this unit does not have."""
+
+
+def _clv_of(features: pd.DataFrame, scores: pd.DataFrame | None) -> np.ndarray:
+    """Each user's predicted CLV from the unit's scores (tiers by CLV need it)."""
+    if scores is None or "clv" not in scores:
+        raise ScoresMissing("value tiers by CLV need CLV scores on this unit: a CLV model from the coordinator, or a "
+                            "scores file with a clv column (`fedseg score --clv-model`)")
+    clv = scores.set_index("user_id")["clv"].reindex(features["user_id"])
+    if clv.isna().any():
+        raise ScoresMissing(f"the scores file has no CLV for {int(clv.isna().sum())} of this unit's users; score "
+                            "them at the segmentation cutoff")
+    return clv.to_numpy(dtype=float)
+
+
+def rfm_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
+             scores: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Users per fixed RFM bin (and per CLV bin when tiers are by CLV), noisy under DP."""
+    features = _features(events, users, cfg)
+    hists = rfm_histograms(features)
+    if cfg.get("tier-by") == "clv":
+        hists["clv"] = np.bincount(binned(_clv_of(features, scores), CLV_EDGES), minlength=len(CLV_EDGES)).astype(float)
     sigma = float(cfg.get("sigma", 0.0))
     return {name: add_noise(h, sigma).tolist() for name, h in hists.items()}
 
 
+SCORE_COLUMNS = ("churn_probability", "clv", "value_at_risk")
+
+
 def segment_users(features: pd.DataFrame, cfg: dict[str, Any], scores: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-user segment, RFM scores, tier, stage and churn warning (stays on the unit)."""
+    """Per-user segment, RFM scores, tier (by spend or by CLV), stage, scores and churn warning
+    (stays on the unit). With a churn probability, ``churn-threshold`` raises warnings."""
     thresholds = {name: [int(b) for b in cfg[f"thr-{name}"]] for name in ("recency", "frequency", "monetary")}
     table = features[["user_id", "recency_days", "frequency", "monetary_total", "days_since_last_event",
                       "lifecycle_stage", "churned"]].copy()
@@ -81,7 +110,13 @@ def segment_users(features: pd.DataFrame, cfg: dict[str, Any], scores: pd.DataFr
         table["segment_name"] = np.asarray(list(cfg["names"]), dtype=object)[table["segment"].to_numpy()]
     table = pd.concat([table, rfm_scores(features, thresholds)], axis=1)
     if scores is not None:
-        table = table.merge(scores[["user_id", "churn_probability"]], on="user_id", how="left")
+        present = [c for c in SCORE_COLUMNS if c in scores]
+        table = table.merge(scores[["user_id", *present]], on="user_id", how="left")
+    if cfg.get("tier-by") == "clv":
+        r, f = table["r_score"].to_numpy(), table["f_score"].to_numpy()
+        table["clv_score"] = quintile_score(binned(_clv_of(features, scores), CLV_EDGES),
+                                            [int(b) for b in cfg["thr-clv"]], higher_is_better=True)
+        table["value_tier"] = value_tier(r, f, table["clv_score"].to_numpy())
     warn = churn_warnings(table, inactivity_days=float(cfg.get("inactivity-days", 30.0)),
                           churn_threshold=float(cfg.get("churn-threshold", 0.7)))
     table["warning"] = warn
@@ -90,8 +125,10 @@ def segment_users(features: pd.DataFrame, cfg: dict[str, Any], scores: pd.DataFr
 
 def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
                output_dir: Path | None, unit_name: str, scores: pd.DataFrame | None = None,
-               playbook: PlaybookConfig | None = None, contact_log: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Segment every user, write the local files, return noisy per-segment totals."""
+               playbook: PlaybookConfig | None = None, contact_log: pd.DataFrame | None = None,
+               rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Segment every user, write the local files (segments, the CRM action list as Parquet and CSV),
+    return noisy per-segment totals. ``rng`` draws the holdout (the unit's private generator)."""
     features = _features(events, users, cfg)
     k = int(cfg["k"])
     table = segment_users(features, cfg, scores)
@@ -115,6 +152,15 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
         "stages": add_noise(stage_counts, sigma).tolist(),
         "warnings": float(add_noise(np.array([warnings]), sigma)[0]),
     }
+    if int(cfg.get("score-sums", 0)):
+        # per segment: churn probability (in [0, 1]) and CLV (under DP clipped, in units of the clip)
+        prob = table["churn_probability"].fillna(0.0).to_numpy(float) if "churn_probability" in table \
+            else np.zeros(len(table))
+        clv = table["clv"].fillna(0.0).to_numpy(float) if "clv" in table else np.zeros(len(table))
+        if sigma > 0:
+            clv = np.minimum(np.maximum(clv, 0.0), float(cfg["value-clip"])) / float(cfg["value-clip"])
+        out["prob-sums"] = add_noise(np.bincount(seg, weights=prob, minlength=k), sigma).tolist()
+        out["clv-sums"] = add_noise(np.bincount(seg, weights=clv, minlength=k), sigma).tolist()
     if "previous-cutoff" in cfg:
         previous = _features(events, users, cfg, cutoff_key="previous-cutoff")
         states = ["absent", *LIFECYCLE_STAGES]
@@ -128,7 +174,8 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_table(table, output_dir / f"segments_{unit_name}.parquet")
-        actions = plan_actions(table, playbook or PlaybookConfig(),
-                               today=dt.date.fromisoformat(str(cfg["cutoff"])), contact_log=contact_log)
-        write_table(actions, output_dir / f"actions_{unit_name}.parquet")
+        actions = plan_actions(table, playbook or PlaybookConfig(), today=dt.date.fromisoformat(str(cfg["cutoff"])),
+                               contact_log=contact_log, rng=rng)
+        for suffix in (".parquet", ".csv"):  # the CRM takes either
+            write_table(actions, output_dir / f"actions_{unit_name}{suffix}")
     return out

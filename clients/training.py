@@ -1,7 +1,8 @@
-"""Local training and evaluation of a churn model on one unit's data.
+"""Local training and evaluation of a unit's model (churn or CLV) on its own data.
 
-Training minimises the binary cross-entropy of the churn label with Adam for ``epochs``
-passes over the unit's training users. With FedProx (``proximal_mu > 0``) the loss adds
+Training minimises the target's loss (:func:`fedseg.models.loss_function`: the binary
+cross-entropy of the churn label, or the hurdle negative log likelihood of the spend in the
+horizon) with Adam for ``epochs`` passes over the unit's training users. With FedProx (``proximal_mu > 0``) the loss adds
 ``mu / 2 * ||w - w_global||^2`` (Li et al. 2020), which keeps skewed units near the global
 model. Threads: one (units share the machine in simulation).
 """
@@ -16,7 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clients.dataset import UnitData
+from fedseg.config import Target
 from fedseg.metrics import loss_sums, score_histograms
+from fedseg.models import expected_value, loss_function
 
 
 class UnitCannotTrain(ValueError):
@@ -32,12 +35,25 @@ class TrainParams:
     batch_size: int = 64
     proximal_mu: float = 0.0
     seed: int = 0
+    target: Target = "churn"
 
 
-def tensors(data: UnitData, mean: np.ndarray, std: np.ndarray, mask: np.ndarray) -> TensorDataset:
+def target_labels(data: UnitData, mask: np.ndarray, target: Target) -> torch.Tensor:
+    """Labels of ``target``: the churn label ``[n]``, or for CLV ``[n, 2]`` (bought in the window,
+    spend in the window)."""
+    churned = torch.as_tensor(data.labels[mask], dtype=torch.float32)
+    if target == "churn":
+        return churned
+    if data.spend is None:
+        raise ValueError("this unit's data carries no spend in the label window; CLV needs it")
+    return torch.stack([1.0 - churned, torch.as_tensor(data.spend[mask], dtype=torch.float32)], dim=1)
+
+
+def tensors(data: UnitData, mean: np.ndarray, std: np.ndarray, mask: np.ndarray,
+            target: Target = "churn") -> TensorDataset:
     """Standardised inputs and labels of the users selected by ``mask``."""
     static = torch.as_tensor((data.static[mask] - mean) / std, dtype=torch.float32)
-    labels = torch.as_tensor(data.labels[mask], dtype=torch.float32)
+    labels = target_labels(data, mask, target)
     if data.seq_types is None:
         return TensorDataset(static, labels)
     return TensorDataset(static, torch.as_tensor(data.seq_types[mask]),
@@ -73,12 +89,12 @@ def train_local(
     generator = torch.Generator().manual_seed(params.seed)
     torch.manual_seed(params.seed)  # dropout draws from the global generator: the same seed, the same model
     if loader is None:
-        loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=params.batch_size,
+        loader = DataLoader(tensors(data, mean, std, ~data.test_mask, params.target), batch_size=params.batch_size,
                             shuffle=True, generator=generator)
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     anchor = [p.detach().clone() for p in model.parameters()] if params.proximal_mu > 0 else None
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_function(params.target)
     model.train()
     losses = []
     for _ in range(params.epochs):
@@ -99,13 +115,30 @@ def train_local(
 
 def predict_proba(model: nn.Module, dataset: TensorDataset, batch_size: int = 4096) -> np.ndarray:
     """Churn probabilities for every row of ``dataset``."""
+    return predict(model, dataset, "churn", batch_size)
+
+
+def predict(model: nn.Module, dataset: TensorDataset, target: Target, batch_size: int = 4096) -> np.ndarray:
+    """Churn probabilities, or predicted spend over the horizon (currency units), for every row."""
     model.eval()
     out = []
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size):
-            logits, _ = forward(model, batch)
-            out.append(torch.sigmoid(logits).numpy())
+            outputs, _ = forward(model, batch)
+            out.append((expected_value(outputs) if target == "clv" else torch.sigmoid(outputs)).numpy())
     return np.concatenate(out) if out else np.empty(0)
+
+
+def evaluate_clv_local(model: nn.Module, data: UnitData, mean: np.ndarray, std: np.ndarray,
+                       noise_sigma: float = 0.0, clip: float = 500.0,
+                       rng: np.random.Generator | None = None) -> dict[str, float | list[float]]:
+    """The unit's CLV evaluation aggregates of its test users (:func:`fedseg.value_metrics.clv_aggregates`):
+    exact sums and fine histograms, or under DP clipped, coarse and noisy ones."""
+    from fedseg.value_metrics import clv_aggregates
+
+    pred = predict(model, tensors(data, mean, std, data.test_mask, "clv"), "clv")
+    assert data.spend is not None
+    return clv_aggregates(pred, data.spend[data.test_mask], noise_sigma=noise_sigma, clip=clip, rng=rng)
 
 
 @dataclass
@@ -164,6 +197,7 @@ def train_local_dpsgd(
     learning_rate: float,
     sample_generator: torch.Generator | None = None,
     noise_generator: torch.Generator | None = None,
+    target: Target = "churn",
 ) -> tuple[float, int]:
     """User-level DP-SGD with Opacus: exactly ``steps`` Poisson-sampled steps.
 
@@ -196,7 +230,7 @@ def train_local_dpsgd(
         from clients.unit_privacy import private_generators
 
         sample_generator, noise_generator, _ = private_generators({}, None, "dpsgd")
-    loader = DataLoader(tensors(data, mean, std, ~data.test_mask), batch_size=batch, shuffle=True,
+    loader = DataLoader(tensors(data, mean, std, ~data.test_mask, target), batch_size=batch, shuffle=True,
                         generator=sample_generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     import warnings
@@ -210,7 +244,7 @@ def train_local_dpsgd(
             max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_generator,
         )
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_function(target)
     dp_model.train()
     losses, taken = [], 0
     while taken < steps:
@@ -223,7 +257,7 @@ def train_local_dpsgd(
                 # An empty Poisson batch: the step still happens (noise only), as accounted. Opacus
                 # needs a backward pass to set its (empty) per-sample gradients before it can step.
                 logits, labels = forward(dp_model, batch_data)
-                nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum").backward()
+                loss_fn(logits, labels, reduction="sum").backward()
                 dp_optimizer.step()
                 continue
             logits, labels = forward(dp_model, batch_data)

@@ -93,37 +93,53 @@ def features(
 
 @app.command("score")
 def score(
-    model: Annotated[Path, typer.Option(help="Global model file, <run>/server/model.npz.")],
+    model: Annotated[Path | None, typer.Option(help="Global model file, <run>/server/model.npz (a churn or a CLV model).")] = None,
+    clv_model: Annotated[Path | None, typer.Option(help="A second model file: the CLV model (`fedseg clv`), beside a churn --model.")] = None,
     events: Annotated[Path | None, typer.Option(help="This unit's events file. Default: bundled CDNOW.")] = None,
     users: Annotated[Path | None, typer.Option(help="Users file (sign-up dates).")] = None,
     cutoff: Annotated[str | None, typer.Option(help="Score as of this day, YYYY-MM-DD (default: last event day).")] = None,
-    out: Annotated[Path, typer.Option(help="Output file of per-user churn probabilities (.parquet or .csv).")] = Path("out/scores.parquet"),
+    out: Annotated[Path, typer.Option(help="Output file of per-user scores (.parquet or .csv).")] = Path("out/scores.parquet"),
     on_error: Annotated[OnError, typer.Option(help="fail or quarantine invalid rows.")] = OnError.fail,
     sep: Sep = ",",
     encoding: Encoding = "utf-8",
     date_format: DateFormat = None,
 ) -> None:
-    """Score this unit's users with a global model; writes churn probabilities locally."""
+    """Score this unit's users with global models; writes churn probability, CLV and value at risk locally.
+
+    The scores file feeds `fedseg segment --scores` (churn warnings by --churn-threshold, value tiers
+    by CLV, the playbook's ranking by value at risk).
+    """
     from clients.ingest import IngestError, default_quarantine_path, read_events, read_users
     from clients.scoring import ModelFileError, score_users
     from fedseg.datasets import load_cdnow
 
+    if model is None and clv_model is None:
+        fail("give --model (a churn or CLV model.npz) and/or --clv-model")
     cutoff_date = None
     if cutoff is not None:
         try:
             cutoff_date = dt.date.fromisoformat(cutoff)
         except ValueError:
             fail(f"--cutoff {cutoff!r} is not a date; use YYYY-MM-DD.")
+    check_table_path(out)
     try:
         fmt = file_format(sep, encoding, date_format)
         frame = load_cdnow() if events is None else read_events(
             events, on_error=on_error, quarantine_path=default_quarantine_path(events, out), file_format=fmt).frame
         user_frame = read_users(users, on_error=on_error, file_format=fmt).frame if users else None
         with console.status("scoring"):
-            table = score_users(frame, model, cutoff_date, user_frame)
+            table = score_users(frame, model, cutoff_date, user_frame, clv_model_path=clv_model)
     except (IngestError, ModelFileError) as exc:
         fail(str(exc))
     write_table(table, out)
-    console.print(f"scored {len(table):,} users as of {table['scored_at_cutoff'].iloc[0]} with "
-                  f"{table['model'].iloc[0]} {table['model_version'].iloc[0]}; mean churn probability "
-                  f"{table['churn_probability'].mean():.3f} -> {out}", highlight=False)
+    parts = []
+    if "churn_probability" in table:
+        parts.append(f"mean churn probability {table['churn_probability'].mean():.3f} ({table['model'].iloc[0]} "
+                     f"{table['model_version'].iloc[0]})")
+    if "clv" in table:
+        parts.append(f"mean CLV {table['clv'].mean():.2f} over {table['clv_horizon_days'].iloc[0]} days "
+                     f"({table['clv_model_version'].iloc[0]})")
+    if "value_at_risk" in table:
+        parts.append(f"value at risk {table['value_at_risk'].sum():,.0f} in total")
+    console.print(f"scored {len(table):,} users as of {table['scored_at_cutoff'].iloc[0]}: {'; '.join(parts)} -> {out}",
+                  highlight=False)

@@ -57,6 +57,7 @@ _GROUPS: tuple[tuple[str, str | None], ...] = (
     ("clients.monitor_cli", "unit"),
     ("simulations.cli", None),
     ("simulations.monitor_cli", None),
+    ("simulations.value_cli", None),
     ("privacy.cli", "privacy"),
     ("privacy.keys_cli", "keys"),
     ("server.deploy_cli", "deploy"),

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from fedseg.datasets import CALIBRATION_END, HOLDOUT_DAYS
+from fedseg.value_metrics import DEFAULT_CLIP
 
 #: Per-user features the churn models read, in this order (see :mod:`clients.features`).
 MODEL_FEATURES: Final = (
@@ -96,6 +97,9 @@ class FeatureConfig(BaseModel):
 
 
 ModelName = Literal["mlp", "gru"]
+#: What a training run learns: ``churn`` (P(no purchase in the horizon)) or ``clv`` (spend in the
+#: horizon, currency units; :class:`fedseg.models.ClvMLP`).
+Target = Literal["churn", "clv"]
 StrategyName = Literal["fedavg", "fedprox"]
 PrivacyMode = Literal["none", "client", "user"]
 
@@ -113,6 +117,8 @@ class TrainingPlan(BaseModel):
     """
 
     num_rounds: int = Field(10, ge=1, description="Federated rounds.")
+    target: Target = Field("churn", description="churn (P(no purchase in the horizon)) or clv (spend in the "
+                           "horizon, a hurdle model; MLP only).")
     model: ModelName = "mlp"
     strategy: StrategyName = "fedavg"
     local_epochs: int = Field(2, ge=1, description="Passes over local training users per round.")
@@ -144,6 +150,8 @@ class TrainingPlan(BaseModel):
     max_grad_norm: float = Field(5.0, gt=0, description="Per-user gradient clipping norm (user); 1 biases the "
                                  "churn model towards the majority class on CDNOW.")
     clipping_norm: float = Field(1.0, gt=0, description="Update clipping norm per unit (client).")
+    value_clip: float = Field(DEFAULT_CLIP, gt=0, description="CLV under user-level DP: spend and predictions "
+                              "are clipped at this many currency units in the noisy evaluation.")
     dp_eval_every: int = Field(0, ge=0, description="User-level DP: evaluate every this many rounds "
                                "(0: only after the last round; each evaluation is a noisy release about test users).")
     secagg: bool = Field(False, description="Secure aggregation (privacy/secagg): the coordinator sees only "
@@ -155,6 +163,8 @@ class TrainingPlan(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingPlan":
+        if self.target == "clv" and self.model != "mlp":
+            raise ValueError(f"the CLV model is an MLP on the per-user features; model {self.model!r} is for churn")
         if self.privacy == "user" and self.model != "mlp":
             raise ValueError(f"user-level DP (DP-SGD with Opacus) trains the MLP; model {self.model!r} uses "
                              "torch's nn.GRU, which Opacus cannot compute per-user gradients for. Use model 'mlp'.")
@@ -216,7 +226,17 @@ class SegmentationPlan(BaseModel):
     budget: SegmentationBudget = SegmentationBudget()
     min_count: float = Field(5.0, ge=0, description="Centroids with fewer (noisy) users stay put.")
     inactivity_days: float = Field(30.0, gt=0, description="Churn warning after this many idle days.")
-    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this churn probability.")
+    churn_threshold: float = Field(0.7, gt=0, lt=1, description="Churn warning at this churn probability "
+                                   "(units with scores: a global churn model, or their own scores file).")
+    churn_model: Path | None = Field(None, description="A global churn model (model.npz) the coordinator sends to "
+                                     "the units, which score their users with it locally.")
+    clv_model: Path | None = Field(None, description="A global CLV model (model.npz of `fedseg clv`), sent the same way.")
+    unit_scores: bool = Field(False, description="Units score with their own scores file (`fedseg score`; node config "
+                              "scores-path) instead of models sent by the coordinator.")
+    tier_by: Literal["spend", "clv"] = Field("spend", description="Value tiers by past spend (RFM M score) or by "
+                                             "predicted CLV (its quintile score in place of M).")
+    value_clip: float = Field(DEFAULT_CLIP, gt=0, description="Under DP, CLV per user is clipped here (currency "
+                              "units) in the per-segment sums.")
     seed: int = 0
     dataset: str = Field("cdnow", description="Bundled dataset for units without data ('cdnow'; '' in deployments).")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer every step.")
@@ -227,7 +247,15 @@ class SegmentationPlan(BaseModel):
         if self.delta is not None and self.epsilon is None:
             raise ValueError("--delta without --epsilon: the segmentation adds no noise; give --epsilon for "
                              "differential privacy")
+        if self.tier_by == "clv" and self.clv_model is None and not self.unit_scores:
+            raise ValueError("--tier-by clv needs CLV scores: give --clv-model (a `fedseg clv` model) or the units' "
+                             "scores files (--scores)")
         return self
+
+    @property
+    def with_scores(self) -> bool:
+        """Whether units hold churn probabilities and/or CLV (models sent, or their own scores)."""
+        return self.unit_scores or self.churn_model is not None or self.clv_model is not None
 
     @property
     def lloyd_iterations(self) -> int:
@@ -313,6 +341,49 @@ class TagPlan(BaseModel):
         return self
 
 
+class EffectsPlan(BaseModel):
+    """Settings of one federated effect measurement (:mod:`server.effects`).
+
+    Defaults: a 60-day measurement window after the campaign day, retention over its last 30 days,
+    cells per activity segment x action, conversion as the headline outcome, no noise.
+    """
+
+    campaign_date: dt.date | None = Field(None, description="The campaign day (default: the action lists' "
+                                          "campaign_date).")
+    window_days: int = Field(60, ge=1, description="Measurement window after the campaign day, days.")
+    retention_days: int = Field(30, ge=1, description="Retention: any event in the window's last this many days.")
+    segment_column: Literal["segment", "rfm_segment", "tier"] = Field(
+        "segment", description="The action list's column that defines the segments of the cells.")
+    segments: list[str] = Field(default_factory=list, description="Segment names of the cells (public: the "
+                                "segmentation report's).")
+    actions: list[str] = Field(default_factory=list, description="Actions of the cells (default: the playbook's).")
+    outcome: Literal["conversion", "revenue", "retention"] = Field(
+        "conversion", description="The headline outcome of each effect (all three are reported).")
+    margin: float = Field(1.0, gt=0, le=1, description="Share of incremental revenue that is profit, for ROI "
+                          "(1: ROI on revenue).")
+    min_arm: int = Field(30, ge=2, description="Cells with fewer (noisy) users in an arm get no estimate.")
+    revenue_clip: float = Field(200.0, gt=0, description="Under DP, revenue per user in the window is clipped here "
+                                "(currency units; the noise on revenue scales with it: pick a high percentile of "
+                                "what one user spends in a window, a public figure).")
+    epsilon: float | None = Field(None, gt=0, description="epsilon per end user for the measurement; None: no noise.")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
+                                "1 / (10 x population).")
+    population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units.")
+    dataset: str = Field("", description="Bundled dataset for units without data ('' in deployments).")
+    min_units: int = Field(2, ge=1, description="Units that must be connected and answer.")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the units' answers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EffectsPlan":
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("--delta without --epsilon: the measurement adds no noise; give --epsilon for "
+                             "differential privacy")
+        if self.retention_days > self.window_days:
+            raise ValueError(f"--retention-days {self.retention_days} is longer than the window "
+                             f"({self.window_days} days)")
+        return self
+
+
 # ---------------------------------------------------------------------------- run config
 #: ``[tool.flwr.app.config]`` keys whose names differ from the training plan's fields.
 RUN_CONFIG_RENAMES: Final = {"num-server-rounds": "num_rounds"}
@@ -322,7 +393,7 @@ SEGMENTATION_SHARED_KEYS: Final = {"cutoff": "cutoff", "horizon-days": "horizon_
                                    "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
 #: Optional fields that a TOML file spells as 0 or "" when unset (TOML has no null).
 UNSET_WHEN_EMPTY: Final = ("target_epsilon", "noise_multiplier", "delta", "epsilon", "k", "iterations", "restarts",
-                           "previous_cutoff", "start", "end", "cutoff", "tags_file")
+                           "previous_cutoff", "start", "end", "cutoff", "tags_file", "churn_model", "clv_model")
 #: Prefixes of the run-config keys of the other tasks' plans (``task = "segment" | "kpis" | "tags"``).
 TASK_PREFIXES: Final = {"segment": "segment-", "kpis": "kpi-", "tags": "tags-"}
 #: Training-plan keys the KPI and tag plans read too (with their own field names).

@@ -67,6 +67,21 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextlib.contextmanager
+def job_errors() -> Iterator[None]:
+    """Around a command's job: a :class:`fedseg.errors.FedsegError` becomes one ``error:`` line with
+    its exit code; a ``ValueError`` or ``FileNotFoundError`` (bad input found while reading) one
+    line with exit 2."""
+    from fedseg.errors import FedsegError
+
+    try:
+        yield
+    except FedsegError as exc:
+        fail(str(exc), exc.exit_code)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@contextlib.contextmanager
 def steps(total: int, description: str = "working") -> Iterator[Progress]:
     """A progress bar over ``total`` named steps; call ``advance(task, description=...)``."""
     with Progress(

@@ -63,3 +63,15 @@ def write_json(data: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+def read_table(path: str | Path, option: str = "--in") -> pd.DataFrame:
+    """Read a CSV or Parquet table by its extension (a CSV's ``user_id`` as text, so "007" stays "007");
+    a missing or unreadable file is one line."""
+    path = check_table_path(path, option)
+    if not path.exists():
+        raise FedsegError(f"{option} {path}: no such file")
+    try:
+        return pd.read_csv(path, dtype={"user_id": str}) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError) as exc:
+        raise FedsegError(f"{option} {path}: cannot be read as {path.suffix.lstrip('.')} ({exc})") from None

@@ -1,6 +1,10 @@
-"""Churn models, defined once and used by units (training) and the coordinator (init, scoring).
+"""Models, defined once and used by units (training) and the coordinator (init, scoring).
 
-Both output one logit per user: ``P(churn) = sigmoid(logit)``.
+Two targets (:data:`fedseg.config.Target`) share the federated loop:
+
+- ``churn``: one logit per user, ``P(churn) = sigmoid(logit)``;
+- ``clv``: customer value over the label horizon, a **hurdle** model (:class:`ClvMLP`): the
+  probability to buy at all times the expected spend of a buyer, with a log-normal spend.
 
 - :class:`ChurnMLP`: a multilayer perceptron on the standardised per-user features
   (:data:`fedseg.config.MODEL_FEATURES`).
@@ -16,12 +20,13 @@ statistics.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedseg.config import MODEL_FEATURES, ModelName
+from fedseg.config import MODEL_FEATURES, ModelName, Target
 from fedseg.sequences import DEFAULT_SEQ_LEN, SEQ_EVENT_TYPES, SEQ_NUMERIC, SEQ_VOCAB, uses_sequences
 
 __all__ = ["DEFAULT_SEQ_LEN", "SEQ_EVENT_TYPES", "SEQ_NUMERIC", "SEQ_VOCAB", "ChurnGRU", "ChurnMLP", "build_model",
@@ -67,10 +72,78 @@ class ChurnGRU(nn.Module):
         return self.head(torch.cat([h_n[-1], static], dim=-1)).squeeze(-1)
 
 
-def build_model(name: ModelName, seed: int | None = None) -> nn.Module:
-    """A fresh model; with ``seed`` its initial weights are reproducible."""
+class ClvMLP(nn.Module):
+    """Hurdle model of a user's spend ``Y`` over the horizon (currency units).
+
+    The MLP of :class:`ChurnMLP` with two outputs per user, ``a`` and ``m``, and one learned
+    scalar ``v`` (an ``nn.Linear(1, 1)`` on a constant input, so Opacus can clip its per-user
+    gradient like any other weight):
+
+    - ``P(Y > 0) = sigmoid(a)`` (buys at all in the window);
+    - ``log(1 + Y) | Y > 0 ~ Normal(m, s^2)`` with ``s^2 = exp(v)``, the same for every user;
+    - ``E[Y] = sigmoid(a) * (exp(m + s^2 / 2) - 1)``: the predicted CLV.
+
+    The loss (:func:`clv_loss`) is the negative log likelihood per user: the cross-entropy of
+    buying plus, for buyers, ``(log(1 + y) - m)^2 / (2 s^2) + log(s^2) / 2``. Forward returns
+    ``[n, 3]``: ``a``, ``m``, ``v``.
+    """
+
+    def __init__(self, n_features: int = len(MODEL_FEATURES), hidden: tuple[int, ...] = (64, 32),
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.body = ChurnMLP(n_features, hidden, dropout)
+        self.body.net[-1] = nn.Linear(hidden[-1], 2)
+        self.log_var = nn.Linear(1, 1)
+        nn.init.zeros_(self.log_var.weight)
+        nn.init.zeros_(self.log_var.bias)
+
+    def forward(self, static: torch.Tensor, seq_types: torch.Tensor | None = None,
+                seq_values: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.body.net(static)
+        v = self.log_var(torch.ones_like(out[:, :1]))
+        return torch.cat([out, v.clamp(LOG_VAR_MIN, LOG_VAR_MAX)], dim=1)
+
+
+#: Bounds of the learned log-variance of log spend (numerical safety; CDNOW settles near -0.3).
+LOG_VAR_MIN: Final = -6.0
+LOG_VAR_MAX: Final = 4.0
+
+
+def clv_loss(out: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Negative log likelihood of :class:`ClvMLP` (up to a constant); ``labels[:, 0]`` is 1 for a
+    buyer, ``labels[:, 1]`` the spend (currency units)."""
+    buy, spend = labels[:, 0], labels[:, 1]
+    a, m, v = out[:, 0], out[:, 1], out[:, 2]
+    hurdle = nn.functional.binary_cross_entropy_with_logits(a, buy, reduction="none")
+    lognormal = buy * (0.5 * (torch.log1p(torch.clamp(spend, min=0.0)) - m) ** 2 * torch.exp(-v) + 0.5 * v)
+    per_user = hurdle + lognormal
+    return per_user.sum() if reduction == "sum" else per_user.mean()
+
+
+def expected_value(out: torch.Tensor) -> torch.Tensor:
+    """Predicted spend ``E[Y]`` (currency units) from :class:`ClvMLP` outputs."""
+    return torch.sigmoid(out[:, 0]) * torch.expm1(out[:, 1] + torch.exp(out[:, 2]) / 2).clamp(min=0.0)
+
+
+def churn_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy of the churn label."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction=reduction)
+
+
+def loss_function(target: Target):  # noqa: ANN201 - a loss callable
+    """The training loss of ``target``: ``loss(outputs, labels, reduction="mean")``."""
+    return clv_loss if target == "clv" else churn_loss
+
+
+def build_model(name: ModelName, seed: int | None = None, target: Target = "churn") -> nn.Module:
+    """A fresh model for ``target``; with ``seed`` its initial weights are reproducible."""
     if seed is not None:
         torch.manual_seed(seed)
+    if target == "clv":
+        if name != "mlp":
+            raise ValueError(f"the CLV model is an MLP on the per-user features; model {name!r} is not available "
+                             "for target clv")
+        return ClvMLP()
     if name == "mlp":
         return ChurnMLP()
     if name == "gru":
@@ -89,6 +162,6 @@ def model_version(state: dict[str, torch.Tensor]) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def expected_shapes(name: ModelName) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of model ``name``: what a unit may send back."""
-    return {k: tuple(v.shape) for k, v in build_model(name).state_dict().items()}
+def expected_shapes(name: ModelName, target: Target = "churn") -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of model ``name`` for ``target``: what a unit may send back."""
+    return {k: tuple(v.shape) for k, v in build_model(name, target=target).state_dict().items()}

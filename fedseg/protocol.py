@@ -21,7 +21,9 @@ from typing import Final
 
 from pydantic import BaseModel, Field
 
-from fedseg.config import FeatureConfig, ModelName, PrivacyMode
+from fedseg.config import FeatureConfig, ModelName, PrivacyMode, Target
+from fedseg.value_metrics import AGGREGATES as CLV_AGGREGATES
+from fedseg.value_metrics import DEFAULT_CLIP
 
 # ---------------------------------------------------------------------------- message types
 TRAIN: Final = "train"
@@ -38,6 +40,8 @@ SEG_FINAL: Final = "query.seg_final"
 KPIS: Final = "query.kpis"
 TAG_QUANTILES: Final = "query.tag_quantiles"
 TAGS: Final = "query.tags"
+#: Effect measurement: outcome sums per segment x action x arm (fedseg.effects).
+EFFECTS: Final = "query.effects"
 #: Federated audits (:mod:`audit.flower_app`): the unit's statistics, one message type per step.
 AUDIT_FAIRNESS: Final = "query.audit_fairness"
 AUDIT_PRICING_TABLES: Final = "query.audit_pricing_tables"
@@ -53,6 +57,11 @@ REFUSAL: Final = "refusal"
 #: A train reply's evaluation of the model the train message carried (MetricRecord with the
 #: ``evaluate`` reply's metrics), when the round config sets ``evaluate-incoming``.
 EVALUATION: Final = "evaluation"
+#: Global models a coordinator sends for units to score their users with (segmentation): the
+#: weights (ArrayRecord) and ``<name>-meta`` (ConfigRecord: model, target, model-version,
+#: horizon-days, scaler-mean, scaler-std).
+CHURN_MODEL: Final = "churn-model"
+CLV_MODEL: Final = "clv-model"
 #: An audit unit's answer (ConfigRecord): aggregate statistics serialised by :mod:`audit.federated`.
 AUDIT_STATS: Final = "stats"
 
@@ -71,7 +80,8 @@ RUN_ID: Final = "run-id"
 #: Metric names a unit may send, by message type (aggregate figures only).
 ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     TRAIN: frozenset({"num-examples", "train-loss"}),
-    EVALUATE: frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg"}),
+    # churn: sums and score histograms (fedseg.metrics); clv: sums and value histograms (fedseg.value_metrics)
+    EVALUATE: frozenset({"num-examples", "loss-sum", "brier-sum", "hist-pos", "hist-neg", *CLV_AGGREGATES}),
     SCALER: frozenset({"n", "sum", "sumsq"}),
     PRIVACY: frozenset({"accepted", "epsilon"}),
     AUDIT_FAIRNESS: frozenset(),
@@ -79,9 +89,10 @@ ALLOWED_METRICS: Final[dict[str, frozenset[str]]] = {
     AUDIT_PRICING_MEAT: frozenset(),
     SEG_GRID: frozenset({"grid"}),
     SEG_LLOYD: frozenset({"sums", "counts", "inertia"}),
-    SEG_RFM: frozenset({"recency", "frequency", "monetary"}),
+    SEG_RFM: frozenset({"recency", "frequency", "monetary", "clv"}),
     SEG_FINAL: frozenset({"sizes", "churned", "profile-sums", "rfm-segments", "tiers", "stages",
-                          "warnings", "transitions"}),
+                          "warnings", "transitions", "prob-sums", "clv-sums"}),
+    EFFECTS: frozenset({"stats"}),
     KPIS: frozenset({"dau", "wau", "mau", "retention", "churn-users", "churn-churned"}),
     TAG_QUANTILES: frozenset({"histograms"}),
     TAGS: frozenset({"matrix", "sizes"}),
@@ -128,6 +139,7 @@ class RoundConfig(BaseModel):
     """
 
     model: ModelName = "mlp"
+    target: Target = Field("churn", description="What the run learns: churn or clv.")
     dataset: str = Field("", description="Named bundled dataset for units without a data path "
                          "(simulation only): 'cdnow' or empty.")
     cutoff: dt.date
@@ -148,6 +160,8 @@ class RoundConfig(BaseModel):
     steps_per_round: int = Field(0, ge=0, description="DP-SGD steps per round (user mode).")
     scaler_sigma: float = Field(0.0, ge=0, description="Noise std of the bounded scaler moments (DP modes).")
     eval_sigma: float = Field(0.0, ge=0, description="Noise std of evaluation histograms/sums (user mode).")
+    value_clip: float = Field(DEFAULT_CLIP, gt=0, description="CLV under user-level DP: spend and predictions are clipped "
+                              "at this many currency units in the noisy evaluation.")
     delta: float = Field(0.0, ge=0, lt=1, description="delta of the run's (epsilon, delta) guarantee (DP modes).")
     unit_sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson rate at which units are sampled "
                                     "each round (client mode).")

@@ -49,6 +49,10 @@ FREQUENCY_EDGES: Final = np.arange(0, 101, 1.0)               # whole purchase d
 MONETARY_EDGES: Final = np.concatenate([[0.0], np.round(np.geomspace(1, 100_000, 120), 2)])
 
 RFM_EDGES: Final = {"recency": RECENCY_EDGES, "frequency": FREQUENCY_EDGES, "monetary": MONETARY_EDGES}
+#: Predicted CLV is money too: its histogram (tiers by CLV) uses the monetary bins.
+CLV_EDGES: Final = MONETARY_EDGES
+#: Every scored quantity's bin edges (RFM and, with tiers by CLV, the CLV).
+SCORE_EDGES: Final = {**RFM_EDGES, "clv": CLV_EDGES}
 
 
 def quantile_bins(histogram: np.ndarray, quantiles: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)) -> list[int]:
@@ -85,6 +89,8 @@ VALUE_TIERS: Final = ("basic", "active", "high-value", "VIP")
 
 #: Count tables in the final release (sizes, churned, RFM segments, tiers, stages, warnings).
 FINAL_TABLES: Final = 6
+#: Per-segment score sums in the final release when units hold scores: churn probability, CLV / clip.
+SCORE_SUMS: Final = 2
 #: The segmentation steps, in protocol order (message types ``query.seg_<step>``).
 STEPS: Final = ("grid", "lloyd", "rfm", "final")
 
@@ -94,9 +100,12 @@ def step_sensitivities(step: str, config: dict[str, Any]) -> list[tuple[str, flo
 
     One user (add/remove) changes: one grid cell count (1); in each of the R candidate centroid
     sets one centroid's count (1) and its sum (L2 <= sqrt(d), vectors lie in [0, 1]^d), so
-    R d for the sums and R for the counts; one bin of each of the three RFM histograms (3); one
-    count in each of the final tables and the profile sum of its segment (T + d); one cell of
-    the transition matrix (1). A unit computes these itself from what it is asked to send.
+    R d for the sums and R for the counts; one bin of each of the three RFM histograms (3), and
+    of the CLV histogram when tiers are by CLV (``tier-by = clv``: 4); one count in each of the
+    final tables and the profile sum of its segment (T + d), plus, with scores (``score-sums``),
+    its churn probability (in [0, 1]) and its CLV divided by its clip (in [0, 1]) in its segment's
+    sums (T + d + 2); one cell of the transition matrix (1). A unit computes these itself from
+    what it is asked to send.
     """
     if step == "grid":
         return [("sigma", 1.0)]
@@ -104,9 +113,9 @@ def step_sensitivities(step: str, config: dict[str, Any]) -> list[tuple[str, flo
         restarts = int(config.get("restarts", 1))
         return [("sigma-sums", float(restarts * D)), ("sigma-counts", float(restarts))]
     if step == "rfm":
-        return [("sigma", 3.0)]
+        return [("sigma", 4.0 if config.get("tier-by") == "clv" else 3.0)]
     if step == "final":
-        out = [("sigma", float(FINAL_TABLES + D))]
+        out = [("sigma", float(FINAL_TABLES + D + (SCORE_SUMS if int(config.get("score-sums", 0)) else 0)))]
         if "previous-cutoff" in config:
             out.append(("sigma-transitions", 1.0))
         return out

@@ -14,9 +14,12 @@ guarantee holds against the coordinator) has three kinds of release about a user
    see :mod:`clients.training`), per-user clipping to ``max_grad_norm`` and noise
    ``z * max_grad_norm``, ``steps_per_round`` steps in each of ``rounds`` rounds. Training users;
 3. **evaluation** of the global model on the unit's *test* users: histograms and sums with
-   Gaussian noise (L2 sensitivity 2: one histogram count, the count, the Brier sum and the
-   log-loss sum clipped at :data:`DP_LOSS_CLIP` and noised ``DP_LOSS_CLIP`` times as much), one
-   release per scheduled evaluation (every ``eval_every`` rounds and after the last round).
+   Gaussian noise, one release per scheduled evaluation (every ``eval_every`` rounds and after
+   the last round). Churn: L2 sensitivity 2 (one histogram count, the count, the Brier sum and
+   the log-loss sum clipped at :data:`DP_LOSS_CLIP` and noised ``DP_LOSS_CLIP`` times as much).
+   CLV: L2 sensitivity 3 (the count, four money sums and one count and one spend entry in each of
+   two value histograms, money clipped and expressed in units of the clip;
+   :mod:`fedseg.value_metrics`).
 
 The run's per-user epsilon is the larger of the training users' and the test users' epsilons;
 ``calibrate`` sets z and the evaluation noise so that both meet the target.
@@ -37,7 +40,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from fedseg.config import PrivacyMode
+from fedseg.config import PrivacyMode, Target
+from fedseg.value_metrics import DP_SENSITIVITY as CLV_EVAL_SENSITIVITY
 from privacy.accounting import Release, calibrate, delta_for, epsilon, group_epsilons
 
 #: L2 sensitivity of the scaler release: count (1) + sums (sqrt 12) + sums of squares (sqrt 12).
@@ -70,15 +74,22 @@ def client_release(noise_multiplier: float, unit_sample_rate: float) -> Release:
                    task="training (client-level, noise added by the coordinator)")
 
 
-def evaluation_release(eval_sigma: float, count: int = 1) -> Release:
+def eval_sensitivity(target: Target) -> float:
+    """L2 sensitivity of one evaluation release of ``target``, in units of its per-entry noise."""
+    return CLV_EVAL_SENSITIVITY if target == "clv" else EVAL_SENSITIVITY
+
+
+def evaluation_release(eval_sigma: float, count: int = 1, target: Target = "churn") -> Release:
     """``count`` noisy evaluation releases with per-entry noise ``eval_sigma`` (test users)."""
-    return Release(noise_multiplier=eval_sigma / EVAL_SENSITIVITY, count=count, group="test", task="evaluation")
+    return Release(noise_multiplier=eval_sigma / eval_sensitivity(target), count=count, group="test",
+                   task="evaluation")
 
 
 class TrainingPrivacy(BaseModel):
     """The calibrated privacy of one training run (kept in the checkpoint, so a resumed run reuses it)."""
 
     mode: PrivacyMode = "none"
+    target: Target = Field("churn", description="What the run learns (sets the evaluation's sensitivity).")
     delta: float = Field(0.0, ge=0, lt=1)
     rounds: int = Field(0, ge=0, description="Training rounds the noise is calibrated for.")
     target_epsilon: float | None = None
@@ -127,7 +138,7 @@ class TrainingPrivacy(BaseModel):
                 return [scaler_release(self.scaler_sigma)]
             out = [dpsgd_release(self.noise_multiplier, self.sample_rate, self.steps_per_round)]
             if self.evaluates_after(server_round):
-                out.append(evaluation_release(self.eval_sigma))
+                out.append(evaluation_release(self.eval_sigma, target=self.target))
             return out
         if self.mode == "client" and server_round > 0:
             return [client_release(self.noise_multiplier, self.unit_sample_rate)]
@@ -148,10 +159,11 @@ class TrainingPrivacy(BaseModel):
     def plan(cls, mode: PrivacyMode, rounds: int, delta: float, target_epsilon: float | None = None,
              noise_multiplier: float | None = None, sample_rate: float = 0.02, local_epochs: int = 1,
              max_grad_norm: float = 5.0, clipping_norm: float = 1.0, eval_every: int = 0,
-             unit_sample_rate: float = 1.0) -> "TrainingPrivacy":
+             unit_sample_rate: float = 1.0, target: Target = "churn") -> "TrainingPrivacy":
         """Noise for every release so that the run's epsilon meets ``target_epsilon`` over
         ``rounds`` rounds (RDP accountant), or the epsilon of a fixed ``noise_multiplier``."""
-        base = cls(mode=mode, rounds=rounds, delta=delta if mode != "none" else 0.0, max_grad_norm=max_grad_norm,
+        base = cls(mode=mode, target=target, rounds=rounds, delta=delta if mode != "none" else 0.0,
+                   max_grad_norm=max_grad_norm,
                    clipping_norm=clipping_norm, eval_every=eval_every, unit_sample_rate=unit_sample_rate)
         if mode == "none":
             return base
@@ -179,9 +191,10 @@ class TrainingPrivacy(BaseModel):
         state = train(z).model_copy(update={"target_epsilon": target_epsilon})
         if mode == "user":
             evaluations = state.evaluations_done(rounds)
-            z_eval = calibrate(lambda v: [evaluation_release(v * EVAL_SENSITIVITY, evaluations)],
+            sensitivity = eval_sensitivity(target)
+            z_eval = calibrate(lambda v: [evaluation_release(v * sensitivity, evaluations, target)],
                                target_epsilon, delta)  # type: ignore[arg-type]
-            state = state.model_copy(update={"eval_sigma": z_eval * EVAL_SENSITIVITY})
+            state = state.model_copy(update={"eval_sigma": z_eval * sensitivity})
         return state
 
     @classmethod
@@ -192,7 +205,7 @@ class TrainingPrivacy(BaseModel):
                         target_epsilon=plan.target_epsilon, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                         local_epochs=plan.local_epochs, max_grad_norm=plan.max_grad_norm,
                         clipping_norm=plan.clipping_norm, eval_every=plan.dp_eval_every,
-                        unit_sample_rate=plan.fraction_fit)
+                        unit_sample_rate=plan.fraction_fit, target=plan.target)
 
     # ------------------------------------------------------------------ statement
     def statement(self, releases: list[Release]) -> dict[str, Any]:

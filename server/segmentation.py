@@ -41,8 +41,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from pydantic import BaseModel
 
-from fedseg.segments import (D, FINAL_TABLES, GRID_BINS, RFM_EDGES, RFM_SEGMENT_NAMES, VALUE_TIERS, grid_centers,
-                             quantile_bins, vectors_to_profile)
+from fedseg.segments import (D, GRID_BINS, RFM_EDGES, SCORE_EDGES, RFM_SEGMENT_NAMES, VALUE_TIERS, grid_centers, quantile_bins,
+                             step_sensitivities, vectors_to_profile)
 from fedseg import protocol
 from fedseg.config import SegmentationPlan
 from privacy.accounting import Release, delta_for, epsilon, gaussian_noise_multiplier
@@ -81,12 +81,14 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     per_iter = share["lloyd"] / plan.lloyd_iterations
     # a Lloyd step's sums (Delta^2 = R d) and counts (R) get equal sigma: Delta^2 = R (d + 1) in all
     s_lloyd = _sigma(plan.lloyd_restarts * (D + 1), per_iter)
+    [(_, rfm_sq)] = step_sensitivities("rfm", rfm_options(plan))
+    final_sq = step_sensitivities("final", final_options(plan))[0][1]
     out = NoisePlan(
         sigma_grid=_sigma(1, share["grid"]),
         sigma_lloyd_sums=s_lloyd,
         sigma_lloyd_counts=s_lloyd,
-        sigma_rfm=_sigma(3, share["rfm"]),
-        sigma_final=_sigma(FINAL_TABLES + D, share["final"]),
+        sigma_rfm=_sigma(rfm_sq, share["rfm"]),
+        sigma_final=_sigma(final_sq, share["final"]),
         sigma_transitions=_sigma(1, share["transitions"]) if plan.previous_cutoff else 0.0,
         delta=delta,
     )
@@ -96,13 +98,25 @@ def noise_plan(plan: SegmentationPlan) -> NoisePlan:
     return out
 
 
+def rfm_options(plan: SegmentationPlan) -> dict[str, Any]:
+    """What the RFM step's config says beyond its noise: whether units also send a CLV histogram."""
+    return {"tier-by": plan.tier_by}
+
+
+def final_options(plan: SegmentationPlan) -> dict[str, Any]:
+    """What the final step's config says beyond its noise: whether units add per-segment score sums,
+    the churn warning settings and the CLV clip."""
+    return {"score-sums": int(plan.with_scores), "tier-by": plan.tier_by, "value-clip": plan.value_clip,
+            "inactivity-days": plan.inactivity_days, "churn-threshold": plan.churn_threshold}
+
+
 def planned_releases(plan: SegmentationPlan, noise: NoisePlan) -> list[Release]:
     """Every Gaussian release of the run, built with the sensitivities the units use."""
     steps = [("grid", {"sigma": noise.sigma_grid}, 1),
              ("lloyd", {"sigma-sums": noise.sigma_lloyd_sums, "sigma-counts": noise.sigma_lloyd_counts,
                         "restarts": plan.lloyd_restarts}, plan.lloyd_iterations),
-             ("rfm", {"sigma": noise.sigma_rfm}, 1)]
-    final = {"sigma": noise.sigma_final}
+             ("rfm", {"sigma": noise.sigma_rfm, **rfm_options(plan)}, 1)]
+    final = {"sigma": noise.sigma_final, **final_options(plan)}
     if plan.previous_cutoff:
         final.update({"previous-cutoff": plan.previous_cutoff.isoformat(), "sigma-transitions": noise.sigma_transitions})
     steps.append(("final", final, 1))
@@ -118,9 +132,44 @@ def _config(plan: SegmentationPlan, noise: NoisePlan, run_id: str, **extra: Any)
     return record
 
 
-def _ask(grid: Grid, nodes: list[int], message_type: str, config: ConfigRecord, timeout: float) -> list[MetricRecord]:
-    answers = ask(grid, nodes, message_type, RecordDict({protocol.CONFIG: config}), timeout)
+def _ask(grid: Grid, nodes: list[int], message_type: str, config: ConfigRecord, timeout: float,
+         models: dict[str, Any] | None = None) -> list[MetricRecord]:
+    answers = ask(grid, nodes, message_type, RecordDict({protocol.CONFIG: config, **(models or {})}), timeout)
     return [content[protocol.METRICS] for content in answers.values()]
+
+
+def model_records(plan: SegmentationPlan) -> dict[str, Any]:
+    """The global models of the plan as message records: the weights (``churn-model``, ``clv-model``)
+    and their metadata and scaler (``churn-model-meta``, ``clv-model-meta``); units score with them."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedseg.checkpoint import load_checkpoint
+    from fedseg.errors import FedsegError
+
+    records: dict[str, Any] = {}
+    for target, path, record in (("churn", plan.churn_model, protocol.CHURN_MODEL),
+                                 ("clv", plan.clv_model, protocol.CLV_MODEL)):
+        if path is None:
+            continue
+        flag = f"--{target}-model"
+        if not path.exists():
+            raise FedsegError(f"{flag} {path}: no such file; a training run writes <run>/server/model.npz")
+        try:
+            saved = load_checkpoint(path.parent, name=path.name)
+        except (ValueError, OSError, KeyError, EOFError):
+            saved = None
+        if saved is None or "model" not in saved.extra:
+            raise FedsegError(f"{flag} {path} is not a fedseg model file; use <run>/server/model.npz")
+        found = saved.extra.get("target", "churn")
+        if found != target:
+            raise FedsegError(f"{flag} {path} is a {found} model; give it as --{found}-model")
+        records[record] = ArrayRecord(array_dict={k: Array(v) for k, v in saved.arrays.items()})
+        records[record + "-meta"] = ConfigRecord({
+            "model": str(saved.extra["model"]), "target": target,
+            "model-version": str(saved.extra.get("model_version", "")),
+            "horizon-days": int(saved.extra.get("horizon_days", plan.horizon_days)),
+            "scaler-mean": [float(x) for x in saved.scaler_mean], "scaler-std": [float(x) for x in saved.scaler_std]})
+    return records
 
 
 def _sum(answers: list[MetricRecord], key: str) -> np.ndarray:
@@ -293,16 +342,19 @@ def run_segmentation(grid: Grid, plan: SegmentationPlan, nodes: list[int] | None
     centroids = centroids[order]
     names = name_segments(centroids, counts[order])
 
-    answers = _ask(grid, nodes, protocol.SEG_RFM, config(sigma=noise.sigma_rfm), t)
+    models = model_records(plan)
+    answers = _ask(grid, nodes, protocol.SEG_RFM, config(sigma=noise.sigma_rfm, **rfm_options(plan)), t,
+                   models if plan.tier_by == "clv" else None)
     thresholds = {name: quantile_bins(_sum(answers, name)) for name in RFM_EDGES}
+    if plan.tier_by == "clv":
+        thresholds["clv"] = quantile_bins(_sum(answers, "clv"))
 
     final_cfg = config(centroids=centroids.ravel().tolist(), k=k, sigma=noise.sigma_final, names=names,
-                    **{"thr-" + n: v for n, v in thresholds.items()},
-                    **{"inactivity-days": plan.inactivity_days, "churn-threshold": plan.churn_threshold,
-                       "sigma-transitions": noise.sigma_transitions})
+                       **{"thr-" + n: v for n, v in thresholds.items()}, **final_options(plan),
+                       **{"sigma-transitions": noise.sigma_transitions})
     if plan.previous_cutoff:
         final_cfg["previous-cutoff"] = plan.previous_cutoff.isoformat()
-    answers = _ask(grid, nodes, protocol.SEG_FINAL, final_cfg, t)
+    answers = _ask(grid, nodes, protocol.SEG_FINAL, final_cfg, t, models)
     return _report(plan, noise, k, centroids, names, thresholds, answers, history, inertias)
 
 
@@ -313,10 +365,14 @@ def _report(plan, noise, k, centroids, names, thresholds, answers, history, iner
     sizes = np.maximum(_sum(answers, "sizes"), 0.0)
     churned = np.maximum(_sum(answers, "churned"), 0.0)
     profile_sums = _sum(answers, "profile-sums").reshape(k, D)
+    scored = "prob-sums" in answers[0]
+    if scored:  # noisy sums: churn probability, and CLV in units of its clip under DP
+        prob_sums = _sum(answers, "prob-sums")
+        clv_sums = _sum(answers, "clv-sums") * (plan.value_clip if plan.epsilon else 1.0)
     segments = []
     for i in range(k):
         n = max(sizes[i], 0.0)
-        segments.append({
+        segment = {
             "segment": i,
             "name": names[i],
             "size": float(sizes[i]),
@@ -324,14 +380,21 @@ def _report(plan, noise, k, centroids, names, thresholds, answers, history, iner
             "churn_rate": float(np.clip(churned[i] / n, 0, 1)) if n > 0 else None,
             "centroid": vectors_to_profile(centroids[i])[0],
             "mean_profile": vectors_to_profile(np.clip(profile_sums[i] / n, 0, 1))[0] if n > 0 else None,
-        })
+        }
+        if scored and n > 0 and (plan.churn_model is not None or plan.unit_scores):
+            segment["mean_churn_probability"] = float(np.clip(prob_sums[i] / n, 0, 1))
+        if scored and n > 0 and (plan.clv_model is not None or plan.unit_scores):
+            segment["mean_clv"] = float(max(clv_sums[i], 0.0) / n)
+            segment["clv_total"] = float(max(clv_sums[i], 0.0))
+        segments.append(segment)
     out: dict[str, Any] = {
         "k": k,
         "segments": segments,
-        "rfm_thresholds": {name: [float(RFM_EDGES[name][b]) for b in bins] for name, bins in thresholds.items()},
+        "rfm_thresholds": {name: [float(SCORE_EDGES[name][b]) for b in bins] for name, bins in thresholds.items()},
         "rfm_threshold_bins": thresholds,
         "rfm_segments": dict(zip(RFM_SEGMENT_NAMES, _counts(answers, "rfm-segments"))),
         "value_tiers": dict(zip(VALUE_TIERS, _counts(answers, "tiers"))),
+        "value_tiers_by": plan.tier_by,
         "lifecycle": dict(zip(LIFECYCLE_STAGES, _counts(answers, "stages"))),
         "warnings": max(float(_sum(answers, "warnings")), 0.0),
         "lloyd": history,

@@ -17,7 +17,9 @@ One run, for a :class:`TrainingPlan`:
    equally under DP); under client-level DP the coordinator's own clip-and-noise aggregation
    (:mod:`server.dp`); with secure aggregation the masked sum (:mod:`privacy.secagg`); then
    federated evaluation merges the units' sums and score histograms into AUC, log loss and
-   Brier score (:mod:`fedseg.metrics`) when the privacy mode allows it;
+   Brier score (:mod:`fedseg.metrics`), or for a CLV run their value sums and histograms into
+   normalized Gini, top-decile capture, MAE, RMSE and Spearman (:mod:`fedseg.value_metrics`),
+   when the privacy mode allows it;
 5. before each release the coordinator writes it into the checkpoint (so a round re-sent after
    a crash is counted), and after each round the checkpoint (weights, scaler, history) is
    replaced atomically, so a run restarted with the same plan continues after its last
@@ -64,7 +66,7 @@ def round_config(plan: TrainingPlan, server_round: int, mean: list[float] | None
                  privacy: TrainingPrivacy | None = None, run_id: str = "", evaluate_incoming: bool = False
                  ) -> RoundConfig:
     """What the units are told in ``server_round`` (the training messages' config)."""
-    dp: dict[str, Any] = {}
+    dp: dict[str, Any] = {"value_clip": plan.value_clip}
     if privacy is not None and privacy.is_private:
         dp = {"privacy": privacy.mode, "noise_multiplier": privacy.noise_multiplier,
               "max_grad_norm": privacy.max_grad_norm, "sample_rate": privacy.sample_rate,
@@ -72,7 +74,7 @@ def round_config(plan: TrainingPlan, server_round: int, mean: list[float] | None
               "eval_sigma": privacy.eval_sigma, "delta": privacy.delta,
               "unit_sample_rate": privacy.unit_sample_rate}
     return RoundConfig(
-        model=plan.model, dataset=plan.dataset, cutoff=plan.cutoff, horizon_days=plan.horizon_days,
+        model=plan.model, target=plan.target, dataset=plan.dataset, cutoff=plan.cutoff, horizon_days=plan.horizon_days,
         local_epochs=plan.local_epochs, learning_rate=plan.learning_rate, batch_size=plan.batch_size,
         proximal_mu=plan.proximal_mu if plan.strategy == "fedprox" else 0.0, seed=plan.seed,
         server_round=server_round, scaler_mean=mean, scaler_std=std, run_id=run_id,
@@ -106,6 +108,8 @@ class TrainingResult:
     privacy: dict[str, Any]
     units: list[str]
     run_id: str = ""
+    #: The merged aggregates of the last federated evaluation (histograms included), for pictures.
+    evaluation: dict[str, Any] | None = None
 
 
 def _config_record(cfg: RoundConfig) -> ConfigRecord:
@@ -117,7 +121,8 @@ def _config_record(cfg: RoundConfig) -> ConfigRecord:
 
 
 def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
-    """Pooled AUC, log loss and Brier score from the units' sums and histograms."""
+    """Pooled AUC, log loss and Brier score from the units' sums and histograms (the merged
+    histograms ride along, for the calibration and gain charts)."""
     n = 0
     loss = brier = 0.0
     pos = neg = None
@@ -132,15 +137,37 @@ def merge_evaluation(contents: list[RecordDict], weighted_by_key: str = "num-exa
     if n == 0 or pos is None or neg is None:
         return MetricRecord({"num-examples": 0})
     return MetricRecord({"num-examples": n, "auc": auc_from_histograms(pos, neg),
-                         "log-loss": loss / n, "brier": brier / n})
+                         "log-loss": loss / n, "brier": brier / n, "hist-pos": pos.tolist(), "hist-neg": neg.tolist()})
 
 
-def _make_strategy(plan: TrainingPlan) -> Any:
+def clv_merger(clip: float | None) -> Callable[[list[RecordDict], str], MetricRecord]:
+    """The evaluation merge of a CLV run: pooled value figures from the units' aggregates
+    (:func:`fedseg.value_metrics.merge_clv`; ``clip``: money arrives in units of it, under DP). The
+    merged value histograms ride along."""
+    from fedseg.value_metrics import merge_clv
+
+    def merge(contents: list[RecordDict], weighted_by_key: str = "num-examples") -> MetricRecord:
+        units = [dict(content[protocol.METRICS]) for content in contents]
+        if not units:
+            return MetricRecord({"num-examples": 0})
+        figures = merge_clv(units, clip)
+        out: dict[str, Any] = {"num-examples": float(figures.pop("n"))}
+        out.update({k.replace("_", "-"): float(v) for k, v in figures.items() if v is not None and np.isfinite(v)})
+        for key in ("pred-count", "pred-spend"):
+            out[key] = np.sum([np.asarray(u[key], dtype=float) for u in units], axis=0).tolist()
+        return MetricRecord(out)
+
+    return merge
+
+
+def _make_strategy(plan: TrainingPlan, privacy: TrainingPrivacy) -> Any:
     """Flower's FedAvg or FedProx (client-level DP aggregates with :mod:`server.dp` instead)."""
+    merge = merge_evaluation if plan.target == "churn" else \
+        clv_merger(plan.value_clip if privacy.mode == "user" else None)
     common = dict(fraction_train=plan.fraction_fit, fraction_evaluate=1.0,
                   min_train_nodes=plan.min_fit_units, min_evaluate_nodes=plan.min_fit_units,
                   min_available_nodes=plan.min_available_units,
-                  evaluate_metrics_aggr_fn=merge_evaluation)
+                  evaluate_metrics_aggr_fn=merge)
     return FedProx(proximal_mu=plan.proximal_mu, **common) if plan.strategy == "fedprox" else FedAvg(**common)
 
 
@@ -178,10 +205,10 @@ def _evaluate(strategy: Any, grid: Grid, server_round: int, arrays: ArrayRecord,
 
 def log_round(record: dict[str, Any]) -> None:
     """Default progress report: one line per round."""
-    log(INFO, "round %s: auc=%.4f log_loss=%.4f brier=%.4f units=%s failed=%s (%.1f s)",
-        record["round"], record.get("auc", float("nan")), record.get("log_loss", float("nan")),
-        record.get("brier", float("nan")), record.get("units_trained", "-"), record.get("units_failed", 0),
-        record.get("seconds", 0.0))
+    figures = " ".join(f"{k}={record[k]:.4f}" for k in ("auc", "log_loss", "brier", "normalized_gini",
+                                                          "top_decile_capture", "mae") if k in record)
+    log(INFO, "round %s: %s units=%s failed=%s (%.1f s)", record["round"], figures or "-",
+        record.get("units_trained", "-"), record.get("units_failed", 0), record.get("seconds", 0.0))
 
 
 def _releases_json(releases: list[Release]) -> list[dict[str, Any]]:
@@ -238,7 +265,6 @@ def run_training(
             "settings changed); use a new --out directory or delete the old run."
         )
     nodes = wait_for_units(grid, plan.min_available_units, plan.connect_timeout_s)
-    strategy = _make_strategy(plan)
     if checkpoint is None:
         privacy = TrainingPrivacy.for_plan(plan)
         run_id = uuid.uuid4().hex[:12]
@@ -253,6 +279,8 @@ def run_training(
                    checkpoint.scaler_std)
         log(INFO, "resuming %s after round %d of %d", run_dir, checkpoint.round, plan.num_rounds)
     start_round = run.round
+    strategy = _make_strategy(plan, privacy)
+    last_evaluation: dict[str, Any] | None = None
 
     units: dict[int, dict[str, Any]] = {}
     if privacy.is_private:
@@ -271,7 +299,7 @@ def run_training(
         else:
             run.mean, run.std = public_scaler()
             names = {n: u["unit"] for n, u in units.items()}
-        run.arrays = ArrayRecord(build_model(plan.model, seed=plan.seed).state_dict())
+        run.arrays = ArrayRecord(build_model(plan.model, seed=plan.seed, target=plan.target).state_dict())
         run.extra["units"] = names
         metrics0 = None
         if privacy.evaluates_after(0) and not fold:
@@ -333,6 +361,8 @@ def run_training(
             run.release([r for r in releases if r.task == "evaluation"])
             eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s,
                                                   names)
+            if eval_metrics is not None:
+                last_evaluation = dict(eval_metrics)
         record = {
             "round": server_round,
             **_metric_dict(eval_metrics),
@@ -362,12 +392,13 @@ def run_training(
                                        for u in units.values()}
     save_checkpoint(run_dir, Checkpoint(plan.num_rounds, final, run.mean, run.std, run.history, plan.fingerprint(),
                                         extra={"model": plan.model, "model_version": version,
+                                               "target": plan.target,
                                                "cutoff": plan.cutoff.isoformat(),
                                                "horizon_days": plan.horizon_days,
                                                "privacy": statement}), name=MODEL_FILE)
     log(INFO, "done: the global model is %s (version %s)", run_dir / MODEL_FILE, version)
     return TrainingResult(final, run.mean, run.std, run.history, version, start_round, statement,
-                          sorted(names.values()), run_id)
+                          sorted(names.values()), run_id, last_evaluation)
 
 
 #: Key of a round record whose evaluation arrives with the next round's train replies.
@@ -462,13 +493,11 @@ def _secure_round(grid: Grid, plan: TrainingPlan, privacy: TrainingPrivacy, mess
 
 
 def _metric_dict(metrics: MetricRecord | None) -> dict[str, Any]:
+    """The scalar figures of a merged evaluation, snake_case (histograms are left out)."""
     if metrics is None:
         return {}
-    out = {}
-    for key in ("auc", "log-loss", "brier", "num-examples"):
-        if key in metrics:
-            out[key.replace("-", "_").replace("num_examples", "n_eval")] = float(metrics[key])
-    return out
+    return {("n_eval" if key == "num-examples" else key.replace("-", "_")): float(value)
+            for key, value in metrics.items() if not isinstance(value, list)}
 
 
 def _to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -478,7 +507,7 @@ def _to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 def _as_torch_record(plan: TrainingPlan, arrays: dict[str, np.ndarray]) -> ArrayRecord:
     import torch
 
-    model = build_model(plan.model)
+    model = build_model(plan.model, target=plan.target)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
     return ArrayRecord(model.state_dict())
 

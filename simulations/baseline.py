@@ -16,8 +16,8 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from clients.dataset import UnitData, feature_moments, prepare_unit
 from fedseg.scaling import global_scaler
-from clients.training import TrainParams, predict_proba, tensors, train_local
-from fedseg.config import FeatureConfig, ModelName
+from clients.training import TrainParams, predict, tensors, train_local
+from fedseg.config import FeatureConfig, ModelName, Target
 from fedseg.models import build_model, uses_sequences
 
 
@@ -47,20 +47,26 @@ def pooled_data(events: pd.DataFrame, features: FeatureConfig, model: ModelName,
     return prepare_unit(events, features, users=users, with_sequences=uses_sequences(model))
 
 
-def train_centralised(data: UnitData, model_name: ModelName, params: TrainParams) -> tuple[CentralResult, object]:
-    """Train on all training users, evaluate exactly on all test users."""
+def centralised_predictions(data: UnitData, model_name: ModelName, params: TrainParams) -> tuple[np.ndarray, object]:
+    """Train ``params.target``'s model on all training users; its predictions for all test users
+    (churn probabilities or predicted spend) and the model."""
     mean, std = global_scaler([feature_moments(data.static[~data.test_mask])])
-    model = build_model(model_name, seed=params.seed)
+    model = build_model(model_name, seed=params.seed, target=params.target)
     train_local(model, data, mean, std, params)
-    probs = predict_proba(model, tensors(data, mean, std, data.test_mask))
+    return predict(model, tensors(data, mean, std, data.test_mask, params.target), params.target), model
+
+
+def train_centralised(data: UnitData, model_name: ModelName, params: TrainParams) -> tuple[CentralResult, object]:
+    """Train the churn model on all training users, evaluate exactly on all test users."""
+    probs, model = centralised_predictions(data, model_name, params)
     return exact_metrics(probs, data.labels[data.test_mask]), model
 
 
 def score_arrays(data: UnitData, model_name: ModelName, arrays: dict[str, np.ndarray],
-                 mean: list[float], std: list[float]) -> np.ndarray:
-    """Churn probabilities of the test users under the given weights."""
+                 mean: list[float], std: list[float], target: Target = "churn") -> np.ndarray:
+    """Churn probabilities (or predicted spend) of the test users under the given weights."""
     import torch
 
-    model = build_model(model_name)
+    model = build_model(model_name, target=target)
     model.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
-    return predict_proba(model, tensors(data, np.asarray(mean), np.asarray(std), data.test_mask))
+    return predict(model, tensors(data, np.asarray(mean), np.asarray(std), data.test_mask, target), target)

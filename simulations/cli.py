@@ -10,8 +10,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
-from fedseg.console import console, fail
-from fedseg.errors import FedsegError
+from simulations.cli_options import Alpha, Dataset, Events, Ledger, Partition, SyntheticUsers, Units, Users, Verbose
+from fedseg.console import console, fail, job_errors
 
 T = TypeVar("T")
 
@@ -56,16 +56,6 @@ def validation_problems(exc: Any) -> str:
 
 
 
-def run_or_fail(job: Callable[[], T]) -> T:
-    """``job()``; a FedsegError (its exit code) or bad input (exit 2) ends in one error line."""
-    try:
-        return job()
-    except FedsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-
-
 def print_privacy_line(epsilon: float | None, exact: str, dp: Callable[[], str]) -> None:
     """A report header's privacy line: ``none (<exact>; ...)`` without epsilon, else ``dp()``."""
     text = f"none ({exact}; no differential privacy)" if epsilon is None else dp()
@@ -73,16 +63,16 @@ def print_privacy_line(epsilon: float | None, exact: str, dp: Callable[[], str])
 
 @app.command("simulate")
 def simulate(
-    dataset: Annotated[str, typer.Option(help="cdnow (bundled real data), synthetic (generated), or file (--events).")] = "cdnow",
-    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
-    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    dataset: Dataset = "cdnow",
+    events: Events = None,
+    users: Users = None,
     sep: Sep = ",",
     encoding: Encoding = "utf-8",
     date_format: DateFormat = None,
-    synthetic_users: Annotated[int, typer.Option(help="Users to generate for --dataset synthetic.")] = 20_000,
-    units: Annotated[int, typer.Option(help="Number of simulated business units.")] = 5,
-    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column (the data's unit_id).")] = "auto",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (0.1 = strongly skewed units).")] = 0.5,
+    synthetic_users: SyntheticUsers = 20_000,
+    units: Units = 5,
+    partition: Partition = "auto",
+    alpha: Alpha = 0.5,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _plan_default("num_rounds"),
     model: Annotated[str, typer.Option(help="mlp (per-user features) or gru (event sequences + features).")] = _plan_default("model"),
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = _plan_default("strategy"),
@@ -106,7 +96,7 @@ def simulate(
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the coordinator sees only the sum of updates.")] = False,
     secagg_threshold: Annotated[float, typer.Option(help="SecAgg reconstruction threshold: a count (>= 2), or a fraction (< 1) of each unit's degree + 1 share holders.")] = _plan_default("secagg_threshold"),
     dp_research_seed: Annotated[int | None, typer.Option(help="RESEARCH ONLY: a seed each simulated unit keeps to itself for DP-SGD's sample and noise (reproducible DP runs). Without it they come from OS entropy.")] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Train churn models across simulated units with Flower; compare with centralised and BG/NBD.
 
@@ -158,7 +148,8 @@ def simulate(
                       f"{plan.local_epochs} local epochs -> {out}", highlight=False)
         console.print(f"  {privacy_header(plan)}", highlight=False)
 
-    summary = run_or_fail(lambda: run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header))
+    with job_errors():
+        summary = run_simulation_job(cfg, on_round=show, verbose=verbose, on_start=header)
     print_summary(summary, out)
 
 
@@ -209,34 +200,46 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 
 @app.command("segment")
 def segment(
-    dataset: Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")] = "cdnow",
-    events: Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")] = None,
-    users: Annotated[Path | None, typer.Option(help="Users file matching --events.")] = None,
+    dataset: Dataset = "cdnow",
+    events: Events = None,
+    users: Users = None,
     sep: Sep = ",",
     encoding: Encoding = "utf-8",
     date_format: DateFormat = None,
-    synthetic_users: Annotated[int, typer.Option(help="Users to generate for --dataset synthetic.")] = 20_000,
-    units: Annotated[int, typer.Option(help="Number of simulated units.")] = 5,
-    partition: Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")] = "auto",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration.")] = 0.5,
+    synthetic_users: SyntheticUsers = 20_000,
+    units: Units = 5,
+    partition: Partition = "auto",
+    alpha: Alpha = 0.5,
     k: Annotated[int | None, typer.Option(help="Number of activity segments (default: federated elbow over 2..8).")] = None,
     iterations: Annotated[int | None, typer.Option(help="Federated Lloyd iterations (default 20 without noise, 6 with).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole segmentation (default: no noise).")] = None,
     delta: Annotated[float | None, typer.Option(help="delta of the (epsilon, delta) guarantee (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
-    ledger: Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), the same file as `fedseg simulate --ledger`.")] = None,
+    ledger: Ledger = None,
     cutoff: Annotated[str | None, typer.Option(help="Segment as of this day, YYYY-MM-DD (CDNOW: 1997-09-30).")] = None,
     previous_cutoff: Annotated[str | None, typer.Option(help="Earlier day for the transition matrix (default: 91 days before).")] = None,
     horizon_days: Annotated[int | None, typer.Option(help="Label window for churn rate per segment, days.")] = None,
     inactivity_days: Annotated[float, typer.Option(help="Churn warning after this many days without any event.")] = _segment_default("inactivity_days"),
-    churn_threshold: Annotated[float, typer.Option(help="Churn warning at this churn probability (when scores exist).")] = _segment_default("churn_threshold"),
+    churn_threshold: Annotated[float, typer.Option(help="Churn warning at this churn probability (with --churn-model or --scores).")] = _segment_default("churn_threshold"),
+    churn_model: Annotated[Path | None, typer.Option(help="Global churn model (<run>/server/model.npz): the coordinator sends it, every unit scores its users locally.")] = None,
+    clv_model: Annotated[Path | None, typer.Option(help="Global CLV model (`fedseg clv` <run>/server/model.npz), sent the same way.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Instead of models: per-user scores from `fedseg score` (each simulated unit takes its own users' rows).")] = None,
+    tier_by: Annotated[str, typer.Option(help="Value tiers by past spend (spend) or by predicted CLV (clv).")] = _segment_default("tier_by"),
+    playbook: Annotated[Path | None, typer.Option(help="Playbook file (TOML/JSON): actions with channel and cost, rules, holdout share, contact caps (default: the embedded one).")] = None,
+    holdout_share: Annotated[float | None, typer.Option(help="Share of each segment x action held out (default: the playbook's, 0.1).")] = None,
+    contact_log: Annotated[Path | None, typer.Option(help="Contacts already made (user_id, ts, channel): the caps count them.")] = None,
+    research_seed: Annotated[int | None, typer.Option(help="RESEARCH ONLY: a seed each unit keeps to itself for the holdout draw (reproducible runs); by default OS entropy.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _segment_default("seed"),
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/segment-<dataset>-<time>).")] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Federated segmentation: activity segments, RFM segments, value tiers, lifecycle transitions.
+    """Federated segmentation: activity segments, RFM segments, value tiers, lifecycle transitions,
+    churn warnings and CRM action lists with holdouts.
 
-    Units write per-user segment files and action lists locally (<out>/units); only aggregates
-    reach the coordinator (<out>/segments.json). With no options: CDNOW over 5 units.
+    Units write per-user segment files and action lists (Parquet and CSV) locally (<out>/units); only
+    aggregates reach the coordinator (<out>/segments.json, segments.png, transitions.png). With no
+    options: CDNOW over 5 units. With --churn-model/--clv-model (or --scores) the per-user files carry
+    churn probability, CLV and value at risk, --churn-threshold raises warnings, and the playbook
+    ranks users by value at risk.
     """
     from pydantic import ValidationError
 
@@ -256,9 +259,22 @@ def segment(
         # the cutoff and horizon come from the data (run_segment_job), as in `fedseg simulate`
         plan = SegmentationPlan(k=k, iterations=iterations, epsilon=epsilon, delta=delta,
                                 inactivity_days=inactivity_days, churn_threshold=churn_threshold, seed=seed,
-                                previous_cutoff=_date(previous_cutoff, "--previous-cutoff"))
+                                previous_cutoff=_date(previous_cutoff, "--previous-cutoff"), churn_model=churn_model,
+                                clv_model=clv_model, unit_scores=scores is not None, tier_by=tier_by)
     except ValidationError as exc:
         fail(validation_problems(exc))
+    from fedseg.playbook import load_playbook
+
+    book = load_playbook(playbook)
+    if holdout_share is not None:
+        if not 0 <= holdout_share < 1:
+            fail(f"--holdout-share {holdout_share}: give a share in [0, 1)")
+        book = book.model_copy(update={"holdout_share": holdout_share})
+    for flag, path in (("--scores", scores), ("--contact-log", contact_log)):
+        if path is not None and not path.exists():
+            fail(f"{flag} {path}: no such file")
+    unit_options = {"scores_path": scores, "playbook": book, "contact_log_path": contact_log,
+                    "dp_research_seed": research_seed}
 
     def header(run_plan: Any, fed: Any) -> None:
         from server.segmentation import noise_plan
@@ -272,8 +288,9 @@ def segment(
 
         print_privacy_line(run_plan.epsilon, "exact aggregates", dp)
 
-    report = run_or_fail(lambda: run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91,
-                                                 ledger=ledger, on_start=header))
+    with job_errors():
+        report = run_segment_job(data_cfg, plan, verbose=verbose, default_previous_days=91, ledger=ledger,
+                                 on_start=header, unit_options=unit_options)
     print_segments(report, out)
 
 
@@ -282,15 +299,19 @@ def print_segments(report: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"activity segments (k={report['k']}, {report['units']} units)")
-    for col in ("segment", "users", "share", "churn rate", "recency d", "purchase days", "spend"):
+    scored = [c for c in ("mean_churn_probability", "mean_clv") if any(c in s for s in report["segments"])]
+    for col in ("segment", "users", "share", "churn rate", "recency d", "purchase days", "spend",
+                *[{"mean_churn_probability": "P(churn)", "mean_clv": "CLV"}[c] for c in scored]):
         table.add_column(col, justify="right" if col != "segment" else "left")
     for s in sorted(report["segments"], key=lambda s: -(s["churn_rate"] or 0)):
         p = s["mean_profile"] or s["centroid"]
         table.add_row(s["name"], f"{s['size']:,.0f}", f"{s['share']:.1%}",
                       "-" if s["churn_rate"] is None else f"{s['churn_rate']:.1%}",
-                      f"{p['recency_days']:.0f}", f"{p['frequency']:.1f}", f"{p['monetary_total']:.0f}")
+                      f"{p['recency_days']:.0f}", f"{p['frequency']:.1f}", f"{p['monetary_total']:.0f}",
+                      *["-" if s.get(c) is None else f"{s[c]:.3f}" if c == "mean_churn_probability" else f"{s[c]:.1f}"
+                        for c in scored])
     console.print(table)
-    rfm = Table(title="RFM segments and value tiers")
+    rfm = Table(title=f"RFM segments and value tiers (tiers by {report.get('value_tiers_by', 'spend')})")
     rfm.add_column("RFM segment")
     rfm.add_column("users", justify="right")
     for name, n in report["rfm_segments"].items():
@@ -317,7 +338,10 @@ def print_segments(report: dict[str, Any], out: Path) -> None:
         c = report["centralised_comparison"]
         console.print(f"agreement with centralised k-means (simulation only): ARI {c['adjusted_rand_index']:.3f}, "
                       f"inertia ratio {c['inertia_ratio']:.3f}", highlight=False)
-    console.print(f"segments.json and per-unit files in {out} ({report['seconds']:.0f} s)", highlight=False)
+    console.print(f"churn warnings: {report['warnings']:,.0f} users; per-user segment files and CRM action lists "
+                  f"(Parquet and CSV) stay in {out / 'units'}", highlight=False)
+    console.print(f"segments.json, {', '.join(report.get('figures', []))} in {out} ({report['seconds']:.0f} s)",
+                  highlight=False)
 
 
 @app.command("sweep")

@@ -12,10 +12,11 @@ from simulations.runner import quiet_flower
 
 
 def run_coordinator_job(job: Callable[[Any], dict[str, Any]], files: list[Path], out: Path, what: str,
-                        ledger: Path | None = None, dataset_id: str | None = None, verbose: bool = False
-                        ) -> dict[str, Any]:
+                        ledger: Path | None = None, dataset_id: str | None = None, verbose: bool = False,
+                        unit_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """``job(grid)`` as the ServerApp's main against units reading ``files`` (they write their
-    per-user files into ``out/units``); a :class:`FedsegError` the job raises is raised here, so the
+    per-user files into ``out/units``; ``unit_options``: further :func:`clients.client_app.make_client_app`
+    arguments, such as scores or a playbook); a :class:`FedsegError` the job raises is raised here, so the
     command line prints one line."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -33,7 +34,8 @@ def run_coordinator_job(job: Callable[[Any], dict[str, Any]], files: list[Path],
         except FedsegError as exc:
             reports.append(exc)
 
-    client = make_client_app(files, output_dir=out / "units", ledger_path=ledger, dataset_id=dataset_id)
+    client = make_client_app(files, output_dir=out / "units", ledger_path=ledger, dataset_id=dataset_id,
+                             **(unit_options or {}))
     run_simulation(server_app=server, client_app=client, num_supernodes=len(files),
                    backend_config=quiet_flower(verbose), verbose_logging=verbose)
     if not reports:

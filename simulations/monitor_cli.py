@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
-from fedseg.console import console, fail
-from simulations.cli import _date, print_privacy_line, run_or_fail, validation_problems
+from fedseg.console import console, fail, job_errors
+from simulations.cli import _date, print_privacy_line, validation_problems
 
 app = typer.Typer()
 
@@ -106,9 +106,8 @@ def kpis(
 
         print_privacy_line(run_plan.epsilon, "exact tables", dp)
 
-    with console.status("units compute their KPI tables (Flower simulation)"):
-        report = run_or_fail(lambda: run_kpi_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header,
-                                                 plots=plots))
+    with console.status("units compute their KPI tables (Flower simulation)"), job_errors():
+        report = run_kpi_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header, plots=plots)
     print_kpis(report, out)
 
 
@@ -217,8 +216,8 @@ def tags(
 
         print_privacy_line(run_plan.epsilon, "exact counts", dp)
 
-    with console.status("units tag their users (Flower simulation)"):
-        report = run_or_fail(lambda: run_tag_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header))
+    with console.status("units tag their users (Flower simulation)"), job_errors():
+        report = run_tag_job(data_cfg, plan, verbose=verbose, ledger=ledger, on_start=header)
     print_tags(report, out)
 
 

@@ -309,12 +309,8 @@ def run_simulation_job(
 
     summary: dict[str, Any] = {
         "fedseg_version": __version__,
-        "metrics": {
-            "auc": final.get("auc"),
-            "log_loss": final.get("log_loss"),
-            "brier": final.get("brier"),
-            "rounds": result.history,
-        },
+        "target": plan.target,
+        "metrics": {**{name: final.get(name) for name in FIGURES[plan.target]}, "rounds": result.history},
         "model_version": result.model_version,
         "privacy": result.privacy,
         "config": json.loads(cfg.model_dump_json()),
@@ -327,15 +323,36 @@ def run_simulation_job(
             "cutoff": cutoff.isoformat(),
             "horizon_days": horizon,
             "churn_rate": float(features["churned"].mean()),
+            "spend_in_window": float(features["future_spend"].sum()),
             "units": unit_stats,
         },
         "timing": {"federated_seconds": round(federated_seconds, 2)},
     }
-    if cfg.baselines:
+    if cfg.baselines and plan.target == "clv":
+        from simulations.value_baselines import clv_baselines
+
+        found = clv_baselines(events, users, feature_cfg, plan, result)
+        summary["metrics"]["exact_pooled"] = found.pop("exact_pooled")
+        summary["baselines"] = found.pop("baselines")
+        summary["metrics"].update(found)
+    elif cfg.baselines:
         summary["metrics"].update(_baselines(cfg, plan, events, users, feature_cfg, result))
+    if result.evaluation is not None:
+        from simulations.figures import model_charts
+
+        private = plan.privacy == "user"
+        summary["figures"] = [p.name for p in model_charts(plan.target, result.evaluation, out,
+                                                            clip=plan.value_clip if private else None, noisy=private)]
     summary["timing"]["total_seconds"] = round(time.perf_counter() - started, 2)
     write_json(summary, out / "summary.json")
     return summary
+
+
+#: The figures of a run's last federated evaluation that head ``summary.json``'s metrics, by target.
+FIGURES: dict[str, tuple[str, ...]] = {
+    "churn": ("auc", "log_loss", "brier"),
+    "clv": ("normalized_gini", "top_decile_capture", "mae", "rmse", "spearman", "bias"),
+}
 
 
 def _baselines(cfg: SimulationConfig, plan: Any, events: pd.DataFrame, users: pd.DataFrame | None,

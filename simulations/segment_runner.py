@@ -26,13 +26,17 @@ from simulations.runner import SimulationConfig, dataset_id, prepare_federation
 
 def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose: bool = False,
                     compare_centralised: bool = True, default_previous_days: int | None = None,
-                    ledger: Path | None = None, on_start: Callable[[Any, Any], None] | None = None) -> dict[str, Any]:
-    """Federated segmentation of the configured data; returns and writes ``segments.json``.
+                    ledger: Path | None = None, on_start: Callable[[Any, Any], None] | None = None,
+                    unit_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Federated segmentation of the configured data; returns and writes ``segments.json`` and its
+    pictures (``segments.png``, ``transitions.png``).
 
     The plan's cutoff and horizon are taken from the data (as ``fedseg simulate`` does); with
     ``default_previous_days`` and no previous cutoff, the transition matrix compares with the
     state that many days earlier. ``ledger``: the units' privacy ledger; ``on_start(plan, federation)``
-    is called once the data is split (the console header).
+    is called once the data is split (the console header). ``unit_options``: what each simulated
+    unit holds on its own premises (``scores_path``, ``playbook``, ``contact_log_path``,
+    ``dp_research_seed``; see :func:`clients.client_app.make_client_app`).
     """
     from simulations.jobs import run_coordinator_job
     from server.segmentation import run_segmentation
@@ -49,11 +53,15 @@ def run_segment_job(data_cfg: SimulationConfig, plan: SegmentationPlan, verbose:
     if on_start is not None:
         on_start(plan, fed)
     report = run_coordinator_job(lambda grid: run_segmentation(grid, plan), fed.files, out, "segmentation",
-                                 ledger=ledger, dataset_id=dataset_id(data_cfg), verbose=verbose)
+                                 ledger=ledger, dataset_id=dataset_id(data_cfg), verbose=verbose,
+                                 unit_options=unit_options)
     report["data"] = {"dataset": data_cfg.dataset, "units": fed.unit_stats, "users": int(len(fed.features))}
     if compare_centralised:
         report["centralised_comparison"] = compare_with_centralised(out / "units", fed.features, report["k"],
                                                                      data_cfg.seed)
+    from simulations.figures import segment_charts
+
+    report["figures"] = [p.name for p in segment_charts(report, out)]
     report["seconds"] = round(time.perf_counter() - started, 2)
     write_json(report, out / "segments.json")
     return report

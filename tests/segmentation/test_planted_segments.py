@@ -11,20 +11,25 @@ from simulations.runner import SimulationConfig
 from simulations.segment_runner import run_segment_job
 
 
-def segment(tmp_path, epsilon, seed=0):  # noqa: ANN001
+def segment(tmp_path, epsilon, seed=0, previous_days=None):  # noqa: ANN001
     data = SimulationConfig.from_settings(dataset="synthetic", synthetic_users=20_000, units=5, seed=seed, out=tmp_path)
     plan = SegmentationPlan(cutoff=dt.date(2000, 1, 1), k=5, epsilon=epsilon)
-    return run_segment_job(data, plan)
+    return run_segment_job(data, plan, default_previous_days=previous_days)
 
 
 # seed 2: with 4 starts from the grid alone, Lloyd ended in a poorer basin (ARI 0.47, inertia
 # 1.0175 x centralised); the k-means++ seedings among the 16 starts find the centralised one.
 @pytest.mark.parametrize("seed", [0, 2])
 def test_without_noise_federated_equals_centralised_kmeans(tmp_path, seed):
-    report = segment(tmp_path, None, seed)
+    report = segment(tmp_path, None, seed, previous_days=91)   # as fedseg segment: with transitions
     comparison = report["centralised_comparison"]
     assert comparison["adjusted_rand_index"] >= 0.95, comparison
     assert comparison["inertia_ratio"] <= 1.01
+    assert report["figures"] == ["segments.png", "transitions.png"]   # sizes with churn rates, the heatmap
+    from tests.value.pictures import assert_picture
+
+    for name in report["figures"]:
+        assert_picture(tmp_path / name)
 
 
 # seed 3: before noisy cells under two noise deviations were read as empty, the histogram's

@@ -50,6 +50,15 @@ def test_two_runs_with_the_same_seed_give_the_same_model(first_run, tmp_path):
     assert first == second
 
 
+def test_simulate_writes_calibration_and_gain_pictures_beside_the_summary(first_run):
+    from tests.value.pictures import assert_picture
+
+    summary = json.loads((first_run / "summary.json").read_text())
+    assert summary["figures"] == ["calibration.png", "gain.png"]
+    for name in summary["figures"]:
+        assert_picture(first_run / name)
+
+
 def test_score_writes_csv_or_parquet_by_the_name_given(first_run, tmp_path):
     events = first_run / "units" / "events_unit_0.parquet"
     model = first_run / "server" / "model.npz"

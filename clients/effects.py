@@ -1,0 +1,88 @@
+"""The unit's side of effect measurement: outcome aggregates per segment x action x arm.
+
+The unit reads its own action list (the CRM file the playbook wrote, with each user's segment,
+action and arm) and its events, computes each experiment user's outcomes in the measurement window
+(:func:`fedseg.effects.user_outcomes`) and sums them per cell and arm
+(:func:`fedseg.effects.cell_statistics`). Under DP it clips revenue, adds Gaussian noise of
+standard deviation ``sigma`` to every entry itself, after charging the release to its own account.
+Nothing per user leaves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clients.playbook import HOLDOUT, TREATMENT
+from fedseg.effects import ARMS, cell_statistics, user_outcomes
+from fedseg.errors import FedsegError
+
+#: The action list's arms, mapped to the measurement's.
+_ARM = {TREATMENT: ARMS[0], HOLDOUT: ARMS[1]}
+
+
+class ActionListError(FedsegError):
+    """The unit's action list cannot be used for the measurement."""
+
+
+def experiment_table(actions: pd.DataFrame, events: pd.DataFrame, campaign_date: str, window_days: int,
+                     retention_days: int, segment_column: str) -> pd.DataFrame:
+    """One row per user in the experiment (treatment or holdout): segment, action, arm, outcomes."""
+    needed = {"user_id", "action", "arm", segment_column}
+    missing = sorted(needed - set(actions.columns))
+    if missing:
+        raise ActionListError(f"the action list has no column(s) {missing}; use the list `fedseg segment` wrote")
+    inside = actions.loc[actions["arm"].isin(list(_ARM))]
+    outcomes = user_outcomes(events, inside["user_id"], campaign_date, window_days, retention_days)
+    return pd.DataFrame({"segment": inside[segment_column].astype(str).to_numpy(),
+                         "action": inside["action"].astype(str).to_numpy(),
+                         "arm": inside["arm"].map(_ARM).to_numpy(),
+                         **{k: outcomes[k].to_numpy() for k in ("conversion", "revenue", "retention")}})
+
+
+def effects_answer(actions: pd.DataFrame, events: pd.DataFrame, config: dict[str, Any],
+                   rng: np.random.Generator | None = None) -> dict[str, list[float]]:
+    """The unit's answer to a ``query.effects`` message: ``stats`` flattened ``[cells, arms, stats]``,
+    noisy under DP (``sigmas``: the noise of each statistic; revenue clipped at ``clip``, in units
+    of it)."""
+    sigmas = [float(x) for x in config.get("sigmas", [])]
+    table = experiment_table(actions, events, str(config["campaign-date"]), int(config["window-days"]),
+                             int(config["retention-days"]), str(config["segment-column"]))
+    stats = cell_statistics(table, list(config["segments"]), list(config["actions"]),
+                            clip=float(config["clip"]) if sigmas else None)
+    if sigmas:
+        rng = rng or np.random.default_rng()
+        stats = stats + rng.normal(0.0, 1.0, stats.shape) * np.asarray(sigmas)
+    return {"stats": stats.ravel().tolist()}
+
+
+#: The per-user segment file's column for each action-list segment column.
+SEGMENT_FILE_COLUMNS = {"segment": "segment_name", "rfm_segment": "rfm_segment", "tier": "value_tier"}
+
+
+def intervention_table(actions: pd.DataFrame, users: pd.DataFrame | None, segment_column: str,
+                       attributes: list[str], segments: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A unit's table for the fairness audit of its interventions (kept on the unit): per user,
+    ``within_<attribute>`` = segment and protected group, and ``offer`` = the action for contacted
+    users, ``holdout`` or ``suppressed`` for the other users in the action list, and, with the unit's
+    per-user segment file, ``no action`` for everyone else."""
+    if users is None:
+        raise ActionListError("the fairness audit of interventions needs the unit's users file (protected attributes)")
+    missing = [a for a in attributes if a not in users.columns]
+    if missing:
+        raise ActionListError(f"the users file has no column(s) {missing}; it has {sorted(users.columns)}")
+    listed = actions[["user_id", segment_column, "action", "arm"]].rename(columns={segment_column: "segment"})
+    if segments is not None:
+        others = segments.loc[~segments["user_id"].isin(listed["user_id"]),
+                              ["user_id", SEGMENT_FILE_COLUMNS[segment_column]]]
+        listed = pd.concat([listed, others.rename(columns={SEGMENT_FILE_COLUMNS[segment_column]: "segment"})
+                            .assign(action=None, arm="no action")], ignore_index=True)
+    joined = listed.merge(users[["user_id", *attributes]].astype({"user_id": str}), on="user_id", how="left")
+    offer = np.where(joined["arm"] == TREATMENT, joined["action"].astype(str), joined["arm"].astype(str))
+    out = pd.DataFrame({"offer": offer, "segment": joined["segment"].astype(str)})
+    for attribute in attributes:
+        group = joined[attribute].astype(object).where(joined[attribute].notna(), "(missing)").astype(str)
+        out[f"within_{attribute}"] = out["segment"] + " & " + group
+    return out

@@ -113,7 +113,7 @@ def test_a_victim_sent_a_u2_with_too_few_of_its_neighbours_keeps_its_input():
     fed = Federation(20)
     fed.advertise()
     fed.share()
-    co, victim = fed.coordinator, "u00"
+    victim = "u00"
     t = fed.config.threshold_for(20)
     strangers = [u for u in sorted(fed.units) if u not in fed.holders(victim)]
     fake_u2 = sorted([victim, *strangers])
@@ -169,7 +169,6 @@ def _split_survivors_attack(unit_cls: type) -> tuple[Federation, dict, np.ndarra
     fed.advertise()
     fed.share()
     fed.masked()
-    co = fed.coordinator
     order = fed.order()
     at = {i: order[i % 12] for i in range(-6, 12)}
     victim = at[0]

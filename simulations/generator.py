@@ -55,7 +55,7 @@ The model, per user ``i`` (all draws from one seeded ``numpy.random.Generator``)
   (medians at the end of a 365-day period, 20k users): high_active R 13 d, F 11, M 557;
   growing R 26, F 4, M 125; new R 18, F 1, M 19; at_risk R 226, F 4, M 127; silent R 244,
   F 1, M 15. k-means (k=5) on standardised bounded RFM features recovers them with an
-  adjusted Rand index of about 0.62 (tests/generator checks > 0.5).
+  adjusted Rand index of about 0.62 (tests/simulations/test_generator.py checks > 0.5).
 * **Attributes** ``gender``, ``age_band``, ``region``, ``device`` drawn independently from
   the configured shares (region per unit, see above).
 

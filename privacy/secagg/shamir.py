@@ -1,7 +1,7 @@
 """Shamir secret sharing over GF(p), p = 2^521 - 1 (a Mersenne prime, so any 64-byte secret fits).
 
 Written by hand: no maintained Python library offers it over a large prime field with the
-interface the protocol needs; it is small and property-tested (tests/secagg).
+interface the protocol needs; it is small and property-tested (tests/privacy/secagg).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 
 from clients.kpis import KpiSpec, kpi_tables
 from fedseg.config import LIFECYCLE_STAGES, KpiPlan
-from tests.federated.conftest import small_cdnow, write_units
+from tests.support.flower import small_cdnow, write_units
 from tests.monitoring.conftest import random_events, run_coordinator
 
 

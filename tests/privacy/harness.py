@@ -79,7 +79,7 @@ def user_round_config(run_id: str, z: float, q: float = 0.05, steps: int = 20, d
 
 def unit_file(folder: Path, n_users: int = 1500) -> Path:
     """One unit's events file: a sample of the real CDNOW log."""
-    from tests.federated.conftest import small_cdnow
+    from tests.support.flower import small_cdnow
 
     path = folder / "events_unit_0.parquet"
     if not path.exists():

@@ -40,7 +40,7 @@ def test_units_are_poisson_sampled():
 def test_client_level_run_releases_only_what_it_accounts(tmp_path, cdnow_units):
     from privacy.accounting import default_delta
     from fedseg.config import TrainingPlan
-    from tests.federated.conftest import run_flower
+    from tests.support.flower import run_flower
     from tests.privacy.test_dp_training import opacus_rdp_epsilon
 
     plan = TrainingPlan(num_rounds=2, cutoff=dt.date(1997, 9, 30), horizon_days=273, output_dir=tmp_path,

@@ -88,7 +88,7 @@ def test_default_delta_is_at_most_one_tenth_of_one_over_n():
 
 def test_user_level_run_on_flower_spends_what_it_states(cdnow_dp_units, tmp_path):
     from fedseg.config import TrainingPlan
-    from tests.federated.conftest import run_flower
+    from tests.support.flower import run_flower
 
     plan = TrainingPlan(num_rounds=3, cutoff=dt.date(1997, 9, 30), horizon_days=273, output_dir=tmp_path,
                         min_available_units=3, min_fit_units=3, privacy="user", target_epsilon=4.0,
@@ -117,7 +117,7 @@ def test_user_level_run_on_flower_spends_what_it_states(cdnow_dp_units, tmp_path
 
 @pytest.fixture(scope="module")
 def cdnow_dp_units(tmp_path_factory):
-    from tests.federated.conftest import small_cdnow, write_units
+    from tests.support.flower import small_cdnow, write_units
 
     return write_units(small_cdnow(6000), 3, tmp_path_factory.mktemp("dpunits"))
 

@@ -90,7 +90,7 @@ def _plan(out, rounds=3, epsilon=4.0):
 
 @pytest.fixture(scope="module")
 def units(tmp_path_factory):
-    from tests.federated.conftest import small_cdnow, write_units
+    from tests.support.flower import small_cdnow, write_units
 
     return write_units(small_cdnow(4500), 3, tmp_path_factory.mktemp("ledger-units"))
 
@@ -105,7 +105,7 @@ def test_over_budget_run_is_refused_before_anything_is_released_or_charged(units
     """Before: the start-up query went out and was charged (about 0.18 per unit), then a
     BudgetExceeded traceback. Now the units refuse the plan first: nothing is sent, nothing charged."""
     from server.grid import PrivacyPlanRefused
-    from tests.federated.conftest import run_flower
+    from tests.support.flower import run_flower
 
     ledger_path = tmp_path / "ledger.sqlite"
     BudgetLedger(ledger_path).set_budget("*", "cdnow-test", 3.0, 1e-5)
@@ -129,7 +129,7 @@ def test_crash_and_resume_neither_lose_nor_double_count(units, tmp_path):
 
     from server.training import run_training
     from simulations.runner import quiet_flower
-    from tests.federated.conftest import run_flower
+    from tests.support.flower import run_flower
 
     ledger_path = tmp_path / "ledger.sqlite"
     plan = _plan(tmp_path / "run")

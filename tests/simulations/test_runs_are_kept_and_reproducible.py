@@ -51,7 +51,7 @@ def test_two_runs_with_the_same_seed_give_the_same_model(first_run, tmp_path):
 
 
 def test_simulate_writes_calibration_and_gain_pictures_beside_the_summary(first_run):
-    from tests.value.pictures import assert_picture
+    from tests.support.pictures import assert_picture
 
     summary = json.loads((first_run / "summary.json").read_text())
     assert summary["figures"] == ["calibration.png", "gain.png"]

@@ -1,4 +1,4 @@
-"""Issue 15's targets on the full default runs (minutes each: ``pytest -m slow tests/value``).
+"""Issue 15's targets on the full default runs (minutes each: ``pytest -m slow tests/simulations/test_value_targets.py``).
 
 - ``fedseg clv``: the federated model above every baseline (centralised aside) on normalized Gini
   and top-decile capture, above the goal (Gini 0.72, top-decile 0.55); at epsilon 4 within 0.02
@@ -39,7 +39,7 @@ def test_federated_clv_beats_every_baseline_on_cdnow(clv_runs, clv_dirs):
         assert m["top_decile_capture"] > baselines[name]["top_decile_capture"], name
     assert m["normalized_gini"] > 0.72 and m["top_decile_capture"] > 0.55
     assert abs(m["normalized_gini"] - baselines["centralised"]["normalized_gini"]) < 0.02
-    from tests.value.pictures import assert_picture
+    from tests.support.pictures import assert_picture
 
     assert plain["figures"] == ["calibration.png", "gain.png"]
     for name in plain["figures"]:

@@ -10,7 +10,7 @@ from flwr.app import Context, Message
 from clients.client_app import make_client_app
 from privacy.secagg.flower import make_identities
 from server.training import TrainingPlan
-from tests.federated.conftest import run_flower, small_cdnow, write_units
+from tests.support.flower import run_flower, small_cdnow, write_units
 
 
 def test_secure_rounds_on_flower(tmp_path):

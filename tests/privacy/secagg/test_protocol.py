@@ -11,7 +11,7 @@ from scipy import stats
 from privacy.secagg import crypto, quantize, shamir
 from privacy.secagg.config import SecAggConfig, SecAggError
 from privacy.secagg.protocol import Advert, UnitSession
-from tests.secagg.harness import Federation
+from tests.privacy.secagg.harness import Federation
 
 
 @pytest.mark.parametrize("n", [3, 5, 20])

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small CDNOW federation written to real files, and a real Flower run."""
+"""Shared by several test folders: a small CDNOW federation written to real files, and a real Flower run
+(the `cdnow_units` fixture is offered to every folder by tests/conftest.py)."""
 
 from __future__ import annotations
 

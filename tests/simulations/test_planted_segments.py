@@ -26,7 +26,7 @@ def test_without_noise_federated_equals_centralised_kmeans(tmp_path, seed):
     assert comparison["adjusted_rand_index"] >= 0.95, comparison
     assert comparison["inertia_ratio"] <= 1.01
     assert report["figures"] == ["segments.png", "transitions.png"]   # sizes with churn rates, the heatmap
-    from tests.value.pictures import assert_picture
+    from tests.support.pictures import assert_picture
 
     for name in report["figures"]:
         assert_picture(tmp_path / name)

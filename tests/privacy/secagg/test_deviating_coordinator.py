@@ -15,7 +15,7 @@ import pytest
 from privacy.secagg import crypto
 from privacy.secagg.config import SecAggConfig, SecAggError
 from privacy.secagg.protocol import Advert, UnitSession
-from tests.secagg.harness import Federation, FlowerRound, FlowerUnit, recover, reply_values, set_task_identity
+from tests.privacy.secagg.harness import Federation, FlowerRound, FlowerUnit, recover, reply_values, set_task_identity
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from fedseg.checkpoint import load_checkpoint
 from fedseg.config import TrainingPlan
 from server.training import ResumeMismatch
 
-from .conftest import CUTOFF, run_flower
+from tests.support.flower import CUTOFF, run_flower
 
 
 def plan_for(out, rounds: int, **kw) -> TrainingPlan:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fedseg.config import EffectsPlan
 from simulations.effects_runner import EffectsJob, run_effects_job
 from tests.clients.test_cli_errors import one_error_line
-from tests.value.pictures import assert_picture
+from tests.support.pictures import assert_picture
 
 KEYS = {"segment", "action", "n_treated", "n_control", "uplift", "ci_low", "ci_high", "roi"}
 

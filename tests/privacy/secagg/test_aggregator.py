@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.flower import STAGE, SecAggAggregator, make_identities
-from tests.secagg.harness import FlowerUnit, set_task_identity
+from tests.privacy.secagg.harness import FlowerUnit, set_task_identity
 
 
 class LocalGrid:

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from fedseg.config import SegmentationPlan
-from tests.federated.conftest import CUTOFF
-from tests.segmentation.test_federated_segmentation import run_segmentation_on
+from tests.support.flower import CUTOFF
+from tests.server.test_segmentation import run_segmentation_on
 
 
 def save_model(path: Path, target: str, events: pd.DataFrame, seed: int) -> Path:

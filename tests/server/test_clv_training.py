@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fedseg.config import TrainingPlan
-from tests.federated.conftest import run_flower
+from tests.support.flower import run_flower
 
 CUTOFF = dt.date(1997, 9, 30)
 
@@ -73,7 +73,7 @@ def test_the_federated_figures_equal_the_exact_pooled_ones(clv_run, cdnow_units)
 def test_calibration_and_gain_pictures_from_the_merged_evaluation(clv_run, tmp_path):
     """``fedseg clv`` draws its pictures from the last federated evaluation's merged histograms."""
     from simulations.figures import bin_groups, model_charts
-    from tests.value.pictures import assert_picture
+    from tests.support.pictures import assert_picture
 
     _, result, _ = clv_run
     paths = model_charts("clv", result.evaluation, tmp_path)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fedseg.config import SegmentationPlan
-from tests.federated.conftest import RecordingGrid, write_units
+from tests.support.flower import RecordingGrid, write_units
 
 CUTOFF = dt.date(1997, 9, 30)
 

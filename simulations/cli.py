@@ -61,6 +61,7 @@ def print_privacy_line(epsilon: float | None, exact: str, dp: Callable[[], str])
     text = f"none ({exact}; no differential privacy)" if epsilon is None else dp()
     console.print(f"  privacy: {text} | secure aggregation: off", highlight=False)
 
+
 @app.command("simulate")
 def simulate(
     dataset: Dataset = "cdnow",

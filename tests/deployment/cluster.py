@@ -25,12 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str, logs: list[Path] = ()) -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float, what: str, logs: list[Path] = (), interval: float = 0.5) -> None:  # noqa: ANN001
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(interval)
     tails = "\n".join(f"--- {p}:\n{p.read_text(errors='replace')[-2500:]}" for p in logs if p.exists())
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
 

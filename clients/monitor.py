@@ -406,7 +406,9 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
             alerts_of(before, evaluated, table, cfg)
         actions = actions_of(alerts, table, cfg, new_day, store)
         alerts = alerts.drop(columns=["row"], errors="ignore").assign(day=date_of(new_day))
-        actions = actions.rename(columns={"warning": "reason"}).assign(day=date_of(new_day))
+        # the playbook's reason already names the warning that triggered the action
+        actions = (actions.drop(columns=["warning"]) if "reason" in actions else
+                   actions.rename(columns={"warning": "reason"})).assign(day=date_of(new_day))
         store.add_log(batch_id, new_day, alerts, actions)
         store.set_meta("as_of", str(new_day))
         store.set_meta("config", cfg.model_dump_json())

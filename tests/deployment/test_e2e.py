@@ -146,7 +146,9 @@ def test_tls_authenticated_federation_survives_a_dead_unit_and_a_coordinator_res
         rows = _releases(ledgers[unit])
         assert [r[0] for r in rows] == list(range(1, ROUNDS + 4)), (unit, rows)
         eps = [r[1] for r in rows]
-        assert all(a < b for a, b in zip(eps, eps[1:]))
+        # every training release raises the training users' epsilon; the last release, the final
+        # evaluation, touches the test users only and may leave the printed maximum unchanged
+        assert all(a < b for a, b in zip(eps[:-2], eps[1:-1])) and eps[-2] <= eps[-1], (unit, rows)
         assert eps[-1] == pytest.approx(records[-1]["epsilon"])
     assert len(_releases(ledgers["u2"])) < ROUNDS + 3
     assert records[-1]["epsilon"] > 4.0  # the interrupted round is counted: above the planned 4

@@ -89,6 +89,14 @@ class UpdateResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """``str`` of each value, as an object array; no conversion when every value is a string already
+    (the canonical frame's ids are: converting a million strings costs a second)."""
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values
+    return pd.Series(values, dtype=object).astype(str).to_numpy(object)
+
+
 def batch_id_of(events: pd.DataFrame) -> str:
     """``sha256:<hex>`` of the canonical batch (values and order): the batch's identity."""
     digest = hashlib.sha256(pd.util.hash_pandas_object(events, index=False).to_numpy().tobytes())
@@ -186,6 +194,16 @@ def next_check(rec: np.ndarray, features: pd.DataFrame, as_of: int, cfg: Monitor
     return out
 
 
+def value_tier_codes(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The index in ``VALUE_TIERS`` of :func:`clients.segments.value_tier` (same rules, on integers)."""
+    code = {name: i for i, name in enumerate(VALUE_TIERS)}
+    tier = np.full(len(r), code["basic"], dtype=np.int8)
+    tier[(f >= 3) | (r >= 4)] = code["active"]
+    tier[m >= 4] = code["high-value"]
+    tier[(m == 5) & (f >= 4)] = code["VIP"]
+    return tier
+
+
 def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConfig, thresholds: dict[str, list[int]]
              ) -> tuple[pd.DataFrame, np.ndarray]:
     """Features, stage, scores, tier and warnings of each user at ``as_of``; returns the table and
@@ -198,8 +216,7 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     table["churn_probability"] = rec["churn_prob"].astype(np.float64)
     new = rec.copy()
     new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
-    tier = table["value_tier"].to_numpy(object)
-    new["tier"] = sum(np.where(tier == name, code, 0) for code, name in enumerate(VALUE_TIERS))
+    new["tier"] = value_tier_codes(r, f, m)
     idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
     risky = table["churn_probability"].fillna(-1.0).to_numpy() >= cfg.churn_threshold
     flags = rec["flags"] & ~np.uint8(FLAG_INACTIVE | FLAG_CHURN)
@@ -327,7 +344,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         duplicates = 0
         if "event_id" in events and events["event_id"].notna().any():
             has_id = events["event_id"].notna().to_numpy()
-            ids = pd.util.hash_array(events.loc[has_id, "event_id"].astype(str).to_numpy(object),
+            ids = pd.util.hash_array(_as_text(events["event_id"].to_numpy(object)[has_id]),
                                      hash_key="fedseg-event-id1", categorize=False).view(np.int64)
             keep = np.ones(len(events), dtype=bool)
             keep[np.flatnonzero(has_id)] = store.new_event_ids(ids)

@@ -263,14 +263,21 @@ def _first_per_user(user: np.ndarray, day: np.ndarray, n: int) -> np.ndarray:
     return np.where(out == np.iinfo(np.int64).max, NO_DAY, out)
 
 
+def _low_bits_table() -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(MASK_DAYS + 1)
+    full = (1 << 64) - 1
+    lo = np.array([full if i >= 64 else (1 << i) - 1 for i in k.tolist()], dtype=np.uint64)
+    hi = np.array([full if i >= 128 else ((1 << (i - 64)) - 1 if i > 64 else 0) for i in k.tolist()], dtype=np.uint64)
+    return lo, hi
+
+
+_LOW_LO, _LOW_HI = _low_bits_table()
+
+
 def _low_bits(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) masks with the lowest ``k`` (0..128) bits set."""
-    k = np.clip(k, 0, MASK_DAYS).astype(np.int64)
-    full = np.uint64(0xFFFFFFFFFFFFFFFF)
-    lo = np.where(k >= 64, full, (np.left_shift(np.uint64(1), np.minimum(k, 63).astype(np.uint64)) - np.uint64(1)))
-    hi = np.where(k >= 128, full, np.where(k > 64, np.left_shift(np.uint64(1), np.clip(k - 64, 0, 63).astype(
-        np.uint64)) - np.uint64(1), np.uint64(0)))
-    return lo.astype(np.uint64), hi.astype(np.uint64)
+    """(lo, hi) masks with the lowest ``k`` (0..128) bits set (a lookup in a 129-entry table)."""
+    k = np.clip(k, 0, MASK_DAYS).astype(np.intp)
+    return _LOW_LO[k], _LOW_HI[k]
 
 
 def active_days_between(rec: np.ndarray, as_of: int, newest: int, oldest: int) -> np.ndarray:

@@ -42,9 +42,9 @@ from clients.features import DAY_NS, _sorted_unique
 from clients.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule, plan_actions
 from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment, value_tier
 from clients.state_store import Loaded, StateStore, bucket_of, pack_pairs, purchase_pairs
-from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, empty_records,
+from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, concat, empty_records,
                                 features_from_records, group_batch, in_sorted, late_purchase_users, merge_batch,
-                                ukey, user_keys)
+                                raw, take, ukey, user_keys)
 from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
 from fedseg.errors import FedsegError
 from fedseg.segments import FREQUENCY_EDGES, MONETARY_EDGES, RECENCY_EDGES, VALUE_TIERS, quantile_bins
@@ -214,7 +214,7 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     table["rfm_segment"] = pd.Series(rfm_segment(r, f, m), dtype=object)
     table["value_tier"] = pd.Series(value_tier(r, f, m), dtype=object)
     table["churn_probability"] = rec["churn_prob"].astype(np.float64)
-    new = rec.copy()
+    new = raw(rec).copy().view(RECORD)
     new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
     new["tier"] = value_tier_codes(r, f, m)
     idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
@@ -297,7 +297,8 @@ def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as
     several = warnings["row"].duplicated(keep=False)   # most users have one warning: join only the others
     warned = pd.concat([warnings.loc[~several].set_index("row")["detail"],
                         warnings.loc[several].groupby("row")["detail"].agg("; ".join)])
-    users = table.iloc[rows].reset_index(drop=True)
+    wanted = ["user_id", "segment_name", "rfm_segment", "value_tier", "lifecycle_stage"]  # what the playbook reads
+    users = table[[c for c in wanted if c in table]].iloc[rows].reset_index(drop=True)
     warning = pd.Series(rows).map(warned)
     users["warning"] = warning.astype(object).where(warning.notna(), None).to_numpy()
     window = cfg.playbook.window_days
@@ -374,7 +375,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         if (~found).any() and pd.Series(batch.user_ids[~found]).str.contains("\x00", regex=False).any():
             raise MonitorError("a user id holds a NUL character; remove it from the events")
         old = empty_records(len(batch.keys))
-        old[found] = loaded.recs[pos[found]]
+        raw(old)[found] = raw(loaded.recs)[pos[found]]   # records moved as bytes (see user_state.RAW)
         lap("users read")
         late = late_purchase_users(old, batch)
         late_days = None
@@ -395,12 +396,12 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         rest_keys = ukey(loaded.recs["uid"])
         scored = rest & in_sorted(rest_keys, ukey(s_keys))
         pick = np.flatnonzero(scored | (rest & (loaded.recs["next_check"] <= new_day)))
-        others = loaded.recs[pick]
+        others = take(loaded.recs, pick)
         if scored.any():
             mine = scored[pick]
             others["churn_prob"][mine] = s_probs[np.searchsorted(ukey(s_keys), ukey(others["uid"][mine]))]
-        before = np.concatenate([old, loaded.recs[pick]])
-        after = np.concatenate([merged, others])
+        before = concat(old, take(loaded.recs, pick))
+        after = concat(merged, others)
         ids = np.concatenate([batch.user_ids, loaded.ids[pick]])
         due = len(pick) - int(scored.sum())
         lap("timers read")
@@ -412,10 +413,10 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         lap("users evaluated")
         final = loaded.recs                      # updated in place, new users inserted in key order
         nb = len(batch.keys)
-        final[pos[found]] = evaluated[:nb][found]
-        final[pick] = evaluated[nb:]
+        raw(final)[pos[found]] = raw(evaluated[:nb])[found]
+        raw(final)[pick] = raw(evaluated[nb:])
         at = np.searchsorted(rest_keys, ukey(batch.keys[~found]))
-        final = np.insert(final, at, evaluated[:nb][~found])
+        final = np.insert(raw(final), at, raw(evaluated[:nb])[~found]).view(RECORD)
         final_ids = np.insert(loaded.ids, at, batch.user_ids[~found])
         store.write(Loaded(touched, final, final_ids, loaded.pdays), new_pdays)
         lap("users written")

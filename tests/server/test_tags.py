@@ -14,7 +14,7 @@ from clients.tags import quantile_histograms, tag_columns, tag_users
 from fedseg.config import FeatureConfig, TagPlan
 from fedseg.tags import QUANTILE_EDGES, TagRuleError, load_rules, parse_rule, quantile_value
 from tests.support.flower import small_cdnow, write_units
-from tests.monitoring.conftest import random_events, run_coordinator
+from tests.support.coordinator import random_events, run_coordinator
 
 
 @pytest.mark.parametrize("text, column, says", [

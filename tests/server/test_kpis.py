@@ -12,7 +12,7 @@ import pytest
 from clients.kpis import KpiSpec, kpi_tables
 from fedseg.config import LIFECYCLE_STAGES, KpiPlan
 from tests.support.flower import small_cdnow, write_units
-from tests.monitoring.conftest import random_events, run_coordinator
+from tests.support.coordinator import random_events, run_coordinator
 
 
 def naive_kpis(events: pd.DataFrame, start: dt.date, end: dt.date) -> dict:

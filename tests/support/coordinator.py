@@ -1,4 +1,4 @@
-"""Shared helpers: run a coordinator function as the real ServerApp against the real ClientApp on
+"""Shared by several test folders: run a coordinator function as the real ServerApp against the real ClientApp on
 Flower's simulation engine, with every reply recorded."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from clients.state_store import StateStore
 from clients.user_state import FLAG_INACTIVE
 from fedseg.config import LIFECYCLE_STAGES, FeatureConfig
 from fedseg.segments import VALUE_TIERS
-from tests.monitoring.conftest import random_events
+from tests.support.coordinator import random_events
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -108,8 +108,10 @@ def test_federated_pricing_equals_pooled(tmp_path):
     assert_reports_equal(federated_pricing(paths, spec), pooled)
 
 
+@pytest.mark.slow  # minutes: the same sums as test_federated_*_equals_pooled, carried by Flower's engine
 def test_flower_simulation_equals_pooled(tmp_path):
-    """The same audit through Flower's real simulation engine (ServerApp + ClientApp query handler)."""
+    """The same audit through Flower's real simulation engine (ServerApp + ClientApp query handler).
+    The default run keeps the in-process equality tests and the DP audit on Flower's engine below."""
     from audit.flower_app import run_federated_audit
 
     f, paths = _fair_units(tmp_path, n_units=2)

@@ -355,9 +355,8 @@ def run_training(
                     raise NotEnoughUnits(f"round {server_round}: no usable update")
                 arrays = new_arrays
         eval_metrics, eval_failed = None, 0
-        if fold and server_round < plan.num_rounds:  # evaluated in the next round's train exchange
-            pass
-        elif privacy.evaluates_after(server_round):
+        deferred = fold and server_round < plan.num_rounds  # evaluated in the next round's train exchange
+        if privacy.evaluates_after(server_round) and not deferred:
             run.release([r for r in releases if r.task == "evaluation"])
             eval_metrics, eval_failed = _evaluate(strategy, grid, server_round, arrays, cfg, plan.round_timeout_s,
                                                   names)
@@ -374,7 +373,7 @@ def run_training(
             **({"secagg": secagg_facts} if secagg_facts else {}),
             "seconds": round(time.perf_counter() - started, 3),
         }
-        if fold and server_round < plan.num_rounds:
+        if deferred:
             record[PENDING] = True
         run.history.append(record)
         run.round, run.arrays = server_round, arrays

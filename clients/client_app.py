@@ -199,7 +199,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             for release in releases:
                 own.charge(str(config.get(protocol.RUN_ID, "")), task, release)
             _, _, rng = private_generators(context.node_config, dp_research_seed,
-                                           f"{unit_name(context)}|{config.get(protocol.RUN_ID, '')}|{msg.metadata.message_type}")
+                                           f"{unit_name(context)}|{msg.metadata.message_type}", msg.content)
             out_dir = Path(str(context.node_config["output-dir"])) if "output-dir" in context.node_config else output_dir
             if with_request:
                 metrics = answer(events, users, config, rng, out_dir, unit_name(context), msg, context)
@@ -312,7 +312,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
             own.charge(run_id, "effects", effects_release(sigmas))
         else:
             own.require_private("effect measurement")
-        _, _, rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|{run_id}|effects")
+        _, _, rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|effects", msg.content)
         answer = effects_answer(actions, events, config, rng)
         return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
 
@@ -352,12 +352,12 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         own = account(context, cfg)
         records: dict[str, MetricRecord] = {}
         if cfg.evaluate_incoming:  # the incoming global model, before local training changes it
-            records[protocol.EVALUATION] = evaluation(cfg, data, mean, std, model, own, context)
+            records[protocol.EVALUATION] = evaluation(cfg, data, mean, std, model, own, context, msg)
         if cfg.privacy == "user":
             # The Poisson sample and the noise come from OS entropy (or a unit-local research
             # seed), never from the run seed, the round or the node id, which the coordinator knows.
             sampler, noise, _ = private_generators(context.node_config, dp_research_seed,
-                                                   f"{unit_name(context)}|{cfg.run_id}|{cfg.server_round}|train")
+                                                   f"{unit_name(context)}|train", msg.content)
             own.charge(cfg.run_id, "training", dpsgd_release(cfg.noise_multiplier, cfg.sample_rate,
                                                              cfg.steps_per_round))
             loss, _ = train_local_dpsgd(model, data, mean, std, cfg.noise_multiplier, cfg.max_grad_norm,
@@ -384,7 +384,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         return Message(RecordDict({protocol.ARRAYS: ArrayRecord(model.state_dict()), **records}), reply_to=msg)
 
     def evaluation(cfg: RoundConfig, data: UnitData, mean: np.ndarray, std: np.ndarray, model, own: UnitPrivacy,
-                   context: Context) -> MetricRecord:  # noqa: ANN001
+                   context: Context, msg: Message) -> MetricRecord:  # noqa: ANN001
         """The unit's test users scored with ``model``: sums and score histograms only (noisy
         under user-level DP, charged first)."""
         from clients.training import evaluate_clv_local, evaluate_local
@@ -395,7 +395,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         if cfg.privacy == "user":
             own.charge(cfg.run_id, "training", evaluation_release(cfg.eval_sigma, target=cfg.target))
             _, _, rng = private_generators(context.node_config, dp_research_seed,
-                                           f"{unit_name(context)}|{cfg.run_id}|{cfg.server_round}|evaluate")
+                                           f"{unit_name(context)}|evaluate", msg.content)
         else:
             own.require_private("evaluation")
         if cfg.target == "clv":
@@ -410,7 +410,7 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
     @app.evaluate(mods=[outgoing_guard_mod])
     def evaluate(msg: Message, context: Context) -> Message:
         cfg, data, mean, std, model = _global_model_and_data(msg, context)
-        metrics = evaluation(cfg, data, mean, std, model, account(context, cfg), context)
+        metrics = evaluation(cfg, data, mean, std, model, account(context, cfg), context, msg)
         return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
 
     return app

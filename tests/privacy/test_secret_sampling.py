@@ -60,3 +60,40 @@ def test_same_public_inputs_give_different_dpsgd_weights(folder):
 def test_a_unit_local_research_seed_reproduces_a_run(folder):
     assert _weights_hash(folder, "7") == _weights_hash(folder, "7")
     assert _weights_hash(folder, "7") != _weights_hash(folder, "8")
+
+
+def _request(run_id: str, centre: float, weights: list[float]):
+    import numpy as np
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    from fedseg import protocol
+
+    return RecordDict({protocol.CONFIG: ConfigRecord({protocol.RUN_ID: run_id, "centre": centre}),
+                       protocol.ARRAYS: ArrayRecord([np.asarray(weights, dtype=np.float32)])})
+
+
+def _draw(node_config: dict, research_seed, request) -> float:
+    from clients.unit_privacy import private_generators
+
+    return float(private_generators(node_config, research_seed, "unit_0|query.seg_lloyd", request)[2].normal())
+
+
+def test_a_seeded_unit_never_reuses_noise_across_different_requests():
+    """With a unit seed, the noise is keyed by the whole request: two Lloyd iterations of one run
+    (other centres, same run id and message type) or another model get independent noise, so
+    their difference does not cancel it; the very same request gets the very same answer."""
+    seeded = {"dp-seed": 7}
+    first = _draw(seeded, None, _request("run-a", 0.1, [1.0, 2.0]))
+    assert _draw(seeded, None, _request("run-a", 0.1, [1.0, 2.0])) == first
+    assert _draw(seeded, None, _request("run-a", 0.2, [1.0, 2.0])) != first      # next iteration
+    assert _draw(seeded, None, _request("run-a", 0.1, [1.0, 2.5])) != first      # another model
+    assert _draw(seeded, None, _request("run-b", 0.1, [1.0, 2.0])) != first      # a unit seed keys the run id
+
+
+def test_a_simulation_research_seed_ignores_the_run_id_so_runs_repeat():
+    """The coordinator of a simulation draws a fresh run id per run; a research seed reproduces the
+    run anyway (the same holdouts and noise for the same requests), and OS entropy never repeats."""
+    assert _draw({}, 5, _request("run-a", 0.1, [1.0])) == _draw({}, 5, _request("run-b", 0.1, [1.0]))
+    assert _draw({}, 5, _request("run-a", 0.1, [1.0])) != _draw({}, 5, _request("run-a", 0.2, [1.0]))
+    assert _draw({}, 5, _request("run-a", 0.1, [1.0])) != _draw({}, 6, _request("run-a", 0.1, [1.0]))
+    assert _draw({}, None, _request("run-a", 0.1, [1.0])) != _draw({}, None, _request("run-a", 0.1, [1.0]))

@@ -187,3 +187,36 @@ def test_the_fairness_audit_under_dp_is_accepted_and_charged_to_the_units_ledger
     spend = {s.unit: s for s in BudgetLedger(ledger).summary()}
     assert set(spend) == {"unit_0", "unit_1", "unit_2"}
     assert all(s.releases_by_task["audit"].epsilon == pytest.approx(1.0, rel=1e-3) for s in spend.values())
+
+
+def test_the_treatment_rate_flags_hold_a_five_percent_error_rate_for_the_whole_report():
+    """Null data (treatment independent of group) in 4 segments x 2 attributes of 6 groups: the
+    report-wide Bonferroni flags at most about 5% of reports; a per-family one flags far more."""
+    from statistics import NormalDist
+    from types import SimpleNamespace
+
+    from simulations.intervention_fairness import _treatment_rates, flag_gaps
+
+    rng = np.random.default_rng(11)
+    flagged, flagged_per_family, reports = 0, 0, 400
+    for _ in range(reports):
+        report: dict = {"segments": {}, "flags": []}
+        for segment in range(4):
+            rate = rng.uniform(0.2, 0.5)
+            report["segments"][f"s{segment}"] = {}
+            for attribute in ("gender", "age_band"):
+                sizes = rng.integers(120, 400, size=6)
+                treated = rng.binomial(sizes, rate)
+                sub = SimpleNamespace(groups=[f"g{i}" for i in range(6)], categories=["win-back offer", "no action"],
+                                      cells=np.column_stack([treated, sizes - treated]).tolist())
+                report["segments"][f"s{segment}"][attribute] = _treatment_rates(sub, 30, 0.0)
+        flag_gaps(report)
+        flagged += bool(report["flags"])
+        per_family = float(NormalDist().inv_cdf(1 - 0.025 / 15))
+        flagged_per_family += any(f["four_fifths_flag"] and f["z"] > per_family
+                                  for s in report["segments"].values() for f in s.values())
+    assert report["pairs_compared"] == 4 * 2 * 15
+    assert report["segments"]["s0"]["gender"]["z_critical"] == pytest.approx(NormalDist().inv_cdf(1 - 0.025 / 120))
+    print(f"null reports flagged: report-wide {flagged / reports:.3f}, per family {flagged_per_family / reports:.3f}")
+    assert flagged / reports <= 0.06
+    assert flagged_per_family / reports > 0.12   # the per-segment rule this replaced

@@ -218,8 +218,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                                   playbook=unit_playbook(node, playbook), contact_log=unit_contact_log(node), rng=rng)
             if step is rfm_step:
                 scores = unit_scores(msg, context, events, users, config) if config.get("tier-by") == "clv" else None
-                return rfm_step(events, users, config, scores)
-            return step(events, users, config)
+                return rfm_step(events, users, config, scores, rng=rng)
+            return step(events, users, config, rng=rng)
         return answer
 
     def unit_scores(msg: Message, context: Context, events: pd.DataFrame, users: pd.DataFrame | None,

@@ -46,12 +46,14 @@ def _centroids(cfg: dict[str, Any]) -> np.ndarray:
     return np.asarray(cfg["centroids"], dtype=float).reshape(int(cfg["k"]), D)
 
 
-def grid_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
+def grid_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
+              rng: np.random.Generator | None = None) -> dict[str, Any]:
     vectors = activity_vectors(_features(events, users, cfg))
-    return {"grid": add_noise(grid_histogram(vectors), float(cfg.get("sigma", 0.0))).tolist()}
+    return {"grid": add_noise(grid_histogram(vectors), float(cfg.get("sigma", 0.0)), rng).tolist()}
 
 
-def lloyd_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any]) -> dict[str, Any]:
+def lloyd_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
+               rng: np.random.Generator | None = None) -> dict[str, Any]:
     """Sums and counts per centroid for each of ``restarts`` candidate centroid sets."""
     vectors = activity_vectors(_features(events, users, cfg))
     k, restarts = int(cfg["k"]), int(cfg.get("restarts", 1))
@@ -62,8 +64,8 @@ def lloyd_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
         sums.append(s)
         counts.append(c)
         inertias.append(i)
-    out = {"sums": add_noise(np.asarray(sums), float(cfg.get("sigma-sums", 0.0))).ravel().tolist(),
-           "counts": add_noise(np.asarray(counts), float(cfg.get("sigma-counts", 0.0))).ravel().tolist()}
+    out = {"sums": add_noise(np.asarray(sums), float(cfg.get("sigma-sums", 0.0)), rng).ravel().tolist(),
+           "counts": add_noise(np.asarray(counts), float(cfg.get("sigma-counts", 0.0)), rng).ravel().tolist()}
     if float(cfg.get("sigma-sums", 0.0)) == 0.0:
         out["inertia"] = inertias  # only without noise: an exact inertia is not a DP release
     return out
@@ -86,14 +88,14 @@ def _clv_of(features: pd.DataFrame, scores: pd.DataFrame | None) -> np.ndarray:
 
 
 def rfm_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, Any],
-             scores: pd.DataFrame | None = None) -> dict[str, Any]:
+             scores: pd.DataFrame | None = None, rng: np.random.Generator | None = None) -> dict[str, Any]:
     """Users per fixed RFM bin (and per CLV bin when tiers are by CLV), noisy under DP."""
     features = _features(events, users, cfg)
     hists = rfm_histograms(features)
     if cfg.get("tier-by") == "clv":
         hists["clv"] = np.bincount(binned(_clv_of(features, scores), CLV_EDGES), minlength=len(CLV_EDGES)).astype(float)
     sigma = float(cfg.get("sigma", 0.0))
-    return {name: add_noise(h, sigma).tolist() for name, h in hists.items()}
+    return {name: add_noise(h, sigma, rng).tolist() for name, h in hists.items()}
 
 
 SCORE_COLUMNS = ("churn_probability", "clv", "value_at_risk")
@@ -128,7 +130,7 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
                playbook: PlaybookConfig | None = None, contact_log: pd.DataFrame | None = None,
                rng: np.random.Generator | None = None) -> dict[str, Any]:
     """Segment every user, write the local files (segments, the CRM action list as Parquet and CSV),
-    return noisy per-segment totals. ``rng`` draws the holdout (the unit's private generator)."""
+    return noisy per-segment totals. ``rng`` (the unit's private generator) draws the noise, then the holdout."""
     features = _features(events, users, cfg)
     k = int(cfg["k"])
     table = segment_users(features, cfg, scores)
@@ -144,13 +146,13 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
     warnings = float(table["warning"].notna().sum())
     sigma = float(cfg.get("sigma", 0.0))
     out: dict[str, Any] = {
-        "sizes": add_noise(sizes, sigma).tolist(),
-        "churned": add_noise(churned, sigma).tolist(),
-        "profile-sums": add_noise(profile_sums, sigma).ravel().tolist(),
-        "rfm-segments": add_noise(rfm_counts, sigma).tolist(),
-        "tiers": add_noise(tier_counts, sigma).tolist(),
-        "stages": add_noise(stage_counts, sigma).tolist(),
-        "warnings": float(add_noise(np.array([warnings]), sigma)[0]),
+        "sizes": add_noise(sizes, sigma, rng).tolist(),
+        "churned": add_noise(churned, sigma, rng).tolist(),
+        "profile-sums": add_noise(profile_sums, sigma, rng).ravel().tolist(),
+        "rfm-segments": add_noise(rfm_counts, sigma, rng).tolist(),
+        "tiers": add_noise(tier_counts, sigma, rng).tolist(),
+        "stages": add_noise(stage_counts, sigma, rng).tolist(),
+        "warnings": float(add_noise(np.array([warnings]), sigma, rng)[0]),
     }
     if int(cfg.get("score-sums", 0)):
         # per segment: churn probability (in [0, 1]) and CLV (under DP clipped, in units of the clip)
@@ -159,8 +161,8 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
         clv = table["clv"].fillna(0.0).to_numpy(float) if "clv" in table else np.zeros(len(table))
         if sigma > 0:
             clv = np.minimum(np.maximum(clv, 0.0), float(cfg["value-clip"])) / float(cfg["value-clip"])
-        out["prob-sums"] = add_noise(np.bincount(seg, weights=prob, minlength=k), sigma).tolist()
-        out["clv-sums"] = add_noise(np.bincount(seg, weights=clv, minlength=k), sigma).tolist()
+        out["prob-sums"] = add_noise(np.bincount(seg, weights=prob, minlength=k), sigma, rng).tolist()
+        out["clv-sums"] = add_noise(np.bincount(seg, weights=clv, minlength=k), sigma, rng).tolist()
     if "previous-cutoff" in cfg:
         previous = _features(events, users, cfg, cutoff_key="previous-cutoff")
         states = ["absent", *LIFECYCLE_STAGES]
@@ -170,7 +172,7 @@ def final_step(events: pd.DataFrame, users: pd.DataFrame | None, cfg: dict[str, 
         index = {s: i for i, s in enumerate(states)}
         counts = np.zeros((len(states), len(states)))
         np.add.at(counts, ([index[s] for s in before], [index[s] for s in after]), 1.0)
-        out["transitions"] = add_noise(counts, float(cfg.get("sigma-transitions", 0.0))).ravel().tolist()
+        out["transitions"] = add_noise(counts, float(cfg.get("sigma-transitions", 0.0)), rng).ravel().tolist()
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_table(table, output_dir / f"segments_{unit_name}.parquet")

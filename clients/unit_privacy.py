@@ -79,29 +79,13 @@ def answer_privacy_plan(account: UnitPrivacy, plan: Mapping[str, Any], n_users: 
     return {"accepted": 1, "epsilon": own}, {protocol.IDENTITY: identity}
 
 
-def request_digest(content: Any, ignore: tuple[str, ...] = ()) -> str:
-    """sha256 of a message's content (config, metric and array records, in a fixed order), without
-    the config keys in ``ignore``: the identity of the request a unit's seeded noise is keyed by."""
-    digest = hashlib.sha256()
-    for kind, records in (("c", content.config_records), ("m", content.metric_records)):
-        for name in sorted(records):
-            for key in sorted(records[name]):
-                if key not in ignore:
-                    digest.update(f"{kind}|{name}|{key}|{records[name][key]!r}\n".encode())
-    for name in sorted(content.array_records):
-        for key, array in content.array_records[name].items():
-            digest.update(f"a|{name}|{key}|{array.shape}|{array.dtype}|".encode())
-            digest.update(array.data)
-    return digest.hexdigest()
-
-
 def private_generators(node_config: Mapping[str, Any], research_seed: int | None, purpose: str,
                        request: Any = None) -> tuple[Any, Any, np.random.Generator]:
     """Fresh torch generators for Poisson sampling and noise, and a numpy generator.
 
     Seeded from OS entropy, unless the unit keeps a seed of its own; then the streams are
     ``sha256(seed, purpose, request)``, where ``purpose`` names the unit and the release and
-    ``request`` is the message's content (:func:`request_digest`). Keying by the whole request
+    ``request`` is the message's content (:func:`fedseg.protocol.content_digest`). Keying by the whole request
     means two different requests never share noise (no differencing of two releases, not even
     between iterations of one run or when a deviating coordinator repeats a run id), and the
     same request gets the same answer back (nothing to average).
@@ -113,11 +97,11 @@ def private_generators(node_config: Mapping[str, Any], research_seed: int | None
     """
     import torch
 
-    asked = "" if request is None else request_digest(request)
+    asked = "" if request is None else protocol.content_digest(request)
     if "dp-seed" in node_config:
         key: str | None = f"{node_config['dp-seed']}|{purpose}|{asked}"
     elif research_seed is not None:
-        asked = "" if request is None else request_digest(request, ignore=(protocol.RUN_ID,))
+        asked = "" if request is None else protocol.content_digest(request, ignore=(protocol.RUN_ID,))
         key = f"{research_seed}|{purpose}|{asked}"
     else:
         key = None

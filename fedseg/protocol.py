@@ -17,7 +17,8 @@ Records of a message (``RecordDict`` keys):
 from __future__ import annotations
 
 import datetime as dt
-from typing import Final
+import hashlib
+from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
@@ -174,3 +175,23 @@ class RoundConfig(BaseModel):
     @property
     def features(self) -> FeatureConfig:
         return FeatureConfig(cutoff=self.cutoff, horizon_days=self.horizon_days)
+
+
+def content_digest(content: Any, ignore: tuple[str, ...] = ()) -> str:
+    """sha256 of a message's content (a Flower ``RecordDict``: config, metric and array records,
+    in a fixed order), leaving out the config keys in ``ignore``.
+
+    Units key their seeded noise by the request's digest; the coordinator orders replies by theirs,
+    so sums over units are the same floating-point numbers whatever order replies arrive in and
+    whatever node ids Flower draws."""
+    digest = hashlib.sha256()
+    for kind, records in (("c", content.config_records), ("m", content.metric_records)):
+        for name in sorted(records):
+            for key in sorted(records[name]):
+                if key not in ignore:
+                    digest.update(f"{kind}|{name}|{key}|{records[name][key]!r}\n".encode())
+    for name in sorted(content.array_records):
+        for key, array in content.array_records[name].items():
+            digest.update(f"a|{name}|{key}|{array.shape}|{array.dtype}|".encode())
+            digest.update(array.data)
+    return digest.hexdigest()

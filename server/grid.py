@@ -80,7 +80,8 @@ def wait_for_units(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
 
 def ask(grid: Grid, nodes: Sequence[int], message_type: str, content: RecordDict | Callable[[int], RecordDict],
         timeout: float, require_all: bool = True) -> dict[int, RecordDict]:
-    """Send one message per node and return the replies' contents by node id, in node order.
+    """Send one message per node and return the replies' contents by node id, in a canonical
+    order (by :func:`fedseg.protocol.content_digest`, then node id).
 
     ``content`` is one RecordDict for every node, or a function of the node id. With
     ``require_all`` any failed or missing reply raises :class:`NotEnoughUnits` naming the unit and
@@ -99,7 +100,9 @@ def ask(grid: Grid, nodes: Sequence[int], message_type: str, content: RecordDict
         replies[node] = reply.content
     if require_all and len(replies) < len(nodes):
         raise NotEnoughUnits(f"{message_type}: {len(replies)} of {len(nodes)} units answered within {timeout:.0f} s")
-    return {n: replies[n] for n in nodes if n in replies}
+    # canonical order (by content): node ids are random per run and replies arrive in any order,
+    # so summing over this dict gives the same floating-point sums every run
+    return dict(sorted(replies.items(), key=lambda item: (protocol.content_digest(item[1]), item[0])))
 
 
 def agree_privacy(grid: Grid, nodes: Sequence[int], run_id: str, task: str, delta: float, stated_epsilon: float,

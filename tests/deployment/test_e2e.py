@@ -105,13 +105,15 @@ def test_tls_authenticated_federation_survives_a_dead_unit_and_a_coordinator_res
     c.start_unit("u2", configs["u2"])
     wait_for(lambda: c.online_units() >= 3, 180, "u2 back online", [c.log("u2")])
 
-    # 5. Kill the coordinator while a round (4 or 5) is in flight: u0 and u1 have charged it (the
-    #    scaler, the finished rounds and this one), and it has not finished.
+    # 5. Kill the coordinator while round 4 is in flight: u0 and u1 have charged it (the scaler,
+    #    the finished rounds and this one), and it has not finished. Not round 5: the last round's
+    #    record waits for the final evaluation, so a unit the coordinator left out of round 5 (a
+    #    heartbeat lapsed under load) would count its evaluation release as the round's (seen once).
     def in_flight() -> bool:
         done = len(_rounds(out))
-        return 3 <= done < ROUNDS and all(len(_releases(ledgers[u])) >= done + 2 for u in ("u0", "u1"))
+        return done == ROUNDS - 2 and all(len(_releases(ledgers[u])) >= done + 2 for u in ("u0", "u1"))
 
-    wait_for(in_flight, 900, "round 4 or 5 in flight", [c.log("run1")], interval=0.05)
+    wait_for(in_flight, 900, "round 4 in flight", [c.log("run1")], interval=0.05)
     c.kill("superlink")
     c.kill("run1", signal.SIGTERM)
     done = len(_rounds(out))

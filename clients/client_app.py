@@ -306,10 +306,10 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
                                 "\"actions-path='/path/actions.parquet'\"")
         actions = read_table(path, "actions-path").astype({"user_id": str})
         own = account(context, cfg)
-        sigmas = [float(x) for x in config.get("sigmas", [])]
+        scales = [float(x) for x in config.get("laplace-scales", [])]
         run_id = str(config.get(protocol.RUN_ID, ""))
-        if sigmas:  # the release the unit will actually make, from the noise it adds
-            own.charge(run_id, "effects", effects_release(sigmas))
+        if scales:  # the release the unit will actually make, from the noise it adds
+            own.charge(run_id, "effects", effects_release(scales))
         else:
             own.require_private("effect measurement")
         _, _, rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|effects", msg.content)

@@ -3,8 +3,9 @@
 The unit reads its own action list (the CRM file the playbook wrote, with each user's segment,
 action and arm) and its events, computes each experiment user's outcomes in the measurement window
 (:func:`fedseg.effects.user_outcomes`) and sums them per cell and arm
-(:func:`fedseg.effects.cell_statistics`). Under DP it clips revenue, adds Gaussian noise of
-standard deviation ``sigma`` to every entry itself, after charging the release to its own account.
+(:func:`fedseg.effects.cell_statistics`). Under DP it clips revenue, adds Laplace noise of scale
+``b_s`` to every entry of statistic ``s`` itself (:mod:`privacy.effects_dp`), after charging the
+release to its own account.
 Nothing per user leaves it.
 """
 
@@ -45,16 +46,16 @@ def experiment_table(actions: pd.DataFrame, events: pd.DataFrame, campaign_date:
 def effects_answer(actions: pd.DataFrame, events: pd.DataFrame, config: dict[str, Any],
                    rng: np.random.Generator | None = None) -> dict[str, list[float]]:
     """The unit's answer to a ``query.effects`` message: ``stats`` flattened ``[cells, arms, stats]``,
-    noisy under DP (``sigmas``: the noise of each statistic; revenue clipped at ``clip``, in units
-    of it)."""
-    sigmas = [float(x) for x in config.get("sigmas", [])]
+    noisy under DP (``laplace-scales``: the Laplace noise scale of each statistic; revenue clipped
+    at ``clip``, in units of it)."""
+    scales = [float(x) for x in config.get("laplace-scales", [])]
     table = experiment_table(actions, events, str(config["campaign-date"]), int(config["window-days"]),
                              int(config["retention-days"]), str(config["segment-column"]))
     stats = cell_statistics(table, list(config["segments"]), list(config["actions"]),
-                            clip=float(config["clip"]) if sigmas else None)
-    if sigmas:
+                            clip=float(config["clip"]) if scales else None)
+    if scales:
         rng = rng or np.random.default_rng()
-        stats = stats + rng.normal(0.0, 1.0, stats.shape) * np.asarray(sigmas)
+        stats = stats + rng.laplace(0.0, 1.0, stats.shape) * np.asarray(scales)
     return {"stats": stats.ravel().tolist()}
 
 

@@ -47,28 +47,34 @@ def _dpa() -> Any:
 
 AccountantName = Literal["rdp", "pld"]
 Group = Literal["all", "train", "test"]
+Mechanism = Literal["gaussian", "laplace"]
 
 
 class Release(BaseModel):
-    """``count`` Gaussian releases about one group of end users, optionally Poisson-sampled.
+    """``count`` Gaussian (or Laplace) releases about one group of end users, optionally Poisson-sampled.
 
-    ``noise_multiplier`` z is the noise standard deviation divided by the release's L2
-    sensitivity (add/remove one end user, or one unit in client-level DP). ``sample_rate``
-    q < 1 means each user (unit) is included independently with probability q in each release.
+    Gaussian: ``noise_multiplier`` z is the noise standard deviation divided by the release's L2
+    sensitivity (add/remove one end user, or one unit in client-level DP). Laplace: it is the
+    noise scale ``b`` divided by the L1 sensitivity (one Laplace release alone is
+    ``(1 / z, 0)``-DP). ``sample_rate`` q < 1 means each user (unit) is included independently
+    with probability q in each release.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    noise_multiplier: float = Field(ge=0, description="z = noise std / L2 sensitivity; 0: no noise (epsilon inf).")
+    noise_multiplier: float = Field(ge=0, description="z = noise std / L2 sensitivity (Gaussian), noise scale / "
+                                                      "L1 sensitivity (Laplace); 0: no noise (epsilon inf).")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson sampling rate q (1: no sampling).")
     count: int = Field(1, ge=0, description="How many times this release is made.")
     group: Group = Field("all", description="Users it touches: all, train (training users), test (test users).")
     task: str = Field("", description="What the release is for (training, evaluation, segmentation, audit, ...).")
+    mechanism: Mechanism = Field("gaussian", description="gaussian or laplace noise.")
 
     def event(self) -> "dpa.DpEvent":
         """The dp-accounting event of this release."""
         dpa = _dpa()
-        single = dpa.GaussianDpEvent(self.noise_multiplier)
+        single = dpa.LaplaceDpEvent(self.noise_multiplier) if self.mechanism == "laplace" \
+            else dpa.GaussianDpEvent(self.noise_multiplier)
         if self.sample_rate < 1:
             single = dpa.PoissonSampledDpEvent(self.sample_rate, single)
         return single if self.count == 1 else dpa.SelfComposedDpEvent(single, self.count)
@@ -87,12 +93,13 @@ def merged(releases: Sequence[Release]) -> list[Release]:
     """The same releases with identical mechanisms (z, q, group) merged into one release whose
     ``count`` is the sum: composition is commutative and a repeated release composes as its
     count, so the accountant gives the same epsilon, in one event per mechanism."""
-    counts: dict[tuple[float, float, str], int] = {}
+    counts: dict[tuple[float, float, str, str], int] = {}
     for r in releases:
         if r.count > 0:
-            key = (float(r.noise_multiplier), float(r.sample_rate), r.group)
+            key = (float(r.noise_multiplier), float(r.sample_rate), r.group, r.mechanism)
             counts[key] = counts.get(key, 0) + r.count
-    return [Release(noise_multiplier=z, sample_rate=q, group=g, count=n) for (z, q, g), n in sorted(counts.items())]
+    return [Release(noise_multiplier=z, sample_rate=q, group=g, count=n, mechanism=m)
+            for (z, q, g, m), n in sorted(counts.items())]
 
 
 def _group_epsilon(releases: Sequence[Release], delta: float, accountant: AccountantName) -> float:
@@ -128,7 +135,9 @@ def composition_key(releases: Sequence[Release], delta: float, accountant: Accou
     computed epsilon can be kept and reused (:meth:`privacy.budget.UnitPrivacy.accept`)."""
     import json
 
+    # a Gaussian release keeps the key it had before Laplace releases existed (memos stay valid)
     return json.dumps([accountant, float(delta), [[r.noise_multiplier, r.sample_rate, r.group, r.count]
+                                                  + ([r.mechanism] if r.mechanism != "gaussian" else [])
                                                   for r in merged(releases)]])
 
 
@@ -168,6 +177,14 @@ def calibrate(releases_for: Callable[[float], Sequence[Release]], target_epsilon
 def gaussian_noise_multiplier(target_epsilon: float, delta: float, count: int = 1) -> float:
     """z of ``count`` Gaussian releases that together cost ``target_epsilon`` at ``delta``."""
     return calibrate(lambda z: [Release(noise_multiplier=z, count=count)], target_epsilon, delta)
+
+
+def laplace_noise_multiplier(target_epsilon: float, delta: float, count: int = 1) -> float:
+    """Scale / L1 sensitivity of ``count`` Laplace releases that together cost ``target_epsilon``
+    at ``delta`` by the accountant (slightly above ``count / target_epsilon``, the pure-DP scale,
+    for one release: the RDP conversion is not tight for pure DP)."""
+    return calibrate(lambda b: [Release(noise_multiplier=b, count=count, mechanism="laplace")], target_epsilon, delta,
+                     lo=0.01)
 
 
 def split_gaussian_budget(target_epsilon: float, delta: float, parts: dict[str, tuple[float, float]]

@@ -10,7 +10,7 @@ The coordinator adds them up and estimates, per cell and outcome (:func:`estimat
   effect because the holdout was drawn at random within the cell;
 - its variance: the sampling part ``s_T^2 / n_T + s_H^2 / n_H`` (Neyman; ``s^2 = m (1 - m) n / (n - 1)``
   for conversion and retention, ``(Q - S^2 / n) / (n - 1)`` for revenue with ``Q`` the sum of
-  squares) plus, under DP, the noise part: with merged noise variances ``v_S = units x sigma_S^2`` on
+  squares) plus, under DP, the noise part: with merged noise variances ``v_S = units x 2 b_S^2`` (Laplace scale ``b_S``) on
   the sum and ``v_n`` on the count, ``Var(S~/n~) ~ (v_S scale^2 + m^2 v_n) / n^2`` per arm (delta method; ``scale``
   the revenue clip, 1 otherwise; each statistic has its own noise, :mod:`privacy.effects_dp`). The 95% interval is ``uplift +- 1.96 sqrt(variance)`` (normal
   approximation; cells with fewer than ``min_arm`` users in an arm get no estimate);
@@ -34,7 +34,7 @@ from fedseg import protocol
 from fedseg.config import EffectsPlan
 from fedseg.effects import ARMS, OUTCOMES, STATS, cell_names
 from privacy.accounting import default_delta, epsilon
-from privacy.effects_dp import effects_release, effects_sigmas
+from privacy.effects_dp import effects_release, effects_scales
 from server.grid import agree_privacy, ask, wait_for_units
 
 Z95 = 1.959963984540054
@@ -138,22 +138,23 @@ def run_effects(grid: Grid, plan: EffectsPlan, costs: dict[str, float], channels
     nodes = nodes or wait_for_units(grid, plan.min_units, plan.timeout_s)
     run_id = "effects-" + uuid.uuid4().hex[:12]
     delta = plan.delta if plan.delta is not None else default_delta(plan.population)
-    sigmas = effects_sigmas(plan.epsilon, delta, plan.outcome) if plan.epsilon else []
+    scales = effects_scales(plan.epsilon, delta, plan.outcome) if plan.epsilon else []
     config = ConfigRecord({
         "cutoff": plan.campaign_date.isoformat(), "campaign-date": plan.campaign_date.isoformat(),
         "horizon-days": plan.window_days, "window-days": plan.window_days, "retention-days": plan.retention_days,
         "segment-column": plan.segment_column, "segments": list(plan.segments), "actions": list(plan.actions),
-        "sigmas": sigmas, "clip": plan.revenue_clip, "dataset": plan.dataset, "model": "mlp", protocol.RUN_ID: run_id})
+        "laplace-scales": scales, "clip": plan.revenue_clip, "dataset": plan.dataset, "model": "mlp", protocol.RUN_ID: run_id})
     privacy: dict[str, Any] = {"epsilon": None, "delta": None}
     if plan.epsilon:
-        release = effects_release(sigmas)
+        release = effects_release(scales)
         stated = epsilon([release], delta)
         accepted = agree_privacy(grid, nodes, run_id, "effects", delta, stated, [release], config, plan.timeout_s)
         log(INFO, "effects: privacy plan accepted by %d units, epsilon %.4f, delta %g", len(accepted), stated, delta)
         privacy = {"epsilon": stated, "delta": delta, "noise_multiplier": release.noise_multiplier,
-                   "sigma_per_statistic": dict(zip(STATS, sigmas)),
+                   "mechanism": "laplace", "laplace_scale_per_statistic": dict(zip(STATS, scales)),
                    "sensitivity": "one user changes the five statistics of one cell and arm by at most 1 each "
-                   "(revenue clipped, in units of the clip): noise multiplier 1 / sqrt(sum sigma^-2)",
+                   "(revenue clipped, in units of the clip): L1 sensitivity sum 1 / b over unit-scale "
+                   "noise, noise multiplier 1 / sum b^-1",
                    "revenue_clip": plan.revenue_clip, "accountant": "RDP (dp-accounting); units add the noise",
                    "units_accepted": {u["unit"]: u["epsilon"] for u in accepted.values()}}
     answers = ask(grid, nodes, protocol.EFFECTS, RecordDict({protocol.CONFIG: config}), plan.timeout_s)
@@ -161,8 +162,9 @@ def run_effects(grid: Grid, plan: EffectsPlan, costs: dict[str, float], channels
     shape = (len(cells), len(ARMS), len(STATS))
     total = np.sum([np.asarray(c[protocol.METRICS]["stats"], dtype=float).reshape(shape) for c in answers.values()],
                    axis=0)
-    noise_var = len(answers) * np.square(sigmas) if sigmas else None
-    effects = estimate_effects(total, cells, plan, costs, channels, noise_var, plan.revenue_clip if sigmas else 1.0,
+    # a Laplace variable of scale b has variance 2 b^2; every unit adds its own
+    noise_var = len(answers) * 2.0 * np.square(scales) if scales else None
+    effects = estimate_effects(total, cells, plan, costs, channels, noise_var, plan.revenue_clip if scales else 1.0,
                                holdout_share, len(answers))
     return {"effects": effects, "privacy": privacy, "units": len(answers), "plan": plan.model_dump(mode="json"),
             "interval": "95%, normal approximation; sampling (Neyman) plus, under DP, the units' noise"}

@@ -245,9 +245,9 @@ def print_effects(report: dict[str, Any], out: Path) -> None:
                       f"{w['cells']} cells; max {w['max']:.2f}x)", highlight=False)
     p = report["privacy"]
     if p.get("epsilon"):
-        noise = ", ".join(f"{k} {v:.1f}" for k, v in p["sigma_per_statistic"].items())
+        noise = ", ".join(f"{k} {v:.2f}" for k, v in p["laplace_scale_per_statistic"].items())
         console.print(f"privacy: epsilon {p['epsilon']:.3f}, delta {p['delta']:g} per end user for the measurement; "
-                      f"every unit adds noise of sd {noise}", highlight=False)
+                      f"every unit adds Laplace noise of scale {noise} (sd = 1.41 x scale)", highlight=False)
     flags = (report.get("fairness") or {}).get("flags", [])
     if report.get("fairness") is not None:
         console.print(f"fairness of the interventions: {len(flags)} flag(s)" + (": " + "; ".join(flags) if flags else

@@ -56,15 +56,15 @@ def test_intervals_cover_the_true_effect_at_the_stated_rate(noisy):
     rng = np.random.default_rng(11)
     effects = [0.0, 0.05, 0.1, 0.2]
     plan = EffectsPlan(min_arm=20, revenue_clip=500.0)
-    sigmas = np.array([30.0, 6.0, 15.0, 18.0, 15.0]) if noisy else None
+    scales = np.array([21.0, 4.2, 10.5, 12.7, 10.5]) if noisy else None    # Laplace, as the units add it
     hits = []
     for _ in range(150):
         table, truth = simulated_cells(rng, 1500, effects)
         stats = cell_statistics(table, [f"s{c}" for c in range(4)], ["x"], clip=500.0 if noisy else None)
         noise_var = None
         if noisy:  # three units, each adding its own noise
-            stats = stats + sum(rng.normal(0, 1, stats.shape) * sigmas for _ in range(3))
-            noise_var = 3 * sigmas ** 2
+            stats = stats + sum(rng.laplace(0, 1, stats.shape) * scales for _ in range(3))
+            noise_var = 3 * 2 * scales ** 2
         found = estimate_effects(stats, [(f"s{c}", "x") for c in range(4)], plan, {"x": 1.0}, {"x": "sms"},
                                  noise_var, 500.0 if noisy else 1.0, holdout_share=0.1, units=3)
         hits += [e["ci_low"] <= t <= e["ci_high"] for e, t in zip(found, truth)]
@@ -96,24 +96,31 @@ def test_arm_sizes_use_the_holdout_share_only_when_the_counts_agree():
     assert (n_t, n_h, v_h) == (700.0, 300.0, 4.0) and "not the playbook's" in how
 
 
-def test_the_release_is_accounted_as_opacus_computes_it():
-    from privacy.effects_dp import NOISE_WEIGHTS, effects_release, effects_sigmas
-    from tests.privacy.test_dp_training import opacus_rdp_epsilon
+def test_the_laplace_release_is_accounted_and_meets_its_pure_dp_bound():
+    """Each answer is one Laplace release: alone it is (sum_s 1 / b_s, 0)-DP (the closed form, no
+    accountant); the RDP accountant, which composes it in the ledger, charges at most the target."""
+    from privacy.accounting import Release, epsilon, gaussian_noise_multiplier
+    from privacy.effects_dp import NOISE_WEIGHTS, effects_release, effects_scales
 
     for outcome in NOISE_WEIGHTS:
-        sigmas = effects_sigmas(1.0, 1e-6, outcome)
-        release = effects_release(sigmas)
-        # one user changes each statistic by at most 1: rescaled, a Gaussian of this multiplier
-        assert release.noise_multiplier == pytest.approx(1 / np.sqrt(sum(s ** -2 for s in sigmas)))
-        assert opacus_rdp_epsilon([(release.noise_multiplier, 1.0, 1)], 1e-6) == pytest.approx(1.0, rel=2e-2)
-    # the weights put the least noise on the headline sum: 3.2 times less variance than the same
-    # epsilon spread evenly (sigma = z sqrt(5) on every entry)
-    from privacy.accounting import gaussian_noise_multiplier
-
-    even = gaussian_noise_multiplier(1.0, 1e-6) * np.sqrt(5)
-    headline = effects_sigmas(1.0, 1e-6, "conversion")[STATS.index("conversions")]
-    assert (even / headline) ** 2 == pytest.approx(3.24, abs=0.01)
-    with pytest.raises(ValueError, match="needs 5 positive noise levels"):
+        scales = effects_scales(1.0, 1e-6, outcome)
+        release = effects_release(scales)
+        assert release.mechanism == "laplace"
+        pure = sum(1.0 / b for b in scales)          # the pure-DP epsilon of one answer
+        assert release.noise_multiplier == pytest.approx(1.0 / pure)
+        assert 0.99 < pure <= 1.0                   # RDP charges a little more than the pure bound
+        assert epsilon([release], 1e-6) == pytest.approx(1.0, rel=1e-4)
+        # composing 4 answers: basic composition gives 4 x pure; the RDP accountant is not tight
+        # for pure DP and charges within 1% of it (more, never less than it can prove)
+        assert epsilon([release.model_copy(update={"count": 4})], 1e-6) == pytest.approx(4 * pure, rel=0.01)
+    # the headline sum's noise: Laplace std sqrt(2) b against the earlier Gaussian sigma at the
+    # same epsilon and weights (4.53 x sqrt(sum w^-2) = 5.63)
+    headline = effects_scales(1.0, 1e-6, "conversion")[STATS.index("conversions")]
+    weights = NOISE_WEIGHTS["conversion"]
+    gaussian = gaussian_noise_multiplier(1.0, 1e-6) * np.sqrt(sum(w ** -2 for w in weights))
+    assert np.sqrt(2) * headline == pytest.approx(2.93, abs=0.02) and gaussian == pytest.approx(5.63, abs=0.02)
+    assert Release(noise_multiplier=1.0, mechanism="laplace").event().__class__.__name__ == "LaplaceDpEvent"
+    with pytest.raises(ValueError, match="needs 5 positive noise scales"):
         effects_release([1.0, 2.0])
 
 

@@ -88,6 +88,36 @@ def test_the_same_measurement_from_the_units_files(loop, tmp_path):
         assert (a["segment"], a["action"], a["uplift"]) == (b["segment"], b["action"], b["uplift"])
 
 
+def test_the_measurement_under_dp_is_a_laplace_release_each_unit_charges(loop, tmp_path, capsys):
+    """epsilon 1 on the units' files: every unit accepts and charges one Laplace release whose
+    pure-DP bound (sum of 1 / scale over the five statistics) is what the accountant states; the
+    intervals carry the noise; the console says what noise was added."""
+    from privacy.ledger import BudgetLedger
+    from simulations.value_cli import print_effects
+
+    out, report = loop
+    ledger = tmp_path / "ledger.sqlite"
+    job = EffectsJob(dataset="files", out=tmp_path / "dp", fairness=False, ledger=ledger,
+                     events=[out / "outcomes" / f"events_unit_{k}.parquet" for k in range(3)],
+                     actions=[out / "units" / f"actions_unit_{k}.parquet" for k in range(3)],
+                     plan=EffectsPlan(min_arm=20, segments=report["plan"]["segments"], epsilon=1.0, delta=1e-6))
+    noisy = run_effects_job(job)
+    privacy = noisy["privacy"]
+    scales = list(privacy["laplace_scale_per_statistic"].values())
+    assert privacy["mechanism"] == "laplace" and privacy["epsilon"] == pytest.approx(1.0, rel=1e-4)
+    assert 0.99 < sum(1.0 / b for b in scales) <= 1.0          # the closed-form pure-DP epsilon
+    spend = {s.unit: s for s in BudgetLedger(ledger).summary()}
+    assert set(spend) == {"unit_0", "unit_1", "unit_2"}
+    assert all(s.releases_by_task["effects"].epsilon == pytest.approx(1.0, rel=1e-4) for s in spend.values())
+    exact = {(e["segment"], e["action"]): e for e in report["effects"] if e["uplift"] is not None}
+    for e in noisy["effects"]:
+        if e["uplift"] is not None and (e["segment"], e["action"]) in exact:
+            plain = exact[(e["segment"], e["action"])]
+            assert e["ci_high"] - e["ci_low"] > plain["ci_high"] - plain["ci_low"]
+    print_effects(noisy, tmp_path / "dp")
+    assert "Laplace noise of scale n" in " ".join(capsys.readouterr().out.split())
+
+
 runner = CliRunner()
 
 

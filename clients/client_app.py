@@ -285,9 +285,14 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         model.load_state_dict(msg.content.array_records[protocol.ARRAYS].to_torch_state_dict())
         return cfg, data, mean, std, model
 
-    @app.query(protocol.EFFECTS.removeprefix("query."), mods=[outgoing_guard_mod])
+    @app.query(protocol.EFFECTS.removeprefix("query."), mods=[outgoing_guard_mod, secagg])
     def effects(msg: Message, context: Context) -> Message:
-        """Outcome sums per segment x action x arm of the unit's campaign (:mod:`clients.effects`)."""
+        """Outcome sums per segment x action x arm of the unit's campaign (:mod:`clients.effects`).
+
+        Under secure aggregation the secagg mod calls this handler only at its ``masked`` stage,
+        after checking the round (pinned settings, U2); the table goes back as the ``arrays``
+        record, which the mod masks, so the coordinator sees only the sum over at least ``t``
+        units and this unit adds only its share of the noise (:func:`clients.effects.noise_share_units`)."""
         from clients.effects import effects_answer
         from fedseg.io import read_table
         from privacy.effects_dp import effects_release
@@ -313,8 +318,14 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         else:
             own.require_private("effect measurement")
         _, _, rng = private_generators(node, dp_research_seed, f"{unit_name(context)}|effects", msg.content)
-        answer = effects_answer(actions, events, config, rng)
-        return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
+        if config.get("secagg-stage") != "masked":
+            answer = effects_answer(actions, events, config, rng)
+            return Message(RecordDict({protocol.METRICS: MetricRecord(answer)}), reply_to=msg)
+        from clients.effects import masked_table_reply
+
+        start = msg.content.array_records.get(protocol.ARRAYS)
+        arrays = masked_table_reply(actions, events, config, rng, start)
+        return Message(RecordDict({protocol.ARRAYS: arrays}), reply_to=msg)
 
     @app.query(protocol.PRIVACY.removeprefix("query."), mods=[outgoing_guard_mod])
     def privacy_plan(msg: Message, context: Context) -> Message:

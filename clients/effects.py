@@ -11,6 +11,7 @@ Nothing per user leaves it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,60 @@ def experiment_table(actions: pd.DataFrame, events: pd.DataFrame, campaign_date:
                          "action": inside["action"].astype(str).to_numpy(),
                          "arm": inside["arm"].map(_ARM).to_numpy(),
                          **{k: outcomes[k].to_numpy() for k in ("conversion", "revenue", "retention")}})
+
+
+def noise_share_units(config: dict[str, Any]) -> int:
+    """``t``: the fewest units whose tables any sum released by the secure aggregation of this round
+    holds. The mod has checked the round's settings against those pinned when this unit
+    advertised and refuses a survivor set below the threshold, so ``t`` follows from those
+    settings; counted over the units that shared keys (U2), at most the advertisers the mod
+    counts, so ``t`` is never above the mod's threshold (a smaller ``t`` only means more noise)."""
+    from privacy.secagg.config import SecAggConfig
+
+    settings = SecAggConfig.model_validate_json(str(config["secagg-config"]))
+    shared = json.loads(str(config["secagg-u2"]))
+    return settings.threshold_for(len(shared))
+
+
+def laplace_shares(shape: tuple[int, ...], scales: np.ndarray, t: int, rng: np.random.Generator) -> np.ndarray:
+    """One unit's share of Laplace noise: ``G1 - G2`` with ``G ~ Gamma(1 / t, b)`` per entry. The
+    Laplace law is infinitely divisible: the shares of any ``t`` units sum to exactly
+    ``Laplace(b)``, and those of ``m >= t`` units to Laplace(b) plus independent noise (variance
+    ``2 b^2 m / t`` in all), so every sum the secure aggregation can release carries at least the
+    noise of the accepted release."""
+    scale = np.broadcast_to(np.asarray(scales, dtype=float), shape)
+    return rng.gamma(1.0 / t, scale) - rng.gamma(1.0 / t, scale)
+
+
+def masked_table_reply(actions: pd.DataFrame, events: pd.DataFrame, config: dict[str, Any],
+                       rng: np.random.Generator, start: Any) -> Any:
+    """The table for the secagg mod to mask: ``start`` (the coordinator's zero record: one array as
+    long as the table) plus the unit's sums (revenue clipped at ``clip`` and in units of it, with or
+    without DP: a sum in a finite ring needs bounded entries) and, under DP, its noise share
+    (:func:`laplace_shares`); refuses values outside the round's clip range, which the mod would
+    otherwise clip silently."""
+    from flwr.app import Array, ArrayRecord
+
+    from privacy.secagg.config import SecAggConfig
+
+    scales = np.asarray([float(x) for x in config.get("laplace-scales", [])])
+    table = experiment_table(actions, events, str(config["campaign-date"]), int(config["window-days"]),
+                             int(config["retention-days"]), str(config["segment-column"]))
+    # a ring sum needs bounded entries: revenue clipped and in units of its clip, as under DP
+    stats = cell_statistics(table, list(config["segments"]), list(config["actions"]), clip=float(config["clip"]))
+    if len(scales):
+        stats = stats + laplace_shares(stats.shape, scales, noise_share_units(config), rng)
+    flat = stats.ravel()
+    if start is None or len(start) != 1 or int(np.prod(next(iter(start.values())).shape)) != len(flat):
+        raise ActionListError(f"the secure-aggregation round must carry one zero array of {len(flat)} values "
+                              "(cells x arms x statistics)")
+    limit = SecAggConfig.model_validate_json(str(config["secagg-config"])).clip_range
+    if np.abs(flat).max(initial=0.0) > limit:
+        raise ActionListError(f"this unit's table reaches {np.abs(flat).max():.0f}, beyond the round's clip range "
+                              f"{limit:g}; the coordinator must set a larger range")
+    key, base = next(iter(start.items()))
+    start_values = base.numpy().astype(np.float64)
+    return ArrayRecord({key: Array((start_values.reshape(-1) + flat).reshape(start_values.shape))})
 
 
 def effects_answer(actions: pd.DataFrame, events: pd.DataFrame, config: dict[str, Any],

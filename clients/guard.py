@@ -23,7 +23,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedseg.metrics import HIST_BINS
 from fedseg.protocol import (ALLOWED_CONFIGS, ALLOWED_METRICS, ALLOWED_RECORD_METRICS, MAX_LIST_LEN_BY_TYPE,
-                             SECAGG_REPLIES)
+                             EFFECTS, SECAGG_REPLIES)
 
 #: Longest list a metric may hold (score histograms, segmentation grid and RFM histograms).
 MAX_LIST_LEN: Final = max(HIST_BINS, 4**5)
@@ -72,9 +72,11 @@ def check_reply(reply: Message, message_type: str, model_name: str | None, targe
             raise OutgoingRefused(f"record {key!r} of type {type(record).__name__} is not allowed")
 
 
-def check_secagg_reply(reply: Message, stage: str, model_name: str | None, target: str = "churn") -> None:
+def check_secagg_reply(reply: Message, stage: str, model_name: str | None, target: str = "churn",
+                       size: int | None = None) -> None:
     """Replies of the secure-aggregation stages (privacy/secagg): the protocol's own fields only;
-    the masked input is one integer vector as long as the model has parameters."""
+    the masked input is one integer vector as long as the model has parameters (or ``size``: the
+    length of an effect measurement's table)."""
     import numpy as np
 
     content = reply.content
@@ -82,11 +84,12 @@ def check_secagg_reply(reply: Message, stage: str, model_name: str | None, targe
         if set(content.keys()) != {"secagg-masked", "metrics"}:
             raise OutgoingRefused(f"masked-input reply holds {sorted(content.keys())}")
         arrays = content.array_records["secagg-masked"]
-        from fedseg.models import expected_shapes
+        if size is None:
+            from fedseg.models import expected_shapes
 
-        size = sum(int(np.prod(shape)) for shape in expected_shapes(model_name, target).values())  # type: ignore[arg-type]
+            size = sum(int(np.prod(shape)) for shape in expected_shapes(model_name, target).values())  # type: ignore[arg-type]
         if list(arrays.keys()) != ["y"] or tuple(arrays["y"].shape) != (size,) or np.dtype(arrays["y"].dtype) != np.uint64:
-            raise OutgoingRefused("masked input must be one uint64 vector of the model's size")
+            raise OutgoingRefused(f"masked input must be one uint64 vector of {size} values")
         if set(content.metric_records["metrics"].keys()) != {"num-examples"}:
             raise OutgoingRefused("masked-input reply may carry only num-examples")
         return
@@ -107,7 +110,12 @@ def outgoing_guard_mod(msg: Message, context: Context, call_next: ClientAppCalla
     target = str(config.get("target", "churn")) if config is not None else "churn"
     try:
         if config is not None and "secagg-stage" in config:
-            check_secagg_reply(reply, str(config["secagg-stage"]), model_name, target)
+            size = None
+            if msg.metadata.message_type == EFFECTS:  # the table the coordinator asked for, cells x arms x stats
+                from fedseg.effects import ARMS, STATS
+
+                size = len(list(config["segments"])) * len(list(config["actions"])) * len(ARMS) * len(STATS)
+            check_secagg_reply(reply, str(config["secagg-stage"]), model_name, target, size)
         else:
             check_reply(reply, msg.metadata.message_type, model_name, target)
     except OutgoingRefused as exc:

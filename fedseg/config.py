@@ -366,6 +366,11 @@ class EffectsPlan(BaseModel):
                                 "(currency units; the noise on revenue scales with it: pick a high percentile of "
                                 "what one user spends in a window, a public figure).")
     epsilon: float | None = Field(None, gt=0, description="epsilon per end user for the measurement; None: no noise.")
+    secagg: bool = Field(False, description="Sum the units' tables by secure aggregation: the coordinator sees only "
+                         "the sum, so under DP each unit adds only its share of the noise.")
+    secagg_threshold: float = Field(0.8, gt=0, description="Secure aggregation's reconstruction threshold t: a count "
+                                    "(>= 2) or a fraction (< 1) of each unit's degree + 1 share holders; every released sum holds at least t units' "
+                                    "tables, and each unit's noise share is sized for t.")
     delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
                                 "1 / (10 x population).")
     population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units.")

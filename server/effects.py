@@ -157,14 +157,54 @@ def run_effects(grid: Grid, plan: EffectsPlan, costs: dict[str, float], channels
                    "noise, noise multiplier 1 / sum b^-1",
                    "revenue_clip": plan.revenue_clip, "accountant": "RDP (dp-accounting); units add the noise",
                    "units_accepted": {u["unit"]: u["epsilon"] for u in accepted.values()}}
-    answers = ask(grid, nodes, protocol.EFFECTS, RecordDict({protocol.CONFIG: config}), plan.timeout_s)
     cells = cell_names(list(plan.segments), list(plan.actions))
     shape = (len(cells), len(ARMS), len(STATS))
-    total = np.sum([np.asarray(c[protocol.METRICS]["stats"], dtype=float).reshape(shape) for c in answers.values()],
-                   axis=0)
-    # a Laplace variable of scale b has variance 2 b^2; every unit adds its own
-    noise_var = len(answers) * 2.0 * np.square(scales) if scales else None
-    effects = estimate_effects(total, cells, plan, costs, channels, noise_var, plan.revenue_clip if scales else 1.0,
-                               holdout_share, len(answers))
-    return {"effects": effects, "privacy": privacy, "units": len(answers), "plan": plan.model_dump(mode="json"),
+    if plan.secagg:
+        total, units, noise_units, secure = _secure_sum(grid, nodes, plan, config, shape, scales)
+        privacy["secure_aggregation"] = secure
+    else:
+        answers = ask(grid, nodes, protocol.EFFECTS, RecordDict({protocol.CONFIG: config}), plan.timeout_s)
+        total = np.sum([np.asarray(c[protocol.METRICS]["stats"], dtype=float).reshape(shape)
+                        for c in answers.values()], axis=0)
+        units = noise_units = len(answers)
+    # a Laplace variable of scale b has variance 2 b^2; without secure aggregation every unit adds
+    # it in full (noise_units = units), with it the sum of m shares sized for t has m / t of it
+    noise_var = noise_units * 2.0 * np.square(scales) if scales else None
+    # revenue comes in units of its clip under DP and under secure aggregation
+    revenue_scale = plan.revenue_clip if (scales or plan.secagg) else 1.0
+    effects = estimate_effects(total, cells, plan, costs, channels, noise_var, revenue_scale, holdout_share, units)
+    return {"effects": effects, "privacy": privacy, "units": units, "plan": plan.model_dump(mode="json"),
             "interval": "95%, normal approximation; sampling (Neyman) plus, under DP, the units' noise"}
+
+
+def _secure_sum(grid: Grid, nodes: list[int], plan: EffectsPlan, config: ConfigRecord, shape: tuple[int, ...],
+                scales: list[float]) -> tuple[np.ndarray, int, float, dict[str, Any]]:
+    """The units' tables summed by secure aggregation (:class:`privacy.secagg.flower.SecAggAggregator`
+    on ``query.effects``): the coordinator gets only the sum over the units in U3 (at least the
+    threshold ``t``). Returns the sum, its unit count ``m``, the noise in units of one full
+    Laplace release (``m / t``: each unit added a share sized for ``t``) and the round's facts.
+
+    The clip range bounds every entry of a unit's table: at most ``population`` users per arm,
+    revenue clipped at ``revenue_clip`` and in units of it (also without DP), plus the noise share
+    (a unit refuses a table beyond it)."""
+    from flwr.app import ArrayRecord
+
+    from privacy.secagg.config import SecAggConfig
+    from privacy.secagg.flower import SecAggAggregator
+
+    bound = float(2 * plan.population + 1000.0 * max(scales, default=0.0) + 1000.0)
+    # t as the plan asks, but at most a unit's neighbour count k: a unit masks its table only when
+    # t of its k neighbours shared keys (with 3 units k = 2, so t = 2)
+    degree = SecAggConfig().degree_for(len(nodes))
+    wanted = plan.secagg_threshold
+    t_count = int(wanted) if wanted >= 1 else math.ceil(wanted * (degree + 1))
+    settings = SecAggConfig(threshold=max(2, min(t_count, degree)), clip_range=bound)
+    record = RecordDict({protocol.ARRAYS: ArrayRecord([np.zeros(int(np.prod(shape)))]), protocol.CONFIG: config})
+    aggregator = SecAggAggregator(settings, min_units=max(3, plan.min_units), piggyback=False,
+                                  message_type=protocol.EFFECTS)
+    total, u3, facts = aggregator.run_round(grid, nodes, record, plan.timeout_s)
+    t = settings.threshold_for(int(facts["shared"]))
+    log(INFO, "effects: secure sum over %d units (threshold %d)", len(u3), t)
+    secure = {"units_summed": len(u3), "threshold": t, "clip_range": bound, "noise": "each unit adds a share "
+              "(difference of two Gamma(1/t, b) variables) so any t shares sum to Laplace(b)", **facts}
+    return np.asarray(total, dtype=float).reshape(shape), len(u3), len(u3) / t, secure

@@ -91,8 +91,15 @@ def _measure(job: EffectsJob, plan: EffectsPlan, event_files: list[Path], action
         except FedsegError as exc:
             reports.append(exc)
 
+    identities = None
+    if plan.secagg:  # simulation only: every unit's key in one folder (deployed units make their own)
+        from privacy.secagg.flower import make_identities
+
+        identities = Path(job.out) / "secagg-identities"
+        make_identities(identities, [f"unit_{k}" for k in range(len(event_files))])
     client = make_client_app(event_files, ledger_path=job.ledger, dataset_id=dataset_id,
-                             dp_research_seed=job.research_seed, action_files=action_files)
+                             dp_research_seed=job.research_seed, action_files=action_files,
+                             secagg_identities=identities)
     run_simulation(server_app=server, client_app=client, num_supernodes=len(event_files),
                    backend_config=quiet_flower(verbose), verbose_logging=verbose)
     if not reports:

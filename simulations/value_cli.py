@@ -153,7 +153,9 @@ def effects(
     outcome: Annotated[str, typer.Option(help="Headline outcome: conversion, revenue or retention (all three are reported).")] = _effects_default("outcome"),
     margin: Annotated[float, typer.Option(help="Share of incremental revenue that is profit, for ROI (1: ROI on revenue).")] = _effects_default("margin"),
     min_arm: Annotated[int, typer.Option(help="Cells with fewer users in an arm get no estimate.")] = _effects_default("min_arm"),
-    epsilon: Annotated[float | None, typer.Option(help="epsilon per end user: every unit adds Gaussian noise to its outcome sums, after accepting and charging the release.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="epsilon per end user: every unit adds Laplace noise to its outcome sums, after accepting and charging the release.")] = None,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Sum the units' tables by secure aggregation: the coordinator sees only the sum, so under DP each unit adds only a share of the noise.")] = False,
+    secagg_threshold: Annotated[float, typer.Option(help="With --secagg: reconstruction threshold t, a count (>= 2) or a fraction (< 1) of each unit's share holders; each noise share is sized for t.")] = _effects_default("secagg_threshold"),
     delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
     revenue_clip: Annotated[float, typer.Option(help="Under DP: revenue per user clipped here (currency units).")] = _effects_default("revenue_clip"),
     segment_epsilon: Annotated[float | None, typer.Option(help="synthetic: epsilon of the segmentation step as well (default: no noise there).")] = None,
@@ -196,7 +198,8 @@ def effects(
     try:
         plan = EffectsPlan(window_days=window_days, retention_days=retention_days, segment_column=segment_column,
                            outcome=outcome, margin=margin, min_arm=min_arm, epsilon=epsilon, delta=delta,
-                           revenue_clip=revenue_clip, campaign_date=_date(campaign_date, "--campaign-date"))
+                           revenue_clip=revenue_clip, campaign_date=_date(campaign_date, "--campaign-date"),
+                           secagg=secagg, secagg_threshold=secagg_threshold)
         job = EffectsJob(dataset=mode, synthetic_users=synthetic_users, units=units, seed=seed, events=events,
                          actions=actions, users=users, out=out, playbook=book, plan=plan, ledger=ledger,
                          segment_epsilon=segment_epsilon, research_seed=research_seed,
@@ -205,7 +208,8 @@ def effects(
     except ValidationError as exc:
         fail(validation_problems(exc))
     noise = f"DP per end user, epsilon {epsilon:g} (units add the noise)" if epsilon else "none (exact sums)"
-    console.print(f"effect measurement ({mode}) -> {out}; privacy: {noise}", highlight=False)
+    console.print(f"effect measurement ({mode}) -> {out}; privacy: {noise} | secure aggregation: "
+                  f"{'on' if secagg else 'off'}", highlight=False)
     with job_errors():
         report = run_effects_job(job, verbose=verbose, on_step=lambda m: console.print(f"  {m}", highlight=False))
     print_effects(report, out)
@@ -248,6 +252,11 @@ def print_effects(report: dict[str, Any], out: Path) -> None:
         noise = ", ".join(f"{k} {v:.2f}" for k, v in p["laplace_scale_per_statistic"].items())
         console.print(f"privacy: epsilon {p['epsilon']:.3f}, delta {p['delta']:g} per end user for the measurement; "
                       f"every unit adds Laplace noise of scale {noise} (sd = 1.41 x scale)", highlight=False)
+        if p.get("secure_aggregation"):
+            sa = p["secure_aggregation"]
+            console.print(f"secure aggregation: the coordinator saw only the sum over {sa['units_summed']} units "
+                          f"(threshold {sa['threshold']}); each unit added a 1/{sa['threshold']} share of that noise",
+                          highlight=False)
     flags = (report.get("fairness") or {}).get("flags", [])
     if report.get("fairness") is not None:
         console.print(f"fairness of the interventions: {len(flags)} flag(s)" + (": " + "; ".join(flags) if flags else

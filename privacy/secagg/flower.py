@@ -346,8 +346,12 @@ class _Prepared:
 class SecAggAggregator:
     """Runs one secure-aggregation training round over the Grid and returns the mean update."""
 
-    def __init__(self, config: SecAggConfig, min_units: int = 3, piggyback: bool = True) -> None:
+    def __init__(self, config: SecAggConfig, min_units: int = 3, piggyback: bool = True,
+                 message_type: str = "train") -> None:
         self.config = config
+        #: the message type of every stage: ``train`` for model updates, ``query.effects`` for the
+        #: outcome tables of an effect measurement (the unit's handler of that type is wrapped by the mod)
+        self.message_type = message_type
         self.min_units = min_units
         #: run the next round's advertise and share stages on this round's consistency and unmask
         #: exchanges (two exchanges fewer per round); a round whose units or settings differ from
@@ -358,7 +362,7 @@ class SecAggAggregator:
     def _send(self, grid: Grid, node_ids: list[int], make: Any, timeout: float) -> tuple[dict[int, Message], set[int]]:
         """One exchange: ``make(node_id)`` is each unit's content. Replies by node, and the nodes
         that answered with an error (alive, but refusing or failing)."""
-        messages = [Message(content=make(nid), message_type="train", dst_node_id=nid) for nid in node_ids]
+        messages = [Message(content=make(nid), message_type=self.message_type, dst_node_id=nid) for nid in node_ids]
         replies, errored = {}, set()
         for reply in grid.send_and_receive(messages, timeout=timeout):
             nid = reply.metadata.src_node_id

@@ -106,3 +106,27 @@ def test_a_train_reply_may_carry_an_evaluation_of_the_incoming_model_and_nothing
     assert refused.has_error() and "metric 'scores' is not in the train allow-list" in refused.error.reason
     # the train allow-list does not leak into the evaluation record, nor the evaluation list into metrics
     assert run_guard("train", reply({"train-loss": 0.3})).has_error()
+
+
+def test_a_masked_effects_table_must_be_as_long_as_the_cells_the_coordinator_named():
+    """Under secure aggregation the effects reply is one uint64 vector of segments x actions x arms x
+    statistics values (here 2 x 3 x 2 x 5 = 60); anything else (a longer vector that could carry
+    more, a float table) is refused before it leaves the unit."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+    from clients.guard import GUARD_ERROR_CODE, outgoing_guard_mod
+    from fedseg import protocol
+
+    config = ConfigRecord({"secagg-stage": "masked", "segments": ["a", "b"], "actions": ["x", "y", "z"]})
+    msg = Message(RecordDict({protocol.CONFIG: config}), dst_node_id=1, message_type=protocol.EFFECTS)
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    def answer(values: np.ndarray):  # noqa: ANN202
+        return lambda m, c: Message(RecordDict({"secagg-masked": ArrayRecord({"y": Array(values)}),
+                                                "metrics": MetricRecord({"num-examples": 1})}), reply_to=m)
+
+    assert not outgoing_guard_mod(msg, context, answer(np.zeros(60, dtype=np.uint64))).has_error()
+    for bad in (np.zeros(61, dtype=np.uint64), np.zeros(60, dtype=np.float64)):
+        reply = outgoing_guard_mod(msg, context, answer(bad))
+        assert reply.has_error() and reply.error.code == GUARD_ERROR_CODE and "60 values" in reply.error.reason

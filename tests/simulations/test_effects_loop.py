@@ -118,6 +118,63 @@ def test_the_measurement_under_dp_is_a_laplace_release_each_unit_charges(loop, t
     assert "Laplace noise of scale n" in " ".join(capsys.readouterr().out.split())
 
 
+def _files_job(out, report, tmp_path, **plan):
+    return EffectsJob(dataset="files", out=tmp_path, fairness=False,
+                      events=[out / "outcomes" / f"events_unit_{k}.parquet" for k in range(3)],
+                      actions=[out / "units" / f"actions_unit_{k}.parquet" for k in range(3)],
+                      plan=EffectsPlan(min_arm=20, segments=report["plan"]["segments"], **plan))
+
+
+def test_a_secure_sum_of_the_units_tables_equals_their_plain_sum(loop, tmp_path):
+    """Secure aggregation on query.effects (the SecAgg+ rounds of training, on the measurement's
+    table): the coordinator gets only the sum, and it is the plain sum up to the ring's stated
+    rounding. Both runs clip revenue at the plan's clip (a ring sum needs bounded entries)."""
+    out, report = loop
+    plain = run_effects_job(_files_job(out, report, tmp_path / "plain"))
+    secure = run_effects_job(_files_job(out, report, tmp_path / "secure", secagg=True))
+    facts = secure["privacy"]["secure_aggregation"]
+    assert facts["units_summed"] == facts["masked"] == 3 and facts["threshold"] == 2   # 3 units: 2 neighbours each
+    for a, b in zip(plain["effects"], secure["effects"]):
+        assert (a["segment"], a["action"]) == (b["segment"], b["action"])
+        assert b["n_treated"] == pytest.approx(a["n_treated"], abs=facts["error_bound"] + 1e-9)
+        if a["uplift"] is not None:
+            assert b["uplift"] == pytest.approx(a["uplift"], abs=1e-6)
+
+
+def test_under_secure_aggregation_each_unit_adds_only_its_share_of_the_noise(loop, tmp_path, capsys):
+    """epsilon 1 with --secagg: the same accepted and charged Laplace release per unit, but each
+    unit adds Gamma-difference shares sized for t = 2, so the 3 summed shares carry 3/2 of one
+    Laplace release's variance instead of 3 of them; the console says so."""
+    from privacy.ledger import BudgetLedger
+    from simulations.value_cli import print_effects
+
+    out, report = loop
+    ledger = tmp_path / "ledger.sqlite"
+    job = _files_job(out, report, tmp_path / "dp", secagg=True, epsilon=1.0, delta=1e-6)
+    noisy = run_effects_job(job.model_copy(update={"ledger": ledger}))
+    assert noisy["privacy"]["epsilon"] == pytest.approx(1.0, rel=1e-4)
+    assert noisy["privacy"]["secure_aggregation"]["threshold"] == 2
+    spend = {s.unit: s for s in BudgetLedger(ledger).summary()}
+    assert all(spend[f"unit_{k}"].releases_by_task["effects"].epsilon == pytest.approx(1.0, rel=1e-4) for k in range(3))
+    print_effects(noisy, tmp_path / "dp")
+    assert "the coordinator saw only the sum over 3 units (threshold 2)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_gamma_difference_shares_of_t_units_sum_to_the_laplace_law():
+    """Any t shares sum to Laplace(b): variance 2 b^2 and the Laplace kurtosis (excess 3), checked
+    on 200,000 draws; m > t shares carry m / t of the variance."""
+    from clients.effects import laplace_shares
+
+    rng = np.random.default_rng(0)
+    b, t = np.array([2.0]), 4
+    total = sum(laplace_shares((200_000, 1), b, t, rng) for _ in range(t)).ravel()
+    assert total.var() == pytest.approx(2 * b[0] ** 2, rel=0.02)
+    assert np.mean(np.abs(total)) == pytest.approx(b[0], rel=0.02)                 # E|X| = b for Laplace(b)
+    assert (np.mean(total ** 4) / total.var() ** 2 - 3) == pytest.approx(3.0, abs=0.3)
+    more = sum(laplace_shares((200_000, 1), b, t, rng) for _ in range(6)).ravel()
+    assert more.var() == pytest.approx(6 / t * 2 * b[0] ** 2, rel=0.02)
+
+
 runner = CliRunner()
 
 

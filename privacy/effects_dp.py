@@ -10,6 +10,10 @@ answer is a Laplace release of L1 sensitivity ``sum_s 1 / b_s`` and unit scale, 
 add, and charges it before answering). Alone, that release is ``(1 / z, 0)``-DP; the ledger composes
 it with the unit's other releases by the RDP accountant (:mod:`privacy.accounting`).
 
+Under secure aggregation (``EffectsPlan.secagg``) the coordinator sees only the sum of at least
+``t`` units' tables, and each unit adds a ``1/t`` share of the noise instead
+(:func:`clients.effects.laplace_shares`); the release it accepts and charges is the same.
+
 Why Laplace and not Gaussian: this is one low-dimensional release per user (five numbers), where
 pure-DP Laplace noise is much smaller than Gaussian noise at the same (epsilon, delta). At epsilon 1,
 delta 1e-6 the Gaussian needs ``z = 4.53`` (noise std 4.53 per unit of L2 sensitivity), the Laplace

@@ -64,14 +64,18 @@ def test_effects_intervals_cover_the_planted_uplift_over_seeds(tmp_path):
     assert sum(covered) / len(covered) >= 0.9
 
 
-def test_effects_at_epsilon_1_with_20000_users(tmp_path):
+@pytest.mark.parametrize(("secagg", "widest"), [(False, 4.0), (True, 1.8)])
+def test_effects_at_epsilon_1_with_20000_users(tmp_path, secagg, widest):
+    """Median interval width ratio at epsilon 1, measured over five seeds: 2.36 to 2.83 with each
+    unit adding full Laplace noise, 1.47 to 1.64 with secure aggregation and noise shares (the
+    issue's goal is 1.5; docs/value-and-interventions.md)."""
     from fedseg.config import EffectsPlan
     from privacy.ledger import BudgetLedger
     from simulations.effects_runner import EffectsJob, run_effects_job
 
     ledger = tmp_path / "ledger.sqlite"
     report = run_effects_job(EffectsJob(out=tmp_path / "dp", ledger=ledger, research_seed=1,
-                                        plan=EffectsPlan(epsilon=1.0)))
+                                        plan=EffectsPlan(epsilon=1.0, secagg=secagg)))
     assert report["privacy"]["epsilon"] == pytest.approx(1.0, rel=1e-3) and report["privacy"]["delta"] == 1e-6
     for unit in BudgetLedger(ledger).summary():
         assert unit.releases_by_task["effects"].epsilon == pytest.approx(1.0, rel=1e-3)
@@ -79,4 +83,4 @@ def test_effects_at_epsilon_1_with_20000_users(tmp_path):
     summary = report["summary"]
     assert summary["coverage"] >= 0.8
     ratio = summary["interval_width_ratio"]["median"]
-    assert 1.0 < ratio < 6.0  # measured 4.1 (docs); the issue's goal of 1.5 needs the noise of one unit only
+    assert 1.0 < ratio < widest

@@ -207,4 +207,8 @@ def _secure_sum(grid: Grid, nodes: list[int], plan: EffectsPlan, config: ConfigR
     log(INFO, "effects: secure sum over %d units (threshold %d)", len(u3), t)
     secure = {"units_summed": len(u3), "threshold": t, "clip_range": bound, "noise": "each unit adds a share "
               "(difference of two Gamma(1/t, b) variables) so any t shares sum to Laplace(b)", **facts}
-    return np.asarray(total, dtype=float).reshape(shape), len(u3), len(u3) / t, secure
+    total = np.asarray(total, dtype=float).reshape(shape)
+    if not scales and facts["error_bound"] < 0.5:  # exact sums: the counts are whole numbers again
+        counts = [STATS.index(s) for s in ("n", "conversions", "retained")]
+        total[..., counts] = np.rint(total[..., counts])
+    return total, len(u3), len(u3) / t, secure

@@ -9,23 +9,16 @@ from typing import Annotated, Any
 import typer
 
 from clients.cli_options import DateFormat, Encoding, Sep, file_format
+from simulations.cli_options import Alpha, Dataset, Events, Ledger, Partition, Units, Users, Verbose
 from fedseg.console import console, fail, job_errors
 from simulations.cli import _date, print_privacy_line, validation_problems
 
 app = typer.Typer()
 
-# Options both commands share (one definition each).
-Dataset = Annotated[str, typer.Option(help="cdnow (bundled), synthetic (generated), or file (--events).")]
-Events = Annotated[Path | None, typer.Option(help="Events file; a unit_id column, if present, defines the units.")]
-Users = Annotated[Path | None, typer.Option(help="Users file matching --events.")]
-Units = Annotated[int, typer.Option(help="Number of simulated units.")]
-Partition = Annotated[str, typer.Option(help="auto, iid, dirichlet or column.")]
-Alpha = Annotated[float, typer.Option(help="Dirichlet concentration.")]
+# Options of kpis and tags only; the data, unit, ledger and logging flags are simulations.cli_options'.
 Epsilon = Annotated[float | None, typer.Option(help="Total epsilon per end user for the whole report (default: exact, no noise).")]
 Delta = Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")]
-Ledger = Annotated[Path | None, typer.Option(help="The units' privacy budget ledger (SQLite), shared with simulate, segment and audits.")]
 Seed = Annotated[int, typer.Option(help="Random seed (partition).")]
-Verbose = Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")]
 
 
 def _kpi_default(field: str) -> Any:

@@ -14,15 +14,9 @@ from fedseg import protocol
 from fedseg.protocol import RoundConfig
 from fedseg.models import build_model
 from privacy.accounting import Release, epsilon
+from tests.support.flower import set_task_identity  # noqa: F401 - used here and re-exported
 
 CUTOFF = dt.date(1997, 9, 30)
-
-
-def set_task_identity() -> None:
-    """Messages are built inside a Flower task; set the identity the runtime would set."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
 
 
 class Unit:

@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from privacy.secagg import crypto, quantize, shamir
 from privacy.secagg.config import SecAggConfig
 from privacy.secagg.protocol import CoordinatorSession, UnitSession, neighbours
+from tests.support.flower import set_task_identity  # noqa: F401 - used here and re-exported
 
 
 class Federation:
@@ -132,13 +133,6 @@ def recover(fed: Federation, victim: str, y: np.ndarray, reveals: dict[str, dict
 # ------------------------------------------------------------------------------------------
 # Through the Flower mod
 # ------------------------------------------------------------------------------------------
-def set_task_identity() -> None:
-    """Messages are built inside a Flower task; set the identity the runtime would set."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-
-
 class FlowerUnit:
     """One unit: the real secure-aggregation mod (``make_secagg_mod``) over a train handler that
     adds a fixed update to the model it receives, with the unit's own Flower ``Context``."""
@@ -166,6 +160,16 @@ class FlowerUnit:
             content["arrays"] = arrays
         msg = Message(content=content, dst_node_id=self.node_id, message_type="train")
         return self.mod(msg, self.context, self._train)
+
+
+def flower_units(folder: Path, n: int) -> list[FlowerUnit]:
+    """``n`` units ``unit_0``.. with identities in ``folder``, inside a Flower task identity."""
+    from privacy.secagg.flower import make_identities
+
+    set_task_identity()
+    names = [f"unit_{k}" for k in range(n)]
+    make_identities(folder, names)
+    return [FlowerUnit(name, 100 + k, folder) for k, name in enumerate(names)]
 
 
 def reply_values(reply: Message) -> dict[str, Any]:

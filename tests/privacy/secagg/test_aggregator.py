@@ -9,8 +9,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from privacy.secagg.config import SecAggConfig
-from privacy.secagg.flower import STAGE, SecAggAggregator, make_identities
-from tests.privacy.secagg.harness import FlowerUnit, set_task_identity
+from privacy.secagg.flower import STAGE, SecAggAggregator
+from tests.privacy.secagg.harness import FlowerUnit, flower_units
 
 
 class LocalGrid:
@@ -35,10 +35,7 @@ class LocalGrid:
 
 @pytest.fixture
 def federation(tmp_path):
-    set_task_identity()
-    names = [f"unit_{k}" for k in range(6)]
-    make_identities(tmp_path / "ids", names)
-    return [FlowerUnit(n, 100 + k, tmp_path / "ids") for k, n in enumerate(names)]
+    return flower_units(tmp_path / "ids", 6)
 
 
 def _record() -> RecordDict:

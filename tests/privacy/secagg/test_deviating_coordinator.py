@@ -15,7 +15,8 @@ import pytest
 from privacy.secagg import crypto
 from privacy.secagg.config import SecAggConfig, SecAggError
 from privacy.secagg.protocol import Advert, UnitSession
-from tests.privacy.secagg.harness import Federation, FlowerRound, FlowerUnit, recover, reply_values, set_task_identity
+from tests.privacy.secagg.harness import Federation, FlowerRound, recover, reply_values
+from tests.privacy.secagg.harness import flower_units as make_flower_units
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,12 +312,7 @@ def test_duplicate_and_wrong_length_keys_are_refused():
 # ------------------------------------------------------------------------------------------
 @pytest.fixture
 def flower_units(tmp_path):
-    from privacy.secagg.flower import make_identities
-
-    set_task_identity()
-    names = [f"unit_{k}" for k in range(5)]
-    make_identities(tmp_path / "ids", names)
-    return [FlowerUnit(n, 100 + k, tmp_path / "ids") for k, n in enumerate(names)]
+    return make_flower_units(tmp_path / "ids", 5)
 
 
 def _error(reply) -> str:  # noqa: ANN001

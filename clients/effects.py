@@ -44,6 +44,16 @@ def experiment_table(actions: pd.DataFrame, events: pd.DataFrame, campaign_date:
                          **{k: outcomes[k].to_numpy() for k in ("conversion", "revenue", "retention")}})
 
 
+def _unit_statistics(actions: pd.DataFrame, events: pd.DataFrame, config: dict[str, Any],
+                     clipped: bool) -> np.ndarray:
+    """``[cells, arms, stats]`` sums of the unit's experiment users for the cells the request names;
+    ``clipped``: revenue clipped at the request's ``clip`` and in units of it (DP, secure sums)."""
+    table = experiment_table(actions, events, str(config["campaign-date"]), int(config["window-days"]),
+                             int(config["retention-days"]), str(config["segment-column"]))
+    return cell_statistics(table, list(config["segments"]), list(config["actions"]),
+                           clip=float(config["clip"]) if clipped else None)
+
+
 def noise_share_units(config: dict[str, Any]) -> int:
     """``t``: the fewest units whose tables any sum released by the secure aggregation of this round
     holds. The mod has checked the round's settings against those pinned when this unit
@@ -79,10 +89,7 @@ def masked_table_reply(actions: pd.DataFrame, events: pd.DataFrame, config: dict
     from privacy.secagg.config import SecAggConfig
 
     scales = np.asarray([float(x) for x in config.get("laplace-scales", [])])
-    table = experiment_table(actions, events, str(config["campaign-date"]), int(config["window-days"]),
-                             int(config["retention-days"]), str(config["segment-column"]))
-    # a ring sum needs bounded entries: revenue clipped and in units of its clip, as under DP
-    stats = cell_statistics(table, list(config["segments"]), list(config["actions"]), clip=float(config["clip"]))
+    stats = _unit_statistics(actions, events, config, clipped=True)  # a ring sum needs bounded entries
     if len(scales):
         stats = stats + laplace_shares(stats.shape, scales, noise_share_units(config), rng)
     flat = stats.ravel()
@@ -104,10 +111,7 @@ def effects_answer(actions: pd.DataFrame, events: pd.DataFrame, config: dict[str
     noisy under DP (``laplace-scales``: the Laplace noise scale of each statistic; revenue clipped
     at ``clip``, in units of it)."""
     scales = [float(x) for x in config.get("laplace-scales", [])]
-    table = experiment_table(actions, events, str(config["campaign-date"]), int(config["window-days"]),
-                             int(config["retention-days"]), str(config["segment-column"]))
-    stats = cell_statistics(table, list(config["segments"]), list(config["actions"]),
-                            clip=float(config["clip"]) if scales else None)
+    stats = _unit_statistics(actions, events, config, clipped=bool(scales))
     if scales:
         rng = rng or np.random.default_rng()
         stats = stats + rng.laplace(0.0, 1.0, stats.shape) * np.asarray(scales)

@@ -175,7 +175,6 @@ def plan_actions(table: pd.DataFrame, config: PlaybookConfig, today: dt.date,
     keys = pa.table({"v": pa.array(np.asarray(value, dtype=float)[rows], from_pandas=True),
                      "u": pa.array(table["user_id"].to_numpy()[rows].astype(str))})
     rows = rows[pc.sort_indices(keys, sort_keys=[("v", "descending", "at_end"), ("u", "ascending", "at_end")]).to_numpy()]
-    chosen = rows
     picked = table.iloc[rows]
 
     def column(name: str, default: object = None) -> np.ndarray:
@@ -192,10 +191,10 @@ def plan_actions(table: pd.DataFrame, config: PlaybookConfig, today: dt.date,
         else column("lifecycle_stage"),
         "churn_probability": column("churn_probability", np.nan).astype(float),
         "clv": column("clv", np.nan).astype(float),
-        "value_at_risk": value[chosen] if ranked_by == "value_at_risk" else np.nan,
-        "action": action[chosen],
-        "reason": _with_warnings(reason[chosen], warning),
-        "rule_priority": best[chosen],
+        "value_at_risk": value[rows] if ranked_by == "value_at_risk" else np.nan,
+        "action": action[rows],
+        "reason": _with_warnings(reason[rows], warning),
+        "rule_priority": best[rows],
         "warning": warning,
     })
     out["rank"] = np.arange(1, len(out) + 1)

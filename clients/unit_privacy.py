@@ -97,17 +97,17 @@ def private_generators(node_config: Mapping[str, Any], research_seed: int | None
     """
     import torch
 
-    asked = "" if request is None else protocol.content_digest(request)
     if "dp-seed" in node_config:
-        key: str | None = f"{node_config['dp-seed']}|{purpose}|{asked}"
+        seed, ignore = node_config["dp-seed"], ()
     elif research_seed is not None:
-        asked = "" if request is None else protocol.content_digest(request, ignore=(protocol.RUN_ID,))
-        key = f"{research_seed}|{purpose}|{asked}"
-    else:
-        key = None
-    if key is None:
+        seed, ignore = research_seed, (protocol.RUN_ID,)
+    else:  # OS entropy: nothing to key, so the request (a whole model, in training) is not hashed
+        seed = None
+    if seed is None:
         seeds = [secrets.randbits(63) for _ in range(3)]
     else:
+        asked = "" if request is None else protocol.content_digest(request, ignore=ignore)
+        key = f"{seed}|{purpose}|{asked}"
         seeds = [int.from_bytes(hashlib.sha256(f"{key}|{k}".encode()).digest()[:8], "big") >> 1 for k in range(3)]
     return (torch.Generator().manual_seed(seeds[0]), torch.Generator().manual_seed(seeds[1]),
             np.random.default_rng(seeds[2]))

@@ -386,6 +386,9 @@ class EffectsPlan(BaseModel):
         if self.retention_days > self.window_days:
             raise ValueError(f"--retention-days {self.retention_days} is longer than the window "
                              f"({self.window_days} days)")
+        t = self.secagg_threshold
+        if t >= 1 and (t != int(t) or t < 2):  # the rule of privacy.secagg.config.SecAggConfig
+            raise ValueError(f"--secagg-threshold {t:g}: give a whole count of units (>= 2) or a fraction below 1")
         return self
 
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from fedseg.config import EffectsPlan
 from fedseg.effects import OUTCOMES
@@ -57,6 +57,14 @@ class EffectsJob(BaseModel):
     attributes: list[str] = Field(default_factory=lambda: ["gender", "age_band"],
                                   description="Protected attributes of the fairness audit.")
     fairness: bool = True
+
+    @model_validator(mode="after")
+    def _enough_units_for_secagg(self) -> "EffectsJob":
+        units = self.units if self.dataset == "synthetic" else len(self.events)
+        if self.plan.secagg and units < 3:
+            # with 2, each unit could subtract its own table from the sum and read the other's
+            raise ValueError(f"--secagg needs at least 3 units (got {units})")
+        return self
 
 
 def _unit_account(unit: str, dataset: str, ledger: Path | None) -> Any:

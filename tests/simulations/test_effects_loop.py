@@ -184,6 +184,8 @@ runner = CliRunner()
     (["--delta", "1e-6"], "--delta without --epsilon"),
     (["--dataset", "cdnow"], "--dataset 'cdnow': use synthetic, or give --events and --actions files"),
     (["--retention-days", "90"], "longer than the window"),
+    (["--secagg", "--secagg-threshold", "1.5"], "--secagg-threshold 1.5: give a whole count of units (>= 2)"),
+    (["--secagg", "--units", "2"], "--secagg needs at least 3 units (got 2)"),
 ])
 def test_effects_mistakes_are_one_line(args, message, tmp_path):
     from fedseg.cli import app

@@ -57,14 +57,15 @@ def _unit_statistics(actions: pd.DataFrame, events: pd.DataFrame, config: dict[s
 def noise_share_units(config: dict[str, Any]) -> int:
     """``t``: the fewest units whose tables any sum released by the secure aggregation of this round
     holds. The mod has checked the round's settings against those pinned when this unit
-    advertised and refuses a survivor set below the threshold, so ``t`` follows from those
-    settings; counted over the units that shared keys (U2), at most the advertisers the mod
-    counts, so ``t`` is never above the mod's threshold (a smaller ``t`` only means more noise)."""
+    advertised and refuses a survivor set below 3, the threshold and the settings'
+    ``min_survivors`` (:meth:`privacy.secagg.config.SecAggConfig.survivors_for`), so ``t`` follows
+    from those settings; counted over the units that shared keys (U2), at most the advertisers the
+    mod counts, so ``t`` is never above the mod's floor (a smaller ``t`` only means more noise)."""
     from privacy.secagg.config import SecAggConfig
 
     settings = SecAggConfig.model_validate_json(str(config["secagg-config"]))
     shared = json.loads(str(config["secagg-u2"]))
-    return settings.threshold_for(len(shared))
+    return settings.survivors_for(len(shared))
 
 
 def laplace_shares(shape: tuple[int, ...], scales: np.ndarray, t: int, rng: np.random.Generator) -> np.ndarray:

@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 from fedseg import protocol
 from fedseg.config import EffectsPlan
 from fedseg.effects import ARMS, OUTCOMES, STATS, cell_names
+from fedseg.errors import FedsegError
 from privacy.accounting import default_delta, epsilon
 from privacy.effects_dp import effects_release, effects_scales
 from server.grid import agree_privacy, ask, wait_for_units
@@ -180,9 +181,13 @@ def run_effects(grid: Grid, plan: EffectsPlan, costs: dict[str, float], channels
 def _secure_sum(grid: Grid, nodes: list[int], plan: EffectsPlan, config: ConfigRecord, shape: tuple[int, ...],
                 scales: list[float]) -> tuple[np.ndarray, int, float, dict[str, Any]]:
     """The units' tables summed by secure aggregation (:class:`privacy.secagg.flower.SecAggAggregator`
-    on ``query.effects``): the coordinator gets only the sum over the units in U3 (at least the
-    threshold ``t``). Returns the sum, its unit count ``m``, the noise in units of one full
-    Laplace release (``m / t``: each unit added a share sized for ``t``) and the round's facts.
+    on ``query.effects``): the coordinator gets only the sum over the units in U3, and every unit
+    refuses to unmask a U3 of fewer than ``t`` units (the settings' ``min_survivors``, from
+    ``plan.secagg_survivors``, pinned when the units advertise). Returns the sum, its unit count
+    ``m``, the noise in units of one full Laplace release (``m / t``: each unit added a share sized
+    for ``t``) and the round's facts. ``t`` = all units asked (the default) gives exactly one
+    Laplace release but no tolerance of a unit dropping mid-round (the measurement then fails and
+    is run again); a lower ``t`` tolerates ``m - t`` dropouts at ``m / t`` of the noise variance.
 
     The clip range bounds every entry of a unit's table: at most ``population`` users per arm,
     revenue clipped at ``revenue_clip`` and in units of it (also without DP), plus the noise share
@@ -198,15 +203,20 @@ def _secure_sum(grid: Grid, nodes: list[int], plan: EffectsPlan, config: ConfigR
     degree = SecAggConfig().degree_for(len(nodes))
     wanted = plan.secagg_threshold
     t_count = int(wanted) if wanted >= 1 else math.ceil(wanted * (degree + 1))
-    settings = SecAggConfig(threshold=max(2, min(t_count, degree)), clip_range=bound)
+    survivors = plan.secagg_survivors
+    floor = int(survivors) if survivors > 1 else math.ceil(survivors * len(nodes))
+    if floor > len(nodes):
+        raise FedsegError(f"--secagg-survivors {survivors:g} asks for {floor} units; only {len(nodes)} are connected")
+    settings = SecAggConfig(threshold=max(2, min(t_count, degree)), clip_range=bound, min_survivors=floor)
     record = RecordDict({protocol.ARRAYS: ArrayRecord([np.zeros(int(np.prod(shape)))]), protocol.CONFIG: config})
     aggregator = SecAggAggregator(settings, min_units=max(3, plan.min_units), piggyback=False,
                                   message_type=protocol.EFFECTS)
     total, u3, facts = aggregator.run_round(grid, nodes, record, plan.timeout_s)
-    t = settings.threshold_for(int(facts["shared"]))
-    log(INFO, "effects: secure sum over %d units (threshold %d)", len(u3), t)
-    secure = {"units_summed": len(u3), "threshold": t, "clip_range": bound, "noise": "each unit adds a share "
-              "(difference of two Gamma(1/t, b) variables) so any t shares sum to Laplace(b)", **facts}
+    shared = int(facts["shared"])
+    threshold, t = settings.threshold_for(shared), settings.survivors_for(shared)
+    log(INFO, "effects: secure sum over %d units (threshold %d, noise shares sized for %d)", len(u3), threshold, t)
+    secure = {"units_summed": len(u3), "threshold": threshold, "min_survivors": t, "clip_range": bound, "noise": "each unit adds a share (difference of two "
+              "Gamma(1/t, b) variables, t = min_survivors) so any t shares sum to Laplace(b)", **facts}
     total = np.asarray(total, dtype=float).reshape(shape)
     if not scales and facts["error_bound"] < 0.5:  # exact sums: the counts are whole numbers again
         counts = [STATS.index(s) for s in ("n", "conversions", "retained")]

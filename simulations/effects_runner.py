@@ -64,6 +64,9 @@ class EffectsJob(BaseModel):
         if self.plan.secagg and units < 3:
             # with 2, each unit could subtract its own table from the sum and read the other's
             raise ValueError(f"--secagg needs at least 3 units (got {units})")
+        survivors = self.plan.secagg_survivors
+        if self.plan.secagg and survivors > units:
+            raise ValueError(f"--secagg-survivors {survivors:g} is more than the {units} units")
         return self
 
 

@@ -156,6 +156,7 @@ def effects(
     epsilon: Annotated[float | None, typer.Option(help="epsilon per end user: every unit adds Laplace noise to its outcome sums, after accepting and charging the release.")] = None,
     secagg: Annotated[bool, typer.Option("--secagg", help="Sum the units' tables by secure aggregation: the coordinator sees only the sum, so under DP each unit adds only a share of the noise.")] = False,
     secagg_threshold: Annotated[float, typer.Option(help="With --secagg: reconstruction threshold t, a count (>= 2) or a fraction (< 1) of each unit's share holders; each noise share is sized for t.")] = _effects_default("secagg_threshold"),
+    secagg_survivors: Annotated[float, typer.Option(help="With --secagg: the fewest units any decoded sum holds, a count (>= 3) or a fraction (<= 1) of the units; each noise share is sized for it. 1: all units (least noise; a unit dropping mid-round fails the measurement).")] = _effects_default("secagg_survivors"),
     delta: Annotated[float | None, typer.Option(help="delta (default: the largest power of ten at most 1/(10 x users)); needs --epsilon.")] = None,
     revenue_clip: Annotated[float, typer.Option(help="Under DP: revenue per user clipped here (currency units).")] = _effects_default("revenue_clip"),
     segment_epsilon: Annotated[float | None, typer.Option(help="synthetic: epsilon of the segmentation step as well (default: no noise there).")] = None,
@@ -199,7 +200,8 @@ def effects(
         plan = EffectsPlan(window_days=window_days, retention_days=retention_days, segment_column=segment_column,
                            outcome=outcome, margin=margin, min_arm=min_arm, epsilon=epsilon, delta=delta,
                            revenue_clip=revenue_clip, campaign_date=_date(campaign_date, "--campaign-date"),
-                           secagg=secagg, secagg_threshold=secagg_threshold)
+                           secagg=secagg, secagg_threshold=secagg_threshold,
+                           secagg_survivors=secagg_survivors)
         job = EffectsJob(dataset=mode, synthetic_users=synthetic_users, units=units, seed=seed, events=events,
                          actions=actions, users=users, out=out, playbook=book, plan=plan, ledger=ledger,
                          segment_epsilon=segment_epsilon, research_seed=research_seed,
@@ -255,7 +257,8 @@ def print_effects(report: dict[str, Any], out: Path) -> None:
         if p.get("secure_aggregation"):
             sa = p["secure_aggregation"]
             console.print(f"secure aggregation: the coordinator saw only the sum over {sa['units_summed']} units "
-                          f"(threshold {sa['threshold']}); each unit added a 1/{sa['threshold']} share of that noise",
+                          f"(threshold {sa['threshold']}, at least {sa['min_survivors']} survivors); each unit "
+                          f"added a 1/{sa['min_survivors']} share of that noise",
                           highlight=False)
     flags = (report.get("fairness") or {}).get("flags", [])
     if report.get("fairness") is not None:

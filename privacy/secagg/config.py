@@ -41,6 +41,9 @@ class SecAggConfig(BaseModel):
     clip_range: float = Field(1.0, gt=0, description="Every update coordinate is clipped to [-R, R].")
     modulus_bits: int = Field(48, ge=24, le=62, description="Masked values live in Z_(2^bits).")
     l2_clip: float = Field(0.0, ge=0, description="Units L2-clip their update to this norm first (0: no clip).")
+    min_survivors: int = Field(0, ge=0, description="Every unit refuses to sign or unmask a survivor set U3 of "
+                               "fewer units (0: the threshold and the unit's own floors only). Distributed DP noise "
+                               "is sized for it: any sum the coordinator can decode holds at least this many shares.")
 
     @model_validator(mode="after")
     def _threshold_shape(self) -> "SecAggConfig":
@@ -51,8 +54,12 @@ class SecAggConfig(BaseModel):
         return self
 
     def canonical(self) -> str:
-        """The settings as canonical JSON (sorted keys, no spaces): what :meth:`settings_hash` hashes."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The settings as canonical JSON (sorted keys, no spaces): what :meth:`settings_hash` hashes.
+        ``min_survivors`` 0 is left out, so rounds without it keep their earlier hash."""
+        settings = self.model_dump(mode="json")
+        if not settings["min_survivors"]:
+            del settings["min_survivors"]
+        return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
     def settings_hash(self) -> bytes:
         """SHA-256 of the canonical settings, inside every signed advertisement."""
@@ -86,6 +93,15 @@ class SecAggConfig(BaseModel):
                               f"({n} units, degree {degree}): a deviating coordinator could collect both shares "
                               f"of one unit; use at least {(degree + 1) // 2 + 1}")
         return t
+
+    def survivors_for(self, n: int) -> int:
+        """The fewest units in any survivor set U3 that honest units sign for n advertisers: the
+        threshold, :attr:`min_survivors` and 3 (a unit's own ``secagg-min-units`` may add to this).
+        Refuses a floor above n: no round could complete."""
+        floor = max(3, self.threshold_for(n), self.min_survivors)
+        if floor > n:
+            raise SecAggError(f"the round asks for at least {floor} surviving units but only {n} advertised keys")
+        return floor
 
     def quant_bits(self, n: int) -> int:
         from privacy.secagg.quantize import MAX_QUANT_BITS

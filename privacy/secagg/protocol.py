@@ -16,8 +16,8 @@ state machine per round and checks everything it is told.
    received a share from each of them; ``y_u = encode(x_u) + PRG(b_u) + sum_{v in N(u) ∩ U2}
    ±PRG(s_uv)`` mod 2^b.
 4. **consistency** (U4): a unit checks the U3 it is sent (a subset of its U2, itself in it, at
-   least 3 units and its own floor, connected masking graph) and signs ``(round, settings hash,
-   view digest, sorted U3)``.
+   least 3 units, the threshold, the settings' ``min_survivors`` and its own floor, connected
+   masking graph) and signs ``(round, settings hash, view digest, sorted U3)``.
 5. **unmask**: a unit reveals shares only for the U3 it signed, and only after verifying at least
    ``t`` valid signatures over it from its own share holders: the ``b`` share of holders' owners
    in U3, the ``s`` share of those in U2 \\ U3, never both for one owner.
@@ -292,6 +292,9 @@ class UnitSession:
             raise SecAggError(f"{m} masked inputs; this unit needs at least {self.min_units} (secagg-min-units)")
         if m < self.threshold:
             raise SecAggError(f"only {m} masked inputs; the threshold is {self.threshold}")
+        if m < self.config.min_survivors:
+            raise SecAggError(f"only {m} masked inputs; the round's settings (pinned when this unit advertised) "
+                              f"ask for at least {self.config.min_survivors} survivors")
         if not survivors_connected(self.seed, sorted(self.adverts), u3, self.degree):
             raise SecAggError("the surviving units' masking graph is split: revealing shares would expose the "
                               "separate sums of its parts")
@@ -492,6 +495,8 @@ class CoordinatorSession:
         self.adverts = {a.unit: a for a in adverts}
         n = len(self.adverts)
         threshold = self.config.threshold_for(n) if n >= 3 else 3
+        if n >= 3:
+            self.config.survivors_for(n)  # a min_survivors above the advertisers: no round could complete
         if n < max(min_units, threshold, 3):
             raise SecAggError(f"{n} units advertised keys; secure aggregation needs at least "
                               f"{max(min_units, threshold, 3)} (threshold {threshold})")
@@ -524,6 +529,9 @@ class CoordinatorSession:
                               "units (units would refuse to unmask), so the round is abandoned")
         if len(self.u3) < self.config.threshold_for(n):
             raise SecAggError(f"only {len(self.u3)} masked inputs; threshold {self.config.threshold_for(n)}")
+        if len(self.u3) < self.config.min_survivors:
+            raise SecAggError(f"only {len(self.u3)} masked inputs; the round needs {self.config.min_survivors} "
+                              "survivors (units would refuse to unmask), so the round is abandoned")
         if not survivors_connected(self.seed, sorted(self.adverts), self.u3, self.config.degree_for(n)):
             raise SecAggError("the surviving units' masking graph is split (too many neighbouring units dropped); "
                               "units would refuse to unmask, so the round is abandoned")

@@ -154,10 +154,13 @@ def test_under_secure_aggregation_each_unit_adds_only_its_share_of_the_noise(loo
     noisy = run_effects_job(job.model_copy(update={"ledger": ledger}))
     assert noisy["privacy"]["epsilon"] == pytest.approx(1.0, rel=1e-4)
     assert noisy["privacy"]["secure_aggregation"]["threshold"] == 2
+    assert noisy["privacy"]["secure_aggregation"]["min_survivors"] == 3   # all units: one Laplace release in all
     spend = {s.unit: s for s in BudgetLedger(ledger).summary()}
     assert all(spend[f"unit_{k}"].releases_by_task["effects"].epsilon == pytest.approx(1.0, rel=1e-4) for k in range(3))
     print_effects(noisy, tmp_path / "dp")
-    assert "the coordinator saw only the sum over 3 units (threshold 2)" in " ".join(capsys.readouterr().out.split())
+    said = " ".join(capsys.readouterr().out.split())
+    assert "the coordinator saw only the sum over 3 units (threshold 2, at least 3 survivors); each unit added a " \
+        "1/3 share of that noise" in said
 
 
 def test_gamma_difference_shares_of_t_units_sum_to_the_laplace_law():
@@ -186,6 +189,8 @@ runner = CliRunner()
     (["--retention-days", "90"], "longer than the window"),
     (["--secagg", "--secagg-threshold", "1.5"], "--secagg-threshold 1.5: give a whole count of units (>= 2)"),
     (["--secagg", "--units", "2"], "--secagg needs at least 3 units (got 2)"),
+    (["--secagg", "--secagg-survivors", "2"], "--secagg-survivors 2: give a whole count of units (>= 3)"),
+    (["--secagg", "--secagg-survivors", "6"], "--secagg-survivors 6 is more than the 5 units"),
 ])
 def test_effects_mistakes_are_one_line(args, message, tmp_path):
     from fedseg.cli import app

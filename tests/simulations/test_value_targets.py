@@ -64,11 +64,11 @@ def test_effects_intervals_cover_the_planted_uplift_over_seeds(tmp_path):
     assert sum(covered) / len(covered) >= 0.9
 
 
-@pytest.mark.parametrize(("secagg", "widest"), [(False, 4.0), (True, 1.8)])
+@pytest.mark.parametrize(("secagg", "widest"), [(False, 4.0), (True, 1.5)])
 def test_effects_at_epsilon_1_with_20000_users(tmp_path, secagg, widest):
     """Median interval width ratio at epsilon 1, measured over five seeds: 2.36 to 2.83 with each
-    unit adding full Laplace noise, 1.47 to 1.64 with secure aggregation and noise shares (the
-    issue's goal is 1.5; docs/value-and-interventions.md)."""
+    unit adding full Laplace noise, 1.33 to 1.42 with secure aggregation and noise shares sized
+    for all five units (the issue's target, 1.5, is the bound; docs/value-and-interventions.md)."""
     from fedseg.config import EffectsPlan
     from privacy.ledger import BudgetLedger
     from simulations.effects_runner import EffectsJob, run_effects_job

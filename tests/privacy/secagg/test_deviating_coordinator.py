@@ -268,6 +268,32 @@ def test_a_units_own_floor_of_survivors_is_enforced_at_consistency_and_unmask():
         fed.units["u00"].consistency(fed.coordinator.u3)
 
 
+def test_the_rounds_survivor_floor_is_enforced_by_every_unit_not_by_the_coordinator():
+    """min_survivors 5 of 5 (distributed DP noise sized for 5 shares): a coordinator that drops a
+    unit and skips its own check gets no signature, so no share is revealed for a sum of 4."""
+    config = SecAggConfig(threshold=0.6, clip_range=1.0, min_survivors=5)
+    fed = Federation(5, config=config)
+    fed.advertise()
+    fed.share()
+    co = fed.coordinator
+    inputs = {u: fed.units[u].masked_input(fed.x[u], co.u2, fed.inbox[u]) for u in co.u2 if u != "u04"}
+    with pytest.raises(SecAggError, match="needs 5 survivors"):
+        co.collect_masked(inputs)
+    for u in inputs:                           # the coordinator goes on regardless
+        with pytest.raises(SecAggError, match="at least 5 survivors"):
+            fed.units[u].consistency(sorted(inputs))
+    # the floor is inside the settings every advertisement signs: a unit told another floor refuses
+    assert config.settings_hash() != SecAggConfig(threshold=0.6, clip_range=1.0, min_survivors=4).settings_hash()
+    assert SecAggConfig(threshold=0.6).canonical() == SecAggConfig(threshold=0.6, min_survivors=0).canonical()
+    assert "min_survivors" not in SecAggConfig().canonical()  # rounds without a floor keep their hash
+
+
+def test_a_survivor_floor_above_the_advertisers_stops_the_round_at_once():
+    fed = Federation(4, config=SecAggConfig(threshold=0.6, min_survivors=5))
+    with pytest.raises(SecAggError, match="at least 5 surviving units but only 4"):
+        fed.advertise()
+
+
 # ------------------------------------------------------------------------------------------
 # 12. keys and malformed advertisements
 # ------------------------------------------------------------------------------------------

@@ -307,8 +307,8 @@ def make_client_app(unit_files: Sequence[Path] | None = None, output_dir: Path |
         elif action_files is not None:
             path = Path(action_files[int(node["partition-id"])])
         else:
-            raise UnitDataError("this unit has no action list: start the SuperNode with --node-config "
-                                "\"actions-path='/path/actions.parquet'\"")
+            raise UnitDataError("this unit has no action list for the effect measurement: set actions-path "
+                                "in its unit.toml (or --node-config \"actions-path='/path/actions.parquet'\")")
         actions = read_table(path, "actions-path").astype({"user_id": str})
         own = account(context, cfg)
         scales = [float(x) for x in config.get("laplace-scales", [])]

@@ -8,6 +8,7 @@ that SuperNode needs is in ``unit.toml``::
     users-path = "data/users.parquet"           # optional: users with audit attributes
     on-error = "fail"                           # or "quarantine" (rejected rows kept aside)
     output-dir = "fedseg-output"                # local per-user outputs (scores, segments)
+    # actions-path = "fedseg-output/actions.parquet"  # the CRM action list, for the effect measurement
     epsilon-budget = 8.0                        # optional: total epsilon per user over all runs
     # delta-budget = 1e-5                       # total delta (default 1e-5 with epsilon-budget)
     # ledger-path = "fedseg-output/privacy-ledger.sqlite"  # this unit's own privacy ledger
@@ -55,6 +56,8 @@ class UnitConfig(BaseModel):
     unit_id: str = Field(description="The unit's name: letters, digits, '_', '.', '-' (<= 64).")
     data_path: Path = Field(description="Events file (CSV or Parquet) read through the data contract.")
     users_path: Path | None = Field(None, description="Optional users file (audit attributes).")
+    actions_path: Path | None = Field(None, description="The unit's CRM action list (fedseg segment's "
+                                      "actions file, CSV or Parquet) for the federated effect measurement.")
     on_error: Literal["fail", "quarantine"] = Field("fail", description="Malformed rows: stop, or set aside.")
     sep: str = Field(",", description="Field delimiter of CSV data files.")
     encoding: str = Field("utf-8", description="Text encoding of CSV data files.")
@@ -132,6 +135,8 @@ class UnitConfig(BaseModel):
             out["date-format"] = self.date_format
         if self.users_path is not None:
             out["users-path"] = str(self.users_path)
+        if self.actions_path is not None:
+            out["actions-path"] = str(self.actions_path)
         out["ledger-path"] = str(self.ledger_path or self.output_dir / "privacy-ledger.sqlite")
         if self.epsilon_budget is not None:
             out["epsilon-budget"] = float(self.epsilon_budget)
@@ -220,8 +225,8 @@ def load_unit_config(path: str | Path, check_files: bool = True) -> UnitConfig:
         raise UnitConfigError(f"{source}: not valid TOML ({exc}).") from None
     values = {k.replace("-", "_"): v for k, v in raw.items()}
     base = source.resolve().parent
-    for key in ("data_path", "users_path", "output_dir", "root_certificates", "auth_key", "secagg_key",
-                "secagg_registry", "ledger_path"):
+    for key in ("data_path", "users_path", "actions_path", "output_dir", "root_certificates", "auth_key",
+                "secagg_key", "secagg_registry", "ledger_path"):
         if isinstance(values.get(key), str):
             values[key] = (base / values[key]).resolve()
     try:
@@ -237,6 +242,8 @@ def load_unit_config(path: str | Path, check_files: bool = True) -> UnitConfig:
         _readable(cfg.data_path, "data-path", source)
         if cfg.users_path is not None:
             _readable(cfg.users_path, "users-path", source)
+        if cfg.actions_path is not None:
+            _readable(cfg.actions_path, "actions-path", source)
         if cfg.root_certificates is not None:
             _readable(cfg.root_certificates, "root-certificates", source)
             _check_ca(cfg.root_certificates, source)

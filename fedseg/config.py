@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fedseg.datasets import CALIBRATION_END, HOLDOUT_DAYS
 from fedseg.value_metrics import DEFAULT_CLIP
@@ -371,12 +371,28 @@ class EffectsPlan(BaseModel):
     secagg_threshold: float = Field(0.8, gt=0, description="Secure aggregation's reconstruction threshold t: a count "
                                     "(>= 2) or a fraction (< 1) of each unit's degree + 1 share holders; every released sum holds at least t units' "
                                     "tables, and each unit's noise share is sized for t.")
+    secagg_survivors: float = Field(1.0, gt=0, description="With secure aggregation: the fewest units any decoded "
+                                    "sum holds (every unit refuses to unmask fewer), a count (>= 3) or a fraction "
+                                    "(<= 1) of the units asked; each unit's DP noise share is sized for it. 1: all "
+                                    "units, one Laplace release in total, but a unit dropping mid-round fails the "
+                                    "measurement; lower tolerates dropouts at m / t of the noise variance.")
     delta: float | None = Field(None, gt=0, lt=1, description="delta; default: the largest power of ten at most "
                                 "1 / (10 x population).")
     population: int = Field(DEFAULT_POPULATION, ge=1, description="Upper bound on the end users over all units.")
     dataset: str = Field("", description="Bundled dataset for units without data ('' in deployments).")
+    playbook: str = Field("", description="Deployments: the coordinator's playbook file (actions' costs and "
+                          "channels for ROI, the holdout share); '' the default playbook. Simulations take "
+                          "--playbook instead.")
     min_units: int = Field(2, ge=1, description="Units that must be connected and answer.")
     timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the units' answers.")
+
+    @field_validator("segments", "actions", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """A run config has no lists: ``"steady,at-risk"`` is ``["steady", "at-risk"]``."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "EffectsPlan":
@@ -389,6 +405,10 @@ class EffectsPlan(BaseModel):
         t = self.secagg_threshold
         if t >= 1 and (t != int(t) or t < 2):  # the rule of privacy.secagg.config.SecAggConfig
             raise ValueError(f"--secagg-threshold {t:g}: give a whole count of units (>= 2) or a fraction below 1")
+        survivors = self.secagg_survivors
+        if survivors > 1 and (survivors != int(survivors) or survivors < 3):
+            raise ValueError(f"--secagg-survivors {survivors:g}: give a whole count of units (>= 3) or a fraction "
+                             "up to 1 (1: all units)")
         return self
 
 
@@ -401,9 +421,10 @@ SEGMENTATION_SHARED_KEYS: Final = {"cutoff": "cutoff", "horizon-days": "horizon_
                                    "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
 #: Optional fields that a TOML file spells as 0 or "" when unset (TOML has no null).
 UNSET_WHEN_EMPTY: Final = ("target_epsilon", "noise_multiplier", "delta", "epsilon", "k", "iterations", "restarts",
-                           "previous_cutoff", "start", "end", "cutoff", "tags_file", "churn_model", "clv_model")
-#: Prefixes of the run-config keys of the other tasks' plans (``task = "segment" | "kpis" | "tags"``).
-TASK_PREFIXES: Final = {"segment": "segment-", "kpis": "kpi-", "tags": "tags-"}
+                           "previous_cutoff", "start", "end", "cutoff", "tags_file", "churn_model", "clv_model",
+                           "campaign_date")
+#: Prefixes of the run-config keys of the other tasks' plans (``task = "segment" | "kpis" | "tags" | "effects"``).
+TASK_PREFIXES: Final = {"segment": "segment-", "kpis": "kpi-", "tags": "tags-", "effects": "effects-"}
 #: Training-plan keys the KPI and tag plans read too (with their own field names).
 MONITORING_SHARED_KEYS: Final = {"dataset": "dataset", "population": "population",
                                  "min-available-units": "min_units", "round-timeout-s": "timeout_s"}
@@ -444,6 +465,17 @@ def kpi_plan_from_run_config(run_config: dict[str, Any]) -> KpiPlan:
 def tag_plan_from_run_config(run_config: dict[str, Any]) -> TagPlan:
     """A tag plan from the ``tags-*`` keys and the shared ones."""
     return _prefixed_plan(TagPlan, "tags-", MONITORING_SHARED_KEYS, run_config)
+
+
+#: Training-plan keys an effect measurement reads too (its dataset is its own: '' by default).
+EFFECTS_SHARED_KEYS: Final = {"population": "population", "min-available-units": "min_units",
+                              "round-timeout-s": "timeout_s"}
+
+
+def effects_plan_from_run_config(run_config: dict[str, Any]) -> EffectsPlan:
+    """An effect-measurement plan from the ``effects-*`` keys (segments and actions comma-separated)
+    and the shared ones."""
+    return _prefixed_plan(EffectsPlan, "effects-", EFFECTS_SHARED_KEYS, run_config)
 
 
 def from_flower_config(model: type[BaseModel], config: dict[str, Any]) -> Any:

@@ -5,7 +5,9 @@ Its configuration comes from ``[tool.flwr.app.config]`` in ``pyproject.toml`` (o
 ``train`` (default, :class:`fedseg.config.TrainingPlan`), ``segment``
 (:class:`fedseg.config.SegmentationPlan`, keys prefixed ``segment-``, writing
 ``<output-dir>/segments.json``), ``kpis`` (:class:`fedseg.config.KpiPlan`, ``kpi-``, ``kpis.json``) or
-``tags`` (:class:`fedseg.config.TagPlan`, ``tags-``, ``tags.json``).
+``tags`` (:class:`fedseg.config.TagPlan`, ``tags-``, ``tags.json``) or ``effects``
+(:class:`fedseg.config.EffectsPlan`, ``effects-``, ``effects.json``; each unit names its action
+list in its ``unit.toml``, ``actions-path``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def make_server_app(
         grid = ResponsiveGrid(grid)
         run_config = dict(context.run_config)
         task = run_config.get("task", "train")
-        if plan is None and task in ("segment", "kpis", "tags"):
+        if plan is None and task in ("segment", "kpis", "tags", "effects"):
             _report(grid, run_config, str(task))
             return
         run_plan = plan if plan is not None else plan_from_run_config(run_config)
@@ -63,8 +65,8 @@ def make_server_app(
 
 
 def _report(grid: Grid, run_config: dict[str, Any], task: str) -> None:
-    """A segmentation, KPI or tag report from the run config, written to ``<output-dir>/<task>.json``;
-    a :class:`FedsegError` is one line in the run's log."""
+    """A segmentation, KPI, tag or effects report from the run config, written to
+    ``<output-dir>/<name>.json``; a :class:`FedsegError` is one line in the run's log."""
     from logging import ERROR
     from pathlib import Path
 
@@ -79,6 +81,14 @@ def _report(grid: Grid, run_config: dict[str, Any], task: str) -> None:
             from server.segmentation import run_segmentation
 
             report, name = run_segmentation(grid, config.segmentation_plan_from_run_config(run_config)), "segments"
+        elif task == "effects":
+            from fedseg.playbook import load_playbook
+            from server.effects import run_effects
+
+            plan = config.effects_plan_from_run_config(run_config)
+            book = load_playbook(plan.playbook or None)
+            report = run_effects(grid, plan, book.costs, {a.name: a.channel for a in book.actions}, book.holdout_share)
+            name = "effects"
         elif task == "kpis":
             from server.kpis import run_kpis
 

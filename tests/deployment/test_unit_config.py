@@ -159,6 +159,22 @@ def test_the_units_privacy_settings_reach_its_node_config(tmp_path, keys):
     assert "dp-seed" not in node
 
 
+def test_the_units_action_list_reaches_its_node_config_and_must_exist(tmp_path):
+    """The effect measurement reads the unit's CRM action list from the path in its own unit.toml
+    (relative to the file), checked before the SuperNode starts."""
+    data = tmp_path / "events.csv"
+    data.write_text("user_id,ts,event_type\nu1,2024-01-01T00:00:00,purchase\n")
+    toml = tmp_path / "unit.toml"
+    toml.write_text(f'unit-id = "shop_north"\ndata-path = "{data}"\nsuperlink = "127.0.0.1:8000"\n'
+                    'insecure = true\nactions-path = "out/actions.parquet"\n')
+    with pytest.raises(UnitConfigError, match="actions-path"):
+        load_unit_config(toml)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "actions.parquet").write_bytes(b"PAR1")
+    node = load_unit_config(toml).node_config()
+    assert node["actions-path"] == str((tmp_path / "out" / "actions.parquet").resolve())
+
+
 def test_the_secure_aggregation_identity_is_checked_before_the_supernode_starts(unit_dir, keys, tmp_path):
     from privacy.secagg.identity import build_registry, write_unit_identity
 

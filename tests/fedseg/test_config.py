@@ -25,13 +25,17 @@ RUN_CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"
 def _comparable(value):  # noqa: ANN001, ANN202
     if isinstance(value, Path | dt.date):
         return str(value)
+    if isinstance(value, list):  # a run config spells a list comma-separated
+        return ",".join(value)
     return value
 
 
 def test_every_training_key_in_pyproject_is_a_plan_field_with_the_plans_default():
     """Before: learning-rate 0.005 in pyproject but 0.01 in the plan, round-timeout-s 600 s but
     3600 s, so code that built a plan directly trained differently from `flwr run .`."""
-    keys = {k: v for k, v in RUN_CONFIG.items() if k != "task" and not k.startswith(("segment-", "kpi-", "tags-"))}
+    from fedseg.config import TASK_PREFIXES
+
+    keys = {k: v for k, v in RUN_CONFIG.items() if k != "task" and not k.startswith(tuple(TASK_PREFIXES.values()))}
     fields = {RUN_CONFIG_RENAMES.get(k, k.replace("-", "_")): v for k, v in keys.items()}
     assert set(fields) == set(TrainingPlan.model_fields), "pyproject and TrainingPlan name different settings"
     for name, value in unset_empty(fields).items():
@@ -54,19 +58,30 @@ def test_every_segmentation_key_in_pyproject_is_a_plan_field_with_the_plans_defa
 @pytest.mark.parametrize("prefix, plan_type, reader", [
     ("kpi-", "KpiPlan", "kpi_plan_from_run_config"),
     ("tags-", "TagPlan", "tag_plan_from_run_config"),
+    ("effects-", "EffectsPlan", "effects_plan_from_run_config"),
 ])
 def test_every_monitoring_key_in_pyproject_is_a_plan_field_with_the_plans_default(prefix, plan_type, reader):
     import fedseg.config as config
 
     model = getattr(config, plan_type)
     keys = {k.removeprefix(prefix).replace("-", "_"): v for k, v in RUN_CONFIG.items() if k.startswith(prefix)}
-    shared = set(config.MONITORING_SHARED_KEYS.values())
+    shared = set((config.EFFECTS_SHARED_KEYS if plan_type == "EffectsPlan" else config.MONITORING_SHARED_KEYS).values())
     assert set(keys) | shared | ({"budget"} if plan_type == "KpiPlan" else set()) == set(model.model_fields)
     for name, value in unset_empty(keys).items():
-        assert _comparable(model.model_fields[name].default) == _comparable(value), name
+        assert _comparable(model.model_fields[name].get_default(call_default_factory=True)) == _comparable(value), name
     plan = getattr(config, reader)(RUN_CONFIG)
     assert plan.timeout_s == TrainingPlan().round_timeout_s and plan.min_units == TrainingPlan().min_available_units
     assert plan.model_dump(exclude={"timeout_s", "min_units"}) == model().model_dump(exclude={"timeout_s", "min_units"})
+
+
+def test_an_effects_run_config_names_its_cells_comma_separated():
+    from fedseg.config import effects_plan_from_run_config
+
+    plan = effects_plan_from_run_config({**RUN_CONFIG, "effects-segments": "steady, at-risk",
+                                         "effects-actions": "win-back offer", "effects-campaign-date": "2024-10-01",
+                                         "effects-epsilon": 1.0, "effects-secagg": True})
+    assert plan.segments == ["steady", "at-risk"] and plan.actions == ["win-back offer"]
+    assert plan.campaign_date == dt.date(2024, 10, 1) and plan.epsilon == 1.0 and plan.secagg
 
 
 def test_the_command_line_defaults_are_the_plans():

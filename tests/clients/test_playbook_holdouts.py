@@ -68,6 +68,19 @@ def test_holdout_share_per_segment_and_action_and_balance():
     assert set(counts) == {0, 1} and np.mean(counts) == pytest.approx(0.7, abs=0.03)
 
 
+def test_a_table_without_segments_still_holds_out_a_share_of_each_action():
+    """The monitoring update plans actions for users who have no activity segment. Under pandas 3
+    the missing segment became a missing stratum, which the holdout draw skipped: no user was held
+    out, so those actions could never be measured."""
+    table = user_table(20_000).drop(columns=["segment", "segment_name"])
+    actions = plan_actions(table, PlaybookConfig(holdout_share=0.1), TODAY, rng=np.random.default_rng(2))
+    assert actions["segment"].isna().all()
+    for action, cell in actions.groupby("action"):
+        want = 0.1 * len(cell)
+        assert int(np.floor(want)) <= cell["holdout"].sum() <= int(np.floor(want)) + 1, action
+    assert set(actions["arm"]) == {TREATMENT, HOLDOUT}
+
+
 def test_the_holdout_comes_from_the_units_secret_not_from_anything_the_coordinator_sends():
     """Same public inputs (users, segments, playbook, day, run id): with OS entropy two draws differ,
     so the coordinator cannot replay them; a research seed kept on the unit reproduces them."""

@@ -235,8 +235,9 @@ def lifecycle_stage(features: pd.DataFrame, rules: LifecycleRules) -> pd.Categor
         | ((freq == 0) & (features["days_since_last_event"].to_numpy() > rules.inactive_decline_days))
         | (trend <= rules.decline_trend)
     )
-    stage = np.full(len(features), "maturity", dtype=object)
-    stage[trend >= rules.growth_trend] = "growth"
-    stage[decline] = "decline"
-    stage[features["tenure_days"].to_numpy() <= rules.introduction_days] = "introduction"
-    return pd.Categorical(stage, categories=list(LIFECYCLE_STAGES))
+    code = {name: i for i, name in enumerate(LIFECYCLE_STAGES)}
+    stage = np.full(len(features), code["maturity"], dtype=np.int8)  # codes: no string per user
+    stage[trend >= rules.growth_trend] = code["growth"]
+    stage[decline] = code["decline"]
+    stage[features["tenure_days"].to_numpy() <= rules.introduction_days] = code["introduction"]
+    return pd.Categorical.from_codes(stage, categories=list(LIFECYCLE_STAGES))

@@ -27,9 +27,11 @@ The first update of an empty state is the **baseline**: it builds the state and 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -40,14 +42,20 @@ from pydantic import BaseModel, Field
 
 from clients.features import DAY_NS, _sorted_unique
 from clients.playbook import DEFAULT_RULES, PlaybookConfig, PlaybookRule, plan_actions
-from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment, value_tier
-from clients.state_store import Loaded, StateStore, bucket_of, pack_pairs, purchase_pairs
+from clients.segments import binned, quintile_score, rfm_histograms, rfm_segment
+from clients.state_store import Loaded, StateStore, bucket_of, log_segment, pack_pairs, purchase_pairs
 from clients.user_state import (FLAG_CHURN, FLAG_INACTIVE, NO_DAY, RECORD, UNSET, concat, empty_records,
                                 features_from_records, group_batch, in_sorted, late_purchase_users, merge_batch,
                                 raw, take, ukey, user_keys)
 from fedseg.config import LIFECYCLE_STAGES, LifecycleRules, SegmentationPlan
 from fedseg.errors import FedsegError
 from fedseg.segments import FREQUENCY_EDGES, MONETARY_EDGES, RECENCY_EDGES, VALUE_TIERS, quantile_bins
+
+try:  # numpy's switch behind NUMPY_MADVISE_HUGEPAGE (numpy 2.x); without it the update only runs slower
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # pragma: no cover - another numpy layout
+    def _set_madvise_hugepage(enabled: bool) -> bool:
+        return enabled
 
 NEVER: Final = 2**31 - 1
 MONITOR_RULES: Final = [*DEFAULT_RULES,
@@ -204,6 +212,17 @@ def value_tier_codes(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> np.ndarray:
     return tier
 
 
+def rfm_segment_labels(r: np.ndarray, f: np.ndarray, m: np.ndarray) -> pd.Categorical:
+    """:func:`clients.segments.rfm_segment` as a categorical: each of the 125 score triples is
+    named once, not once per user."""
+    grid = np.arange(125)
+    names = rfm_segment(grid // 25 + 1, grid // 5 % 5 + 1, grid % 5 + 1)
+    categories = list(dict.fromkeys(names.tolist()))
+    code_of = np.asarray([categories.index(n) for n in names], dtype=np.int64)
+    r, f, m = (np.asarray(x, dtype=np.int64) - 1 for x in (r, f, m))
+    return pd.Categorical.from_codes(code_of[r * 25 + f * 5 + m], categories=categories)
+
+
 def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConfig, thresholds: dict[str, list[int]]
              ) -> tuple[pd.DataFrame, np.ndarray]:
     """Features, stage, scores, tier and warnings of each user at ``as_of``; returns the table and
@@ -211,12 +230,13 @@ def evaluate(rec: np.ndarray, user_ids: np.ndarray, as_of: int, cfg: MonitorConf
     table = features_from_records(rec, user_ids, as_of, cfg.lifecycle)
     r, f, m = _scores(table, thresholds)
     table["r_score"], table["f_score"], table["m_score"] = r, f, m
-    table["rfm_segment"] = pd.Series(rfm_segment(r, f, m), dtype=object)
-    table["value_tier"] = pd.Series(value_tier(r, f, m), dtype=object)
+    table["rfm_segment"] = rfm_segment_labels(r, f, m)
+    tier = value_tier_codes(r, f, m)
+    table["value_tier"] = _labels(tier, list(VALUE_TIERS))
     table["churn_probability"] = rec["churn_prob"].astype(np.float64)
     new = raw(rec).copy().view(RECORD)
     new["stage"] = table["lifecycle_stage"].cat.codes.to_numpy()
-    new["tier"] = value_tier_codes(r, f, m)
+    new["tier"] = tier
     idle = table["days_since_last_event"].to_numpy() >= cfg.inactivity_days
     risky = table["churn_probability"].fillna(-1.0).to_numpy() >= cfg.churn_threshold
     flags = rec["flags"] & ~np.uint8(FLAG_INACTIVE | FLAG_CHURN)
@@ -290,8 +310,9 @@ WARNINGS: Final = ("inactivity", "churn_probability", "tier_drop")
 
 
 def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as_of: int,
-               store: StateStore) -> pd.DataFrame:
-    """At most one action per alerted user by the playbook, capped by the unit's earlier actions."""
+               earlier: pd.DataFrame) -> pd.DataFrame:
+    """At most one action per alerted user by the playbook, capped by the unit's earlier actions
+    (``earlier``: the logged actions of the playbook's window, ``StateStore.log``)."""
     if alerts.empty:
         return pd.DataFrame(columns=["user_id", "action", "rule_priority", "warning", "suppressed", "suppressed_reason"])
     rows = _sorted_unique(alerts["row"].to_numpy(np.int64))
@@ -303,11 +324,9 @@ def actions_of(alerts: pd.DataFrame, table: pd.DataFrame, cfg: MonitorConfig, as
     users = table[[c for c in wanted if c in table]].iloc[rows].reset_index(drop=True)
     warning = pd.Series(rows).map(warned)
     users["warning"] = warning.astype(object).where(warning.notna(), None).to_numpy()
-    window = cfg.playbook.window_days
-    log = store.log("actions", since_day=as_of - window)
     contacts = None
-    if len(log):
-        log = log.loc[~log["suppressed"].astype(bool)]
+    if len(earlier):
+        log = earlier.loc[~earlier["suppressed"].astype(bool)]
         log = log.loc[pd.Index(users["user_id"]).get_indexer(log["user_id"]) >= 0]
         contacts = pd.DataFrame({"user_id": log["user_id"].to_numpy(), "ts": pd.to_datetime(log["day"])})
     return plan_actions(users, cfg.playbook, date_of(as_of), contact_log=contacts)
@@ -322,6 +341,26 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
     ``batch_id`` names the batch (the command line uses the file's sha256); by default a hash of
     the events' content."""
     progress = on_progress or (lambda _: None)
+    # Two process-wide settings, restored afterwards (bench/bench_monitor.py, docs/monitoring.md):
+    # - the cyclic garbage collector is paused: an update makes millions of short-lived objects and
+    #   no cycles, and the collector's passes over them cost up to a second at 1M users;
+    # - numpy does not ask the kernel for transparent huge pages: an update allocates and frees
+    #   hundreds of large arrays, and zeroing a fresh 2 MiB page at each first touch cost about
+    #   1 s of system time per update on the 2-core machine.
+    collecting = gc.isenabled()
+    gc.disable()
+    huge_pages = _set_madvise_hugepage(False)
+    try:
+        return _apply_update(store, events, source, as_of, config, scores, progress, batch_id)
+    finally:
+        _set_madvise_hugepage(huge_pages)
+        if collecting:
+            gc.enable()
+
+
+def _apply_update(store: StateStore, events: pd.DataFrame, source: str, as_of: dt.date | None,
+                  config: MonitorConfig | None, scores: pd.DataFrame | None, progress: Callable[[str], None],
+                  batch_id: str | None) -> UpdateResult:
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -345,17 +384,22 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         baseline = previous is None
         old_day = NO_DAY if previous is None else int(previous)
         duplicates = 0
-        if "event_id" in events and events["event_id"].notna().any():
-            has_id = events["event_id"].notna().to_numpy()
-            ids = pd.util.hash_array(_as_text(events["event_id"].to_numpy(object)[has_id]),
-                                     hash_key="fedseg-event-id1", categorize=False).view(np.int64)
-            keep = np.ones(len(events), dtype=bool)
-            keep[np.flatnonzero(has_id)] = store.new_event_ids(ids)
-            duplicates = int((~keep).sum())
-            if duplicates:
-                events = events.loc[keep].reset_index(drop=True)
+        # the batch is grouped on a second thread while this one checks the event ids against the
+        # state (the usual batch has no duplicate; if it has, it is grouped again without them)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedseg-group") as pool:
+            grouped = pool.submit(group_batch, events)
+            if "event_id" in events and events["event_id"].notna().any():
+                has_id = events["event_id"].notna().to_numpy()
+                ids = pd.util.hash_array(_as_text(events["event_id"].to_numpy(object)[has_id]),
+                                         hash_key="fedseg-event-id1", categorize=False).view(np.int64)
+                keep = np.ones(len(events), dtype=bool)
+                keep[np.flatnonzero(has_id)] = store.new_event_ids(ids)
+                duplicates = int((~keep).sum())
+            batch = grouped.result()
+        if duplicates:
+            events = events.loc[keep].reset_index(drop=True)
+            batch = group_batch(events)
         lap("duplicates checked")
-        batch = group_batch(events)
         new_day = max(old_day, batch.last_day)
         if as_of is not None:
             if day_of(as_of) < batch.last_day:
@@ -421,16 +465,19 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
         at = np.searchsorted(rest_keys, ukey(batch.keys[~found]))
         final = np.insert(raw(final), at, raw(evaluated[:nb])[~found]).view(RECORD)
         final_ids = np.insert(loaded.ids, at, batch.user_ids[~found])
-        store.write(Loaded(touched, final, final_ids, loaded.pdays), new_pdays)
-        lap("users written")
-        alerts = pd.DataFrame(columns=["user_id", "kind", "detail"]) if baseline else \
-            alerts_of(before, evaluated, table, cfg)
-        actions = actions_of(alerts, table, cfg, new_day, store)
-        alerts = alerts.drop(columns=["row"], errors="ignore").assign(day=date_of(new_day))
-        # the playbook's reason already names the warning that triggered the action
-        actions = (actions.drop(columns=["warning"]) if "reason" in actions else
-                   actions.rename(columns={"warning": "reason"})).assign(day=date_of(new_day))
-        store.add_log(batch_id, new_day, alerts, actions)
+        earlier = store.log("actions", since_day=new_day - cfg.playbook.window_days)
+        # The buckets are rewritten on a second thread while this one plans the alerts and actions:
+        # SQLite lets go of the GIL while it writes pages, and the machine has two cores. The
+        # connection is used by one thread at a time (the writer until it is done, then this one).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedseg-update") as pool:
+            writing = pool.submit(store.write, Loaded(touched, final, final_ids, loaded.pdays), new_pdays)
+            try:
+                alerts, actions, segments = _plan(before, evaluated, table, cfg, new_day, earlier, baseline, pool)
+            finally:
+                wait([writing])
+            writing.result()
+        lap("users written")  # with the alerts and actions planned beside it
+        store.add_log(batch_id, new_day, *segments)
         store.set_meta("as_of", str(new_day))
         store.set_meta("config", cfg.model_dump_json())
         store.record_batch(batch_id=batch_id, source=source, events=len(events), duplicates=duplicates,
@@ -442,6 +489,22 @@ def apply_update(store: StateStore, events: pd.DataFrame, source: str = "", as_o
                         events=len(events), duplicates=duplicates, users_in_batch=len(batch.keys),
                         new_users=int((~found).sum()), timers_fired=due, alerts=alerts, actions=actions,
                         seconds=seconds)
+
+
+def _plan(before: dict[str, np.ndarray], evaluated: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig,
+          new_day: int, earlier: pd.DataFrame, baseline: bool, pool: ThreadPoolExecutor
+          ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[bytes, bytes]]:
+    """The update's alerts and actions, and both as log segments (no state file access); the
+    alerts' segment is encoded on ``pool`` while the actions are planned (Arrow lets go of the GIL)."""
+    found = pd.DataFrame(columns=["user_id", "kind", "detail"]) if baseline else \
+        alerts_of(before, evaluated, table, cfg)
+    alerts = found.drop(columns=["row"], errors="ignore").assign(day=date_of(new_day))
+    alert_segment = pool.submit(log_segment, alerts)
+    actions = actions_of(found, table, cfg, new_day, earlier)
+    # the playbook's reason already names the warning that triggered the action
+    actions = (actions.drop(columns=["warning"]) if "reason" in actions else
+               actions.rename(columns={"warning": "reason"})).assign(day=date_of(new_day))
+    return alerts, actions, (alert_segment.result(), log_segment(actions))
 
 
 def _score_keys(scores: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:

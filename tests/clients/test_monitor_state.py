@@ -177,6 +177,10 @@ def test_actions_respect_the_contact_caps(tmp_path):
     result = apply_update(store, events.iloc[:0], as_of=end + dt.timedelta(days=6))
     acted = result.actions.loc[~result.actions["suppressed"]]
     assert len(acted) and (acted["action"] == "re-engagement reminder").any()
+    # a randomised holdout of each action (floor(h n) or one more), so its effect can be measured
+    for action, cell in acted.groupby("action"):
+        assert np.floor(0.1 * len(cell)) <= cell["holdout"].sum() <= np.floor(0.1 * len(cell)) + 1, action
+    assert (acted["arm"] == np.where(acted["holdout"], "holdout", "treatment")).all()
     # the same users come back and lapse again 3 days later: within the 7 quiet days, suppressed
     users = acted["user_id"].head(5).tolist()
     back = events.loc[events["user_id"].isin(users)].groupby("user_id").head(1).copy()

@@ -95,6 +95,9 @@ class UpdateResult:
     alerts: pd.DataFrame = field(default_factory=pd.DataFrame)
     actions: pd.DataFrame = field(default_factory=pd.DataFrame)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: ``alerts`` and ``actions`` as the Parquet segments kept in the state's log (b"" for none):
+    #: the command writes these bytes to its files instead of encoding the frames again
+    segments: tuple[bytes, bytes] = (b"", b"")
 
 
 def _as_text(values: np.ndarray) -> np.ndarray:
@@ -488,7 +491,7 @@ def _apply_update(store: StateStore, events: pd.DataFrame, source: str, as_of: d
     return UpdateResult(batch_id=batch_id, status="baseline" if baseline else "applied", as_of=date_of(new_day),
                         events=len(events), duplicates=duplicates, users_in_batch=len(batch.keys),
                         new_users=int((~found).sum()), timers_fired=due, alerts=alerts, actions=actions,
-                        seconds=seconds)
+                        seconds=seconds, segments=segments)
 
 
 def _plan(before: dict[str, np.ndarray], evaluated: np.ndarray, table: pd.DataFrame, cfg: MonitorConfig,

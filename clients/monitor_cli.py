@@ -79,7 +79,7 @@ def update(
     from clients.monitor import MonitorConfig, apply_update, load_config
     from clients.state_store import StateStore
     from fedseg.contract import empty_events
-    from fedseg.io import write_table
+    from fedseg.io import write_bytes, write_table
 
     day = _date(as_of, "--as-of")
     if events is None and day is None:
@@ -124,8 +124,11 @@ def update(
     folder = out_dir or state.parent
     written = []
     if outcome.status != "baseline":
-        for name, table in (("alerts", outcome.alerts), ("actions", outcome.actions)):
-            written.append(write_table(table, folder / f"{name}_{outcome.as_of}.parquet"))
+        for name, table, segment in (("alerts", outcome.alerts, outcome.segments[0]),
+                                     ("actions", outcome.actions, outcome.segments[1])):
+            path = folder / f"{name}_{outcome.as_of}.parquet"
+            # the log's Parquet segment is this table already encoded: written as it is
+            written.append(write_bytes(segment, path) if segment else write_table(table, path))
     kinds = outcome.alerts["kind"].value_counts().to_dict() if len(outcome.alerts) else {}
     console.print(
         f"{outcome.status}: {outcome.events:,} events ({outcome.duplicates:,} already applied, dropped) for "

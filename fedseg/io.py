@@ -57,6 +57,14 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` (a file's whole content, e.g. an encoded Parquet table) to ``path`` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
 def write_json(data: Any, path: str | Path) -> Path:
     """Write ``data`` as indented JSON atomically (``default=str`` for dates and paths)."""
     path = Path(path)

@@ -236,6 +236,9 @@ def test_unit_update_command_end_to_end_and_its_errors_are_one_line(tmp_path):
     actions = pd.read_parquet(tmp_path / "unit" / f"actions_{day}.parquet")
     assert len(actions) and set(actions["action"]) <= {"win-back offer", "VIP privilege", "welcome guide",
                                                         "streak reward", "re-engagement reminder"}
+    alerts = pd.read_parquet(tmp_path / "unit" / f"alerts_{day}.parquet")  # the log's segment, written as is
+    assert len(alerts) and {"user_id", "kind", "detail", "day"} <= set(alerts.columns)
+    assert set(actions["user_id"]) <= set(alerts["user_id"])  # every action answers an alert
     again = runner.invoke(app, ["unit", "update", "--events", str(new), "--state", str(state)])
     assert again.exit_code == 0 and "already applied" in again.output
     text = one_error_line(runner.invoke(app, ["unit", "update", "--as-of", "2000-01-01", "--state", str(state)]))

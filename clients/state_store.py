@@ -93,7 +93,7 @@ class StateStore:
         # a small page cache (16 MiB): a large update's dirty pages spill to the write-ahead log
         # while the buckets are written (on the writer thread, beside the planning of actions)
         # instead of all at COMMIT; reads go through the memory map below, not this cache
-        # (1M events on a 1M-user state: commit 0.9-1.0 s -> 0.35-0.4 s, bench/bench_monitor.py)
+        # (1M events on a 1M-user state: commit 0.9-1.1 s -> 0.34-0.5 s, bench/bench_monitor.py)
         self.db.execute("PRAGMA cache_size=-16384")
         # statement journals in memory: each INSERT OR REPLACE of a bucket row otherwise journals
         # its pages to a temporary file (1 GiB of writes, 52,000 system calls per 1M-user update)

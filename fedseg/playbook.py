@@ -99,6 +99,11 @@ class PlaybookConfig(BaseModel):
         """Cost of treating one user, per action (currency units)."""
         return {a.name: a.cost for a in self.actions}
 
+    @property
+    def channels(self) -> dict[str, str]:
+        """The channel each action is sent through."""
+        return {a.name: a.channel for a in self.actions}
+
 
 def load_playbook(path: str | Path | None) -> PlaybookConfig:
     """The playbook in a TOML or JSON file (the defaults with None); a bad file is one line (exit 2)."""

@@ -18,7 +18,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedseg.config import TrainingPlan, plan_from_run_config
+from fedseg.config import TASK_PREFIXES, TrainingPlan, plan_from_run_config
 from server.training import log_round, run_training
 
 def make_server_app(
@@ -42,7 +42,7 @@ def make_server_app(
         grid = ResponsiveGrid(grid)
         run_config = dict(context.run_config)
         task = run_config.get("task", "train")
-        if plan is None and task in ("segment", "kpis", "tags", "effects"):
+        if plan is None and task in TASK_PREFIXES:  # the report tasks, each with its prefixed plan
             _report(grid, run_config, str(task))
             return
         run_plan = plan if plan is not None else plan_from_run_config(run_config)
@@ -87,7 +87,7 @@ def _report(grid: Grid, run_config: dict[str, Any], task: str) -> None:
 
             plan = config.effects_plan_from_run_config(run_config)
             book = load_playbook(plan.playbook or None)
-            report = run_effects(grid, plan, book.costs, {a.name: a.channel for a in book.actions}, book.holdout_share)
+            report = run_effects(grid, plan, book.costs, book.channels, book.holdout_share)
             name = "effects"
         elif task == "kpis":
             from server.kpis import run_kpis

@@ -91,7 +91,7 @@ def _measure(job: EffectsJob, plan: EffectsPlan, event_files: list[Path], action
     from simulations.runner import quiet_flower
 
     costs = job.playbook.costs
-    channels = {a.name: a.channel for a in job.playbook.actions}
+    channels = job.playbook.channels
     reports: list[Any] = []
     server = ServerApp()
 
@@ -176,7 +176,7 @@ def run_effects_job(job: EffectsJob, verbose: bool = False,
             f"(window {plan.window_days} days after {plan.campaign_date})")
     report = _measure(job, plan, event_files, action_files, world["dataset_id"], verbose)
     report["privacy"]["ledger"] = str(job.ledger) if job.ledger else None
-    costs, channels = job.playbook.costs, {a.name: a.channel for a in job.playbook.actions}
+    costs, channels = job.playbook.costs, job.playbook.channels
     summary: dict[str, Any] = {"cells": len(report["effects"]),
                                "cells_estimated": sum(e["uplift"] is not None for e in report["effects"])}
     if "truth" in world:

@@ -55,17 +55,18 @@ def test_every_segmentation_key_in_pyproject_is_a_plan_field_with_the_plans_defa
         SegmentationPlan().model_dump(exclude={"timeout_s", "min_units"})
 
 
-@pytest.mark.parametrize("prefix, plan_type, reader", [
-    ("kpi-", "KpiPlan", "kpi_plan_from_run_config"),
-    ("tags-", "TagPlan", "tag_plan_from_run_config"),
-    ("effects-", "EffectsPlan", "effects_plan_from_run_config"),
+@pytest.mark.parametrize("prefix, plan_type, reader, shared_keys", [
+    ("kpi-", "KpiPlan", "kpi_plan_from_run_config", "MONITORING_SHARED_KEYS"),
+    ("tags-", "TagPlan", "tag_plan_from_run_config", "MONITORING_SHARED_KEYS"),
+    ("effects-", "EffectsPlan", "effects_plan_from_run_config", "EFFECTS_SHARED_KEYS"),
 ])
-def test_every_monitoring_key_in_pyproject_is_a_plan_field_with_the_plans_default(prefix, plan_type, reader):
+def test_every_monitoring_key_in_pyproject_is_a_plan_field_with_the_plans_default(prefix, plan_type, reader,
+                                                                                  shared_keys):
     import fedseg.config as config
 
     model = getattr(config, plan_type)
     keys = {k.removeprefix(prefix).replace("-", "_"): v for k, v in RUN_CONFIG.items() if k.startswith(prefix)}
-    shared = set((config.EFFECTS_SHARED_KEYS if plan_type == "EffectsPlan" else config.MONITORING_SHARED_KEYS).values())
+    shared = set(getattr(config, shared_keys).values())
     assert set(keys) | shared | ({"budget"} if plan_type == "KpiPlan" else set()) == set(model.model_fields)
     for name, value in unset_empty(keys).items():
         assert _comparable(model.model_fields[name].get_default(call_default_factory=True)) == _comparable(value), name

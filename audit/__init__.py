@@ -15,6 +15,8 @@ See docs/audit.md for the math and what is hand-written and why.
 from __future__ import annotations
 
 import importlib
+
+import fedseg  # noqa: F401 - first: Flower's telemetry off before flwr is imported (fedseg/__init__.py)
 from typing import Any
 
 _EXPORTS = {

@@ -12,4 +12,16 @@ The distribution has one package per role:
 - :mod:`simulations`: datasets, generators, partitioning, experiment runner and plots.
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+#: Flower's telemetry (``flwr.supercore.telemetry``) POSTs, from a thread, a persistent machine id
+#: and the host's platform details to telemetry.flower.ai whenever a Flower component starts. A
+#: unit trusts only its own code: fedseg turns it off unless the operator set
+#: ``FLWR_TELEMETRY_ENABLED`` themselves. Flower reads the variable when it is first imported, so
+#: every fedseg package imports this one first; Flower's programs started by ``fedseg deploy``
+#: inherit it (:func:`fedseg.flower_exec.flower_env`). On this machine (no network) the thread also
+#: crashed a test run once: a segmentation fault in ``ssl.create_default_context`` while the main
+#: thread imported Ray.
+_os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -31,7 +31,8 @@ def flower_env() -> dict[str, str]:
     """The environment Flower's programs run in: this Python's scripts folder first on PATH
     (they start each other by name: the SuperLink and the SuperNode start ``flower-superexec``)
     and the SuperExec polling every :data:`SUPEREXEC_POLL_S` seconds unless the caller set
-    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``."""
+    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``; Flower's telemetry stays off as in this process
+    (``FLWR_TELEMETRY_ENABLED``, :mod:`fedseg`)."""
     folder = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": folder + os.pathsep + os.environ.get("PATH", "")}
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_S)

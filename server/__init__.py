@@ -1,1 +1,3 @@
 """fedseg server package."""
+
+import fedseg  # noqa: F401 - first: Flower's telemetry off before flwr is imported (fedseg/__init__.py)
